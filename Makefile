@@ -1,0 +1,43 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test test-fast bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mfa migrate
+	@echo "Development API keys (shown once; create more with: $(BIN)/mfa api-key create --role ROLE):"
+	@for role in service helpdesk auditor; do \
+	  printf '  %-9s %s\n' "$$role" "$$($(BIN)/mfa api-key create --role $$role --label dev | tail -n 1)"; \
+	done
+	MFA_LOG_FORMAT=$${MFA_LOG_FORMAT:-console} $(BIN)/mfa run all
+
+test: $(DEV_STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: $(DEV_STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/events.py
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

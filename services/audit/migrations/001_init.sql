@@ -1,0 +1,2 @@
+-- The audit schema starts with the shared plumbing only.
+SELECT 1;

@@ -1,0 +1,93 @@
+"""The `mfa` command: migrate, run services, create API keys, verify the audit chain."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .common.config import ConfigError, Settings
+from .common.db import DatabaseUnreachable
+from .common.logs import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mfa", description="Multi-factor authentication service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply database migrations of every service")
+    run = sub.add_parser("run", help="run one service, or all of them in one process")
+    run.add_argument("service", choices=["auth", "notifier", "recovery", "audit", "all"])
+    keys = sub.add_parser("api-key", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--role", required=True, choices=["service", "helpdesk", "auditor"])
+    create.add_argument("--company", default=None, help="bind the key to one company id")
+    create.add_argument("--label", default="")
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="action", required=True)
+    audit_sub.add_parser("verify", help="recompute the audit hash chain")
+    secrets = sub.add_parser("secrets", help="encryption key tools")
+    secrets_sub = secrets.add_subparsers(dest="action", required=True)
+    secrets_sub.add_parser("rotate", help="re-encrypt stored TOTP secrets under the newest MFA_SECRET_KEYS key")
+    return parser
+
+
+async def _main(args: argparse.Namespace, settings: Settings) -> int:
+    from .common.runner import run_migrations, serve
+    from .registry import SERVICES
+
+    specs = list(SERVICES.values())
+    if args.command == "migrate":
+        applied = await run_migrations(settings, specs)
+        print(f"migrations applied: {len(applied)}")
+        for name in applied:
+            print(f"  {name}")
+        return 0
+    if args.command == "run":
+        chosen = specs if args.service == "all" else [SERVICES[args.service]]
+        return await serve(settings, chosen)
+    if args.command == "api-key":
+        import asyncpg
+
+        from .common.apikeys import create_key
+
+        await run_migrations(settings, specs)
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            key = await create_key(conn, args.role, args.company, args.label)
+        finally:
+            await conn.close()
+        print(f"created {args.role} key" + (f" bound to company {args.company}" if args.company else ""))
+        print(key)
+        return 0
+    if args.command == "audit":
+        from .audit.cli import verify_command
+
+        return await verify_command(settings)
+    if args.command == "secrets":
+        from .auth.cli import rotate_command
+
+        return await rotate_command(settings)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mfa` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"mfa: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(_main(args, settings))
+    except DatabaseUnreachable as exc:
+        print(f"mfa: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

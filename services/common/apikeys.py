@@ -1,0 +1,76 @@
+"""API keys: random bearer tokens with a role and an optional company binding, stored hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+ROLES = ("service", "helpdesk", "auditor")
+KEY_PREFIX = "mfa_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller behind an API key."""
+
+    key_id: str
+    role: str
+    company_id: str | None
+
+    def sees(self, company_id: str | None) -> bool:
+        """True when this key may see data of `company_id` (unbound keys see every company)."""
+        return self.company_id is None or self.company_id == company_id
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+async def create_key(conn: asyncpg.Connection | asyncpg.Pool, role: str, company_id: str | None = None, label: str = "") -> str:
+    """Store a new key and return it in clear; it is never retrievable again."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    await conn.execute(
+        "INSERT INTO iam.api_keys (id, key_hash, prefix, role, company_id, label) VALUES ($1, $2, $3, $4, $5, $6)",
+        uuid.uuid4(),
+        hash_key(key),
+        key[:10],
+        role,
+        company_id,
+        label,
+    )
+    return key
+
+
+class KeyCache:
+    """Resolves keys to principals, caching hits briefly so each request costs no query.
+
+    A revoked key stops working within `ttl` seconds.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, ttl: float = 30.0, max_entries: int = 10_000) -> None:
+        self.pool = pool
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+
+    async def resolve(self, key: str) -> Principal | None:
+        digest = hash_key(key)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit and hit[0] > now:
+            return hit[1]
+        row = await self.pool.fetchrow(
+            "SELECT id, role, company_id FROM iam.api_keys WHERE key_hash = $1 AND revoked_at IS NULL", digest
+        )
+        principal = Principal(str(row["id"]), row["role"], row["company_id"]) if row else None
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[digest] = (now + (self.ttl if principal else 2.0), principal)
+        return principal

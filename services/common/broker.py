@@ -1,0 +1,78 @@
+"""RabbitMQ: one robust connection per process, the `mfa.events` topic exchange, confirmed publishing.
+
+aio-pika's robust connection reconnects by itself and re-declares exchanges, queues and
+consumers on the new channel; publishing while the broker is away raises, and the caller
+(the outbox relay) keeps the events and tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
+
+from .db import redact_url
+from .events import CONTENT_TYPE
+from .logs import get_logger
+
+log = get_logger("broker")
+
+
+class BrokerUnreachable(RuntimeError):
+    """RabbitMQ cannot be reached at the configured URL."""
+
+
+class Broker:
+    """A robust connection, a confirming publish channel and the topic exchange."""
+
+    def __init__(self, url: str, exchange_name: str = "mfa.events") -> None:
+        self.url = url
+        self.exchange_name = exchange_name
+        self.connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self.exchange: AbstractRobustExchange | None = None
+
+    async def connect(self, timeout: float = 10) -> None:
+        """Connect and declare the exchange; raises BrokerUnreachable on the first failure."""
+        try:
+            self.connection = await aio_pika.connect_robust(self.url, timeout=timeout, reconnect_interval=1)
+        except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+            raise BrokerUnreachable(f"cannot reach RabbitMQ at {redact_url(self.url)}: {exc}") from exc
+        self._channel = await self.connection.channel(publisher_confirms=True)
+        self.exchange = await self._channel.declare_exchange(
+            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.connection and not self.connection.is_closed and self._channel and not self._channel.is_closed)
+
+    async def channel(self, prefetch: int | None = None) -> AbstractRobustChannel:
+        """A new channel on the shared connection (consumers take one each)."""
+        assert self.connection is not None, "connect() first"
+        channel = await self.connection.channel(publisher_confirms=True)
+        if prefetch:
+            await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def publish_event(
+        self, body: bytes, *, event_type: str, event_id: str, correlation_id: str | None = None
+    ) -> None:
+        """Publish one encoded event and wait for the broker's confirm."""
+        if self.exchange is None or not self.connected:
+            raise ConnectionError("broker not connected")
+        message = aio_pika.Message(
+            body,
+            content_type=CONTENT_TYPE,
+            message_id=event_id,
+            correlation_id=correlation_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            type=event_type,
+        )
+        await self.exchange.publish(message, routing_key=event_type, timeout=10)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None

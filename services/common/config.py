@@ -1,0 +1,128 @@
+"""Settings read once from the environment into a frozen object.
+
+Every setting has a working local default so that `make run` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/mfa"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# A fixed development key: anything encrypted with it is readable by anyone with the source.
+# Production must set MFA_SECRET_KEYS; `make run` prints a warning when it is the default.
+DEV_SECRET_KEY = "dev:" + base64.urlsafe_b64encode(hashlib.sha256(b"mfa-dev-only-key").digest()).decode()
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide configuration; build with :meth:`from_env`."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    amqp_url: str = DEFAULT_AMQP_URL
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_tls: str = "none"  # none | starttls | tls
+    mail_from: str = "MFA <no-reply@mfa.localhost>"
+    helpdesk_email: str = "helpdesk@mfa.localhost"
+    public_url: str = "http://127.0.0.1:8081"
+    # (key id, 32-byte key) pairs; the first one encrypts, all of them decrypt.
+    secret_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    log_format: str = "json"
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+    auth_port: int = 8081
+    recovery_port: int = 8082
+    audit_port: int = 8083
+    notifier_port: int = 8084
+    inbound_smtp_port: int = 2525
+    mail_dir: str = "var/mail"
+    exchange: str = "mfa.events"
+    queue_prefix: str = ""
+    issuer_url: str = "mfa"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every MFA_* variable, falling back to the local defaults."""
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            return env.get(name, "").strip() or default
+
+        def get_int(name: str, default: int) -> int:
+            raw = get(name, str(default))
+            try:
+                return int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+
+        tls = get("MFA_SMTP_TLS", "none").lower()
+        tls = {"true": "starttls", "1": "starttls", "false": "none", "0": "none", "ssl": "tls"}.get(tls, tls)
+        if tls not in ("none", "starttls", "tls"):
+            raise ConfigError("MFA_SMTP_TLS must be none, starttls or tls")
+        log_format = get("MFA_LOG_FORMAT", "json").lower()
+        if log_format not in ("json", "console"):
+            raise ConfigError("MFA_LOG_FORMAT must be json or console")
+        return cls(
+            database_url=get("MFA_DATABASE_URL", DEFAULT_DATABASE_URL),
+            amqp_url=get("MFA_AMQP_URL", DEFAULT_AMQP_URL),
+            smtp_host=get("MFA_SMTP_HOST", ""),
+            smtp_port=get_int("MFA_SMTP_PORT", 465 if tls == "tls" else 587 if tls == "starttls" else 25),
+            smtp_user=get("MFA_SMTP_USER", ""),
+            smtp_password=env.get("MFA_SMTP_PASSWORD", ""),
+            smtp_tls=tls,
+            mail_from=get("MFA_MAIL_FROM", "MFA <no-reply@mfa.localhost>"),
+            helpdesk_email=get("MFA_HELPDESK_EMAIL", "helpdesk@mfa.localhost"),
+            public_url=get("MFA_PUBLIC_URL", "http://127.0.0.1:8081").rstrip("/"),
+            secret_keys=parse_secret_keys(get("MFA_SECRET_KEYS", DEV_SECRET_KEY)),
+            log_format=log_format,
+            log_level=get("MFA_LOG_LEVEL", "INFO").upper(),
+            host=get("MFA_HOST", "127.0.0.1"),
+            auth_port=get_int("MFA_AUTH_PORT", 8081),
+            recovery_port=get_int("MFA_RECOVERY_PORT", 8082),
+            audit_port=get_int("MFA_AUDIT_PORT", 8083),
+            notifier_port=get_int("MFA_NOTIFIER_PORT", 8084),
+            inbound_smtp_port=get_int("MFA_INBOUND_SMTP_PORT", 2525),
+            mail_dir=get("MFA_MAIL_DIR", "var/mail"),
+            exchange=get("MFA_EXCHANGE", "mfa.events"),
+            queue_prefix=get("MFA_QUEUE_PREFIX", ""),
+            issuer_url=get("MFA_ISSUER", "mfa"),
+        )
+
+    @property
+    def uses_dev_secret_key(self) -> bool:
+        return bool(self.secret_keys) and self.secret_keys[-1][0] == "dev" and len(self.secret_keys) == 1
+
+
+def parse_secret_keys(raw: str) -> tuple[tuple[str, bytes], ...]:
+    """Parse `id:base64key[,id:base64key...]`; the LAST key is the newest and encrypts.
+
+    Listing keys oldest first lets an operator rotate by appending a key.
+    """
+    keys: list[tuple[str, bytes]] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        key_id, sep, b64 = part.partition(":")
+        if not sep or not key_id:
+            raise ConfigError("MFA_SECRET_KEYS entries look like id:base64key")
+        try:
+            key = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+        except ValueError as exc:
+            raise ConfigError(f"MFA_SECRET_KEYS key {key_id!r} is not base64") from exc
+        if len(key) != 32:
+            raise ConfigError(f"MFA_SECRET_KEYS key {key_id!r} must be 32 bytes")
+        keys.append((key_id, key))
+    if not keys:
+        raise ConfigError("MFA_SECRET_KEYS is empty")
+    if len({k for k, _ in keys}) != len(keys):
+        raise ConfigError("MFA_SECRET_KEYS has a repeated key id")
+    return tuple(keys)

@@ -1,0 +1,234 @@
+"""The consumer loop: durable quorum queues, idempotent handlers, retries with delays, parking.
+
+For a queue `Q` the topology is:
+
+- `Q`: quorum queue bound to the exchange by each handled event type;
+- `Q.retry.<n>`: one queue per delay, whose TTL dead-letters the message back to `Q`;
+- `Q.parked`: messages that are malformed, fail their schema or failed every attempt.
+
+A handler runs inside one database transaction together with the insert of the event id
+into `<schema>.processed_events`; the message is acknowledged only after that commit, so a
+redelivered event finds its id and has no second effect. Messages of one subject (account)
+are handled in arrival order; different subjects run concurrently up to the prefetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import asyncpg
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from .broker import Broker
+from .events import EventError, parse_event
+from .logs import get_logger
+from .metrics import EVENTS_CONSUMED, EVENTS_PARKED, EVENTS_RETRIED
+
+log = get_logger("consumer")
+
+Handler = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
+DEFAULT_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0)
+
+
+class PermanentError(Exception):
+    """Raised by a handler for an event it can never process: the message is parked at once."""
+
+
+class Consumer:
+    """Consumes one queue and dispatches each event type to its handler."""
+
+    def __init__(
+        self,
+        *,
+        broker: Broker,
+        pool: asyncpg.Pool,
+        schema: str,
+        queue: str,
+        handlers: dict[str, Handler],
+        prefetch: int = 64,
+        retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+        bind_all: bool = False,
+    ) -> None:
+        """`handlers` maps event types to handlers; `"*"` handles any type (with `bind_all`)."""
+        self.broker = broker
+        self.pool = pool
+        self.schema = schema
+        self.queue_name = queue
+        self.handlers = handlers
+        self.prefetch = prefetch
+        self.retry_delays = retry_delays
+        self.bind_all = bind_all
+        self._channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._queue: aio_pika.abc.AbstractRobustQueue | None = None
+        self._tag: str | None = None
+        self._subject_locks: dict[str, asyncio.Lock] = {}
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def parked_queue(self) -> str:
+        return f"{self.queue_name}.parked"
+
+    def retry_queue(self, attempt: int) -> str:
+        return f"{self.queue_name}.retry.{attempt}"
+
+    async def start(self) -> None:
+        """Declare the topology and start consuming."""
+        self._channel = await self.broker.channel(prefetch=self.prefetch)
+        exchange = await self._channel.get_exchange(self.broker.exchange_name)
+        self._queue = await self._channel.declare_queue(
+            self.queue_name, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        if self.bind_all:
+            await self._queue.bind(exchange, "#")
+        else:
+            for event_type in self.handlers:
+                if event_type != "*":
+                    await self._queue.bind(exchange, event_type)
+        await self._channel.declare_queue(self.parked_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        for attempt, delay in enumerate(self.retry_delays, start=1):
+            await self._channel.declare_queue(
+                self.retry_queue(attempt),
+                durable=True,
+                arguments={
+                    "x-message-ttl": int(delay * 1000),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self.queue_name,
+                },
+            )
+        self._tag = await self._queue.consume(self._on_message)
+        log.info("consumer_started", queue=self.queue_name, types=sorted(self.handlers) or ["#"])
+
+    async def stop(self, timeout: float = 8.0) -> None:
+        """Stop taking messages, let the ones in flight finish, close the channel."""
+        if self._queue is not None and self._tag is not None:
+            try:
+                await self._queue.cancel(self._tag)
+            except Exception as exc:  # the broker may already be gone; unacked messages return to the queue
+                log.warning("consumer_cancel_failed", queue=self.queue_name, error=str(exc))
+            self._tag = None
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("consumer_stop_timeout", queue=self.queue_name, in_flight=self._in_flight)
+        if self._channel is not None:
+            try:
+                await self._channel.close()
+            except Exception as exc:
+                log.warning("consumer_close_failed", queue=self.queue_name, error=str(exc))
+            self._channel = None
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await self._process(message)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        started = time.perf_counter()
+        attempt = int((message.headers or {}).get("x-attempt", 0) or 0)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(queue=self.queue_name, message_id=message.message_id)
+        try:
+            event = parse_event(message.body)
+        except EventError as exc:
+            await self._park(message, "invalid", str(exc), event_type=message.routing_key or "?")
+            return
+        event_type = event["type"]
+        structlog.contextvars.bind_contextvars(
+            event_id=event["id"], event_type=event_type, correlation_id=event.get("correlationid")
+        )
+        handler = self.handlers.get(event_type) or self.handlers.get("*")
+        subject = event.get("subject") or event["id"]
+        lock = self._subject_locks.setdefault(subject, asyncio.Lock())
+        try:
+            async with lock:
+                outcome = await self._handle(handler, event)
+        except PermanentError as exc:
+            await self._park(message, "rejected", str(exc), event_type=event_type)
+            return
+        except Exception as exc:
+            await self._retry(message, attempt, event_type, exc)
+            return
+        finally:
+            if not lock.locked() and subject in self._subject_locks and not lock._waiters:  # noqa: SLF001
+                self._subject_locks.pop(subject, None)
+        await message.ack()
+        EVENTS_CONSUMED.labels(self.queue_name, event_type, outcome).inc()
+        log.info(
+            "event_consumed",
+            outcome=outcome,
+            attempt=attempt,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _handle(self, handler: Handler | None, event: dict[str, Any]) -> str:
+        async with self.pool.acquire() as conn, conn.transaction():
+            first = await conn.fetchval(
+                f"INSERT INTO {self.schema}.processed_events (consumer, event_id, event_type)"
+                " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
+                self.queue_name,
+                event["id"],
+                event["type"],
+            )
+            if not first:
+                return "duplicate"
+            if handler is not None:
+                await handler(conn, event)
+            return "handled"
+
+    async def _republish(self, message: AbstractIncomingMessage, routing_key: str, headers: dict[str, Any]) -> None:
+        assert self._channel is not None
+        copy = aio_pika.Message(
+            message.body,
+            headers={**(message.headers or {}), **headers},
+            content_type=message.content_type,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            type=message.type,
+        )
+        await self._channel.default_exchange.publish(copy, routing_key=routing_key, timeout=10)
+
+    async def _retry(self, message: AbstractIncomingMessage, attempt: int, event_type: str, exc: Exception) -> None:
+        next_attempt = attempt + 1
+        if next_attempt > len(self.retry_delays):
+            await self._park(message, "exhausted", f"{type(exc).__name__}: {exc}", event_type=event_type)
+            return
+        try:
+            await self._republish(message, self.retry_queue(next_attempt), {"x-attempt": next_attempt})
+        except Exception as pub_exc:
+            # Could not schedule the retry: leave it to the broker to redeliver.
+            log.warning("retry_publish_failed", error=str(pub_exc))
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        EVENTS_RETRIED.labels(self.queue_name, event_type).inc()
+        log.warning(
+            "event_retry_scheduled",
+            attempt=next_attempt,
+            delay_s=self.retry_delays[next_attempt - 1],
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    async def _park(self, message: AbstractIncomingMessage, reason: str, detail: str, *, event_type: str) -> None:
+        try:
+            await self._republish(message, self.parked_queue, {"x-parked-reason": reason, "x-parked-detail": detail[:500]})
+        except Exception as pub_exc:
+            log.warning("park_publish_failed", error=str(pub_exc))
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        EVENTS_PARKED.labels(self.queue_name, event_type, reason).inc()
+        EVENTS_CONSUMED.labels(self.queue_name, event_type, "parked").inc()
+        log.error("event_parked", reason=reason, detail=detail[:500])

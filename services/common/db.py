@@ -1,0 +1,131 @@
+"""PostgreSQL: one asyncpg pool per process, and numbered SQL migrations per schema.
+
+Each service owns one schema and a `migrations/NNN_name.sql` folder. `migrate` applies
+what is missing, once each, under a cluster-wide advisory lock so that several processes
+starting together are safe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from .logs import get_logger
+
+log = get_logger("db")
+
+# Arbitrary constant: the advisory lock that serialises migrations across processes.
+MIGRATION_LOCK_KEY = 0x6D666120  # "mfa "
+
+
+class DatabaseUnreachable(RuntimeError):
+    """PostgreSQL cannot be reached at the configured URL."""
+
+
+PLUMBING = Path(__file__).parent / "migrations" / "plumbing"
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    """The migrations of one schema: its name and folders of NNN_*.sql files, applied in order.
+
+    Service schemas list the shared plumbing folder (outbox, processed events) first.
+    """
+
+    schema: str
+    folders: tuple[Path, ...]
+
+    def files(self) -> list[tuple[str, Path]]:
+        found = []
+        for folder in self.folders:
+            for path in sorted(folder.glob("*.sql")):
+                found.append((f"{folder.name}/{path.name}", path))
+        return found
+
+    @classmethod
+    def for_service(cls, schema: str, folder: Path) -> MigrationSet:
+        return cls(schema, (PLUMBING, folder))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """Open the process's pool; JSON columns come back as Python objects."""
+    try:
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnreachable(f"cannot reach PostgreSQL at {redact_url(url)}: {exc}") from exc
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in `url` if it does not exist yet."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "postgres"
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        conn = await asyncpg.connect(admin_url, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnreachable(f"cannot reach PostgreSQL at {redact_url(admin_url)}: {exc}") from exc
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+                log.info("database_created", database=name)
+            except asyncpg.DuplicateDatabaseError:
+                pass
+    finally:
+        await conn.close()
+
+
+async def migrate(url: str, sets: list[MigrationSet]) -> list[str]:
+    """Apply every missing migration of `sets`, in order; return what was applied."""
+    await ensure_database(url)
+    try:
+        conn = await asyncpg.connect(url, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnreachable(f"cannot reach PostgreSQL at {redact_url(url)}: {exc}") from exc
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            for mset in sets:
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {mset.schema}")
+                await conn.execute(
+                    f"""CREATE TABLE IF NOT EXISTS {mset.schema}.schema_migrations (
+                        version text PRIMARY KEY,
+                        applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
+                done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {mset.schema}.schema_migrations")}
+                for version, path in mset.files():
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(f"SET LOCAL search_path TO {mset.schema}, public")
+                        await conn.execute(path.read_text())
+                        await conn.execute(
+                            f"INSERT INTO {mset.schema}.schema_migrations (version) VALUES ($1)", version
+                        )
+                    applied.append(f"{mset.schema}/{version}")
+                    log.info("migration_applied", schema=mset.schema, migration=path.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied

@@ -1,0 +1,74 @@
+"""One exception tree for every service; the HTTP edge maps it to problem+json once.
+
+    MfaError                 base: carries a stable machine `code`, an HTTP `status` and a `detail`
+    ├── BadRequest           400  malformed or invalid input (`invalid_json`, `validation_failed`, ...)
+    ├── Unauthorized         401  missing or unknown credentials, wrong codes
+    ├── Forbidden            403  the caller may not do this
+    ├── NotFound             404  unknown id, or an id in another company (so ids cannot be probed)
+    ├── Conflict             409  the call does not fit the current state (`mfa_forced`, `already_decided`)
+    ├── Gone                 410  expired or used tokens
+    ├── PayloadTooLarge      413
+    ├── UnsupportedMedia     415
+    ├── TooManyRequests      429  rate limits and lockouts
+    └── Unavailable          503  a dependency is down
+
+Domain code raises these with its own `code`; nothing else reaches the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MfaError(Exception):
+    """Base error: a stable `code`, an HTTP `status` and a human `detail`."""
+
+    status = 500
+    title = "Internal error"
+    default_code = "internal_error"
+
+    def __init__(self, detail: str = "", *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.code = code or self.default_code
+        self.extra = extra
+
+
+class BadRequest(MfaError):
+    status, title, default_code = 400, "Bad request", "bad_request"
+
+
+class Unauthorized(MfaError):
+    status, title, default_code = 401, "Unauthorized", "unauthorized"
+
+
+class Forbidden(MfaError):
+    status, title, default_code = 403, "Forbidden", "forbidden"
+
+
+class NotFound(MfaError):
+    status, title, default_code = 404, "Not found", "not_found"
+
+
+class Conflict(MfaError):
+    status, title, default_code = 409, "Conflict", "conflict"
+
+
+class Gone(MfaError):
+    status, title, default_code = 410, "Gone", "gone"
+
+
+class PayloadTooLarge(MfaError):
+    status, title, default_code = 413, "Payload too large", "payload_too_large"
+
+
+class UnsupportedMedia(MfaError):
+    status, title, default_code = 415, "Unsupported media type", "unsupported_media_type"
+
+
+class TooManyRequests(MfaError):
+    status, title, default_code = 429, "Too many requests", "too_many_requests"
+
+
+class Unavailable(MfaError):
+    status, title, default_code = 503, "Service unavailable", "unavailable"

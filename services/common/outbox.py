@@ -1,0 +1,186 @@
+"""Transactional outbox: events are written with the state change, then relayed to RabbitMQ.
+
+Writers call :func:`add_events` inside their transaction. One or more :class:`OutboxRelay`
+per service publish what was committed: each relay wakes on LISTEN/NOTIFY (polling only as a
+fallback), owns a subset of 16 partitions through session advisory locks, claims rows with
+``FOR UPDATE SKIP LOCKED`` and deletes them only after the broker confirmed them. An
+account's events share a partition, so their order holds even with several relays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+
+from .broker import Broker
+from .events import encode
+from .logs import get_logger
+from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+
+log = get_logger("outbox")
+
+PARTITIONS = 16
+
+
+class PublishFailed(RuntimeError):
+    """The broker did not confirm part of a batch; nothing of the batch is deleted."""
+
+
+def partition_of(key: str) -> int:
+    """Stable partition of an ordering key (the event subject, usually an account id)."""
+    return zlib.crc32(key.encode()) % PARTITIONS
+
+
+def channel_name(schema: str) -> str:
+    return f"{schema}_outbox"
+
+
+async def add_events(conn: asyncpg.Connection, schema: str, events: list[dict[str, Any]]) -> None:
+    """Queue `events` in the caller's transaction; they are published once it commits."""
+    if not events:
+        return
+    await conn.executemany(
+        f"INSERT INTO {schema}.outbox (event_id, event_type, partition, body, correlation_id)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        [
+            (e["id"], e["type"], partition_of(e.get("subject") or e["id"]), encode(e), e.get("correlationid"))
+            for e in events
+        ],
+    )
+    # Delivered on commit only, and folded into one notification per transaction.
+    await conn.execute("SELECT pg_notify($1, '')", channel_name(schema))
+
+
+class OutboxRelay:
+    """Publishes one schema's outbox to the broker, in order per partition."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        schema: str,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.pool = pool
+        self.broker = broker
+        self.schema = schema
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._lock_class = zlib.crc32(f"outbox:{schema}".encode()) & 0x7FFFFFFF
+        self.partitions: set[int] = set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def _on_notify(self, *_args: Any) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until stopped; survives database and broker outages."""
+        while not self._stopping.is_set():
+            try:
+                async with self.pool.acquire() as conn:
+                    await self._serve(conn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+                log.warning("outbox_relay_db_error", schema=self.schema, error=str(exc))
+                await self._pause(1.0)
+        log.info("outbox_relay_stopped", schema=self.schema)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _serve(self, conn: asyncpg.Connection) -> None:
+        await conn.add_listener(channel_name(self.schema), self._on_notify)
+        self.partitions = set()
+        try:
+            while not self._stopping.is_set():
+                if len(self.partitions) < PARTITIONS:
+                    await self._take_partitions(conn)
+                published = 0
+                if self.partitions and not self.broker.connected:
+                    await self._pause(0.2)
+                    continue
+                if self.partitions:
+                    try:
+                        published = await self._relay_batch(conn)
+                    except PublishFailed as exc:
+                        # The transaction rolled back: the rows stay and go out once the broker is back.
+                        log.warning("outbox_publish_failed", schema=self.schema, error=str(exc))
+                        await self._pause(0.5)
+                        continue
+                if published >= self.batch_size:
+                    continue  # more waiting: no sleep
+                if published:
+                    continue
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if not conn.is_closed():
+                try:
+                    await conn.remove_listener(channel_name(self.schema), self._on_notify)
+                    await conn.execute("SELECT pg_advisory_unlock_all()")
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    pass
+            self.partitions = set()
+
+    async def _take_partitions(self, conn: asyncpg.Connection) -> None:
+        for part in range(PARTITIONS):
+            if part in self.partitions:
+                continue
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1::int, $2::int)", self._lock_class, part):
+                self.partitions.add(part)
+
+    async def _relay_batch(self, conn: asyncpg.Connection) -> int:
+        async with conn.transaction():
+            rows = await conn.fetch(
+                f"SELECT id, event_id, event_type, partition, body, correlation_id FROM {self.schema}.outbox"
+                " WHERE partition = ANY($1::smallint[]) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                sorted(self.partitions),
+                self.batch_size,
+            )
+            if not rows:
+                return 0
+            by_partition: dict[int, list[asyncpg.Record]] = defaultdict(list)
+            for row in rows:
+                by_partition[row["partition"]].append(row)
+
+            async def publish_in_order(part_rows: list[asyncpg.Record]) -> None:
+                for row in part_rows:
+                    await self.broker.publish_event(
+                        bytes(row["body"]),
+                        event_type=row["event_type"],
+                        event_id=row["event_id"],
+                        correlation_id=row["correlation_id"],
+                    )
+
+            # Partitions go out concurrently, each one strictly in order.
+            results = await asyncio.gather(*(publish_in_order(r) for r in by_partition.values()), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise PublishFailed(str(result) or type(result).__name__) from result
+            await conn.execute(f"DELETE FROM {self.schema}.outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        for row in rows:
+            EVENTS_PUBLISHED.labels(self.schema, row["event_type"]).inc()
+        return len(rows)
+
+
+async def backlog(pool: asyncpg.Pool, schema: str) -> int:
+    """How many events wait in the outbox (also exported as a gauge)."""
+    count = await pool.fetchval(f"SELECT count(*) FROM {schema}.outbox")
+    OUTBOX_BACKLOG.labels(schema).set(count)
+    return count

@@ -1,0 +1,47 @@
+"""Process-wide resources: settings, the database pool and the broker connection.
+
+Opened once in the process's lifetime (never at import) and shared by every service app
+that runs in the process; `mfa run all` runs four apps on one Runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from .apikeys import KeyCache
+from .broker import Broker
+from .config import Settings
+from .db import create_pool
+
+
+@dataclass
+class Runtime:
+    """What a service needs from the outside world; tests build one per test run."""
+
+    settings: Settings
+    pool: asyncpg.Pool | None = None
+    broker: Broker | None = None
+    keys: KeyCache | None = field(default=None, repr=False)
+
+    async def open(self, *, pool_size: int = 10) -> Runtime:
+        self.pool = await create_pool(self.settings.database_url, min_size=2, max_size=pool_size)
+        self.keys = KeyCache(self.pool)
+        self.broker = Broker(self.settings.amqp_url, self.settings.exchange)
+        try:
+            await self.broker.connect()
+        except Exception:
+            await self.pool.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        if self.broker is not None:
+            await self.broker.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+    def queue(self, name: str) -> str:
+        """The queue name for a consumer, with the configured prefix (tests use unique ones)."""
+        return f"{self.settings.queue_prefix}{name}"

@@ -1,0 +1,208 @@
+"""The HTTP edge shared by every service: app factory, middlewares, health, readiness, metrics.
+
+- every request gets a correlation id (`X-Correlation-ID` in, or a new one) bound to the log
+  context and carried into the events it causes;
+- `MfaError` and aiohttp's own HTTP errors become RFC 9457 problem+json with a stable `code`;
+  anything else is a logged 500 `internal_error`, never a stack trace to the client;
+- `/v1/*` needs `Authorization: Bearer <api key>`; handlers check the role with `require_role`;
+- one summary log line per request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import fastjsonschema
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .apikeys import Principal
+from .errors import BadRequest, Forbidden, MfaError, PayloadTooLarge, Unauthorized
+from .logs import get_logger
+from .metrics import HTTP_LATENCY, HTTP_REQUESTS
+from .outbox import backlog
+from .runtime import Runtime
+
+log = get_logger("http")
+
+RUNTIME = web.AppKey("runtime", Runtime)
+SERVICE_NAME = web.AppKey("service_name", str)
+PRINCIPAL = "principal"
+PROBLEM_TYPE = "application/problem+json"
+MAX_BODY = 64 * 1024
+
+
+def problem(status: int, code: str, detail: str, title: str | None = None, **extra: Any) -> web.Response:
+    """An RFC 9457 problem+json response with a stable `code` member."""
+    body = {
+        "type": f"urn:mfa:problem:{code}",
+        "title": title or code.replace("_", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    correlation_id = structlog.contextvars.get_contextvars().get("correlation_id")
+    if correlation_id:
+        body["correlation_id"] = correlation_id
+    return web.Response(status=status, body=json.dumps(body), content_type=PROBLEM_TYPE)
+
+
+_HTTP_CODES = {
+    404: "route_not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Correlation id, error mapping, API key check, metrics and the summary log line."""
+    started = time.perf_counter()
+    service = request.app[SERVICE_NAME]
+    correlation_id = request.headers.get("X-Correlation-ID", "")[:100] or str(uuid.uuid4())
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(service=service, correlation_id=correlation_id)
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        if request.path.startswith("/v1/"):
+            await authenticate(request)
+        response = await handler(request)
+    except MfaError as exc:
+        response = problem(exc.status, exc.code, exc.detail, exc.title, **exc.extra)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = problem(exc.status, code, exc.text or exc.reason, exc.reason)
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        log.error("dependency_unavailable", error=str(exc))
+        response = problem(503, "unavailable", "A dependency is unavailable; try again shortly.")
+    except Exception:
+        log.exception("unhandled_error")
+        response = problem(500, "internal_error", "Unexpected error; it has been logged.")
+    response.headers["X-Correlation-ID"] = correlation_id
+    elapsed = time.perf_counter() - started
+    HTTP_REQUESTS.labels(service, request.method, route, str(response.status)).inc()
+    HTTP_LATENCY.labels(service, route).observe(elapsed)
+    log.info(
+        "http_request",
+        method=request.method,
+        route=route,
+        status=response.status,
+        duration_ms=round(elapsed * 1000, 2),
+    )
+    return response
+
+
+async def authenticate(request: web.Request) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("Send 'Authorization: Bearer <api key>'.", code="missing_api_key")
+    keys = request.app[RUNTIME].keys
+    assert keys is not None
+    principal = await keys.resolve(key.strip())
+    if principal is None:
+        raise Unauthorized("The API key is unknown or revoked.", code="invalid_api_key")
+    request[PRINCIPAL] = principal
+    structlog.contextvars.bind_contextvars(api_key_id=principal.key_id)
+    return principal
+
+
+def require_role(request: web.Request, *roles: str) -> Principal:
+    """The caller's principal, or 403 `wrong_role` when its role is not one of `roles`."""
+    principal: Principal = request[PRINCIPAL]
+    if principal.role not in roles:
+        raise Forbidden(f"This call needs an API key with role {' or '.join(roles)}.", code="wrong_role")
+    return principal
+
+
+def compile_schema(schema: dict) -> Callable[[Any], Any]:
+    """Compile a request-body JSON Schema once (at import or app creation)."""
+    return fastjsonschema.compile(schema)
+
+
+async def read_json(request: web.Request, validate: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """The request body as a JSON object, checked against `validate`; 400 with a clear code otherwise."""
+    if request.content_length and request.content_length > MAX_BODY:
+        raise PayloadTooLarge(f"The body is larger than {MAX_BODY} bytes.")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"The body is larger than {MAX_BODY} bytes.") from exc
+    if len(raw) > MAX_BODY:
+        raise PayloadTooLarge(f"The body is larger than {MAX_BODY} bytes.")
+    if not raw.strip():
+        body: Any = {}
+    else:
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"The body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The body must be a JSON object.", code="invalid_json")
+    if validate is not None:
+        try:
+            validate(body)
+        except fastjsonschema.JsonSchemaException as exc:
+            raise BadRequest(f"Invalid request: {exc.message}", code="validation_failed") from exc
+    return body
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str))
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    checks = {"database": "ok", "broker": "ok"}
+    try:
+        assert runtime.pool is not None
+        await runtime.pool.fetchval("SELECT 1", timeout=2)
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    if runtime.broker is None or not runtime.broker.connected:
+        checks["broker"] = "unreachable"
+    ready = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503)
+
+
+def metrics_handler(schema: str):
+    async def metrics(request: web.Request) -> web.Response:
+        runtime = request.app[RUNTIME]
+        try:
+            assert runtime.pool is not None
+            await backlog(runtime.pool, schema)
+        except Exception as exc:
+            log.warning("backlog_unavailable", error=str(exc))
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return metrics
+
+
+def create_base_app(runtime: Runtime, service: str, schema: str, *, client_max_size: int = MAX_BODY) -> web.Application:
+    """An app with the shared middleware and /healthz, /readyz, /metrics; services add their routes."""
+    app = web.Application(middlewares=[edge_middleware], client_max_size=client_max_size)
+    app[RUNTIME] = runtime
+    app[SERVICE_NAME] = service
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler(schema))
+    return app
+
+
+def current_correlation_id() -> str | None:
+    """The correlation id bound for the request or message being handled."""
+    return structlog.contextvars.get_contextvars().get("correlation_id")

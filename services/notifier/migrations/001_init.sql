@@ -1,0 +1,2 @@
+-- The notifier schema starts with the shared plumbing only.
+SELECT 1;

@@ -1,0 +1,2 @@
+-- The recovery schema starts with the shared plumbing only.
+SELECT 1;

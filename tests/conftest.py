@@ -1,0 +1,126 @@
+"""Shared fixtures: a throwaway database and unique exchange/queue names per test run.
+
+Everything talks to the real PostgreSQL and RabbitMQ; the run stops at once with a clear
+sentence when either cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import uuid
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import pytest
+
+from services.common.config import Settings
+from services.common.db import MigrationSet, migrate
+from services.common.logs import configure_logging
+from services.common.runner import migration_sets
+from services.common.runtime import Runtime
+from services.registry import SERVICES
+
+RUN_ID = uuid.uuid4().hex[:10]
+BASE = Settings.from_env()
+BACKBONE = MigrationSet.for_service("bbtest", Path(__file__).parent / "backbone_migrations")
+
+
+def _db_url(name: str) -> str:
+    head, _, _ = BASE.database_url.rpartition("/")
+    return f"{head}/{name}"
+
+
+def pytest_configure(config):
+    configure_logging(os.environ.get("MFA_LOG_LEVEL", "WARNING"), "console")
+
+
+async def _check_reachable() -> str | None:
+    try:
+        conn = await asyncpg.connect(_db_url("postgres"), timeout=5)
+        await conn.close()
+    except Exception as exc:
+        return f"PostgreSQL is not reachable at {BASE.database_url}: {exc}"
+    try:
+        conn = await aio_pika.connect(BASE.amqp_url, timeout=5)
+        await conn.close()
+    except Exception as exc:
+        return f"RabbitMQ is not reachable at {BASE.amqp_url}: {exc}"
+    return None
+
+
+def pytest_sessionstart(session):
+    problem = asyncio.run(_check_reachable())
+    if problem:
+        pytest.exit(problem, returncode=3)
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return RUN_ID
+
+
+@pytest.fixture(scope="session")
+async def settings():
+    """Settings pointing at a fresh database and a unique exchange and queue prefix."""
+    name = f"mfa_test_{RUN_ID}"
+    test_settings = dataclasses.replace(
+        BASE,
+        database_url=_db_url(name),
+        exchange=f"mfa.events.test.{RUN_ID}",
+        queue_prefix=f"test.{RUN_ID}.",
+        log_level="WARNING",
+    )
+    await migrate(test_settings.database_url, [*migration_sets(list(SERVICES.values())), BACKBONE])
+    yield test_settings
+    await _cleanup_broker(test_settings)
+    conn = await asyncpg.connect(_db_url("postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _cleanup_broker(test_settings: Settings) -> None:
+    """Delete this run's exchange and queues (their names all carry RUN_ID)."""
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "list_queues", "name", "-q", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await proc.communicate()
+    names = [line.strip() for line in out.decode().splitlines() if RUN_ID in line]
+    try:
+        conn = await aio_pika.connect(test_settings.amqp_url, timeout=5)
+    except Exception:
+        return
+    async with conn:
+        channel = await conn.channel()
+        for queue in names:
+            try:
+                await channel.queue_delete(queue)
+            except Exception:
+                channel = await conn.channel()
+        await channel.exchange_delete(test_settings.exchange)
+
+
+@pytest.fixture(scope="session")
+async def runtime(settings):
+    """A Runtime (pool and broker) shared by the tests of a run."""
+    rt = await Runtime(settings).open(pool_size=20)
+    yield rt
+    await rt.close()
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
+    """Poll an async or sync predicate until it returns a truthy value; fail after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,291 @@
+"""The event backbone against the real PostgreSQL and RabbitMQ: outbox, relay, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+
+import aio_pika
+import pytest
+
+from services.common.consumer import Consumer, PermanentError
+from services.common.events import EventError, new_event, parse_event
+from services.common.outbox import OutboxRelay, add_events
+
+from .conftest import wait_for
+
+SCHEMA = "bbtest"
+
+
+def ping(run: str, account: str, n: int, **extra) -> dict:
+    return new_event(
+        "TestPing", {"n": n, "account_id": account, **extra}, source="/tests", subject=account, correlation_id=run
+    )
+
+
+async def effects(pool, run: str) -> list:
+    return await pool.fetch("SELECT account_id, n, event_id FROM bbtest.effects WHERE run = $1 ORDER BY id", run)
+
+
+def recording_handler(run: str, seen: list | None = None):
+    async def handler(conn, event):
+        if seen is not None:
+            seen.append(event)
+        await conn.execute(
+            "INSERT INTO bbtest.effects (run, account_id, n, event_id) VALUES ($1, $2, $3, $4)",
+            run,
+            event["data"]["account_id"],
+            event["data"]["n"],
+            event["id"],
+        )
+
+    return handler
+
+
+@pytest.fixture
+async def relay(runtime):
+    worker = OutboxRelay(runtime.pool, runtime.broker, SCHEMA, poll_interval=0.5)
+    task = asyncio.create_task(worker.run())
+    yield worker
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+
+
+def make_consumer(runtime, name: str, handler, **kw) -> Consumer:
+    return Consumer(
+        broker=runtime.broker,
+        pool=runtime.pool,
+        schema=SCHEMA,
+        queue=runtime.queue(name),
+        handlers={"TestPing": handler},
+        retry_delays=kw.pop("retry_delays", (0.2, 0.4, 0.6)),
+        **kw,
+    )
+
+
+async def write(pool, events: list[dict]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await add_events(conn, SCHEMA, events)
+
+
+async def test_event_is_consumed_once_with_envelope_intact(runtime, relay):
+    run = uuid.uuid4().hex
+    seen: list = []
+    consumer = make_consumer(runtime, f"once-{run}", recording_handler(run, seen))
+    await consumer.start()
+    try:
+        event = ping(run, "acct-1", 1)
+        await write(runtime.pool, [event])
+        rows = await wait_for(lambda: effects(runtime.pool, run), message="effect")
+        await asyncio.sleep(0)  # let any duplicate delivery surface before counting
+        await wait_for(lambda: runtime.pool.fetchval("SELECT count(*) = 0 FROM bbtest.outbox"), message="outbox drained")
+    finally:
+        await consumer.stop()
+    assert [(r["account_id"], r["n"], r["event_id"]) for r in rows] == [("acct-1", 1, event["id"])]
+    assert len(seen) == 1
+    received = seen[0]
+    assert received == json.loads(json.dumps(event))
+    assert received["specversion"] == "1.0"
+    assert received["dataschema"] == "urn:mfa:schema:events:TestPing:v1"
+    assert received["correlationid"] == run
+
+
+async def test_duplicate_delivery_has_one_effect(runtime, relay):
+    run = uuid.uuid4().hex
+    consumer = make_consumer(runtime, f"dup-{run}", recording_handler(run))
+    await consumer.start()
+    try:
+        event = ping(run, "acct-dup", 7)
+        # The same event written twice, as a relay crashing after publish but before delete would cause.
+        await write(runtime.pool, [event])
+        await write(runtime.pool, [event])
+        await wait_for(lambda: effects(runtime.pool, run), message="effect")
+        await wait_for(
+            lambda: runtime.pool.fetchval(
+                "SELECT count(*) = 0 FROM bbtest.outbox WHERE event_id = $1", event["id"]
+            ),
+            message="both copies published",
+        )
+        processed = await wait_for(
+            lambda: runtime.pool.fetchval(
+                "SELECT count(*) FROM bbtest.processed_events WHERE event_id = $1", event["id"]
+            ),
+            message="processed record",
+        )
+        await asyncio.sleep(0.3)  # a second copy, if any, has arrived and was dropped by now
+    finally:
+        await consumer.stop()
+    assert processed == 1
+    assert len(await effects(runtime.pool, run)) == 1
+
+
+async def test_handler_failing_twice_then_succeeding_has_one_effect(runtime, relay):
+    run = uuid.uuid4().hex
+    inner = recording_handler(run)
+
+    async def flaky(conn, event):
+        await inner(conn, event)  # the effect is written, then rolled back by the failure
+        async with runtime.pool.acquire() as other:
+            count = await other.fetchval(
+                "INSERT INTO bbtest.failures VALUES ($1, 1) ON CONFLICT (event_id)"
+                " DO UPDATE SET count = failures.count + 1 RETURNING count",
+                event["id"],
+            )
+        if count <= 2:
+            raise RuntimeError(f"transient failure {count}")
+
+    consumer = make_consumer(runtime, f"flaky-{run}", flaky)
+    await consumer.start()
+    try:
+        event = ping(run, "acct-flaky", 3)
+        await write(runtime.pool, [event])
+        rows = await wait_for(lambda: effects(runtime.pool, run), timeout=15, message="effect after retries")
+    finally:
+        await consumer.stop()
+    assert len(rows) == 1
+    assert await runtime.pool.fetchval("SELECT count FROM bbtest.failures WHERE event_id = $1", event["id"]) == 3
+
+
+async def _parked(runtime, queue: str, count: int, timeout: float = 15) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    channel = await runtime.broker.channel()
+    got: list = []
+    try:
+        q = await channel.get_queue(queue)
+
+        async def fetch():
+            message = await q.get(fail=False, no_ack=True)
+            if message is not None:
+                got.append(message)
+            return len(got) >= count
+
+        await wait_for(fetch, timeout=timeout, message=f"{count} parked in {queue}")
+    finally:
+        await channel.close()
+    return got
+
+
+async def test_always_failing_handler_parks_the_message(runtime, relay):
+    run = uuid.uuid4().hex
+
+    async def broken(conn, event):
+        raise RuntimeError("always broken")
+
+    consumer = make_consumer(runtime, f"broken-{run}", broken)
+    await consumer.start()
+    try:
+        event = ping(run, "acct-broken", 1)
+        await write(runtime.pool, [event])
+        parked = await _parked(runtime, consumer.parked_queue, 1)
+    finally:
+        await consumer.stop()
+    assert parked[0].message_id == event["id"]
+    assert parked[0].headers["x-parked-reason"] == "exhausted"
+    assert parked[0].headers["x-attempt"] == 3
+    assert parse_event(parked[0].body)["id"] == event["id"]
+
+
+async def test_permanent_error_parks_at_once(runtime, relay):
+    run = uuid.uuid4().hex
+    calls = []
+
+    async def refuse(conn, event):
+        calls.append(event["id"])
+        raise PermanentError("unknown account")
+
+    consumer = make_consumer(runtime, f"perm-{run}", refuse)
+    await consumer.start()
+    try:
+        await write(runtime.pool, [ping(run, "acct-perm", 1)])
+        parked = await _parked(runtime, consumer.parked_queue, 1)
+    finally:
+        await consumer.stop()
+    assert parked[0].headers["x-parked-reason"] == "rejected"
+    assert len(calls) == 1
+
+
+async def test_garbage_and_schema_invalid_messages_are_parked_and_worker_keeps_serving(runtime, relay):
+    run = uuid.uuid4().hex
+    consumer = make_consumer(runtime, f"garbage-{run}", recording_handler(run))
+    await consumer.start()
+    try:
+        exchange = runtime.broker.exchange
+        await exchange.publish(aio_pika.Message(b"\xff\x00not json"), routing_key="TestPing")
+        bad = ping(run, "acct-bad", 1)
+        bad["data"]["n"] = "not a number"
+        await exchange.publish(aio_pika.Message(json.dumps(bad).encode()), routing_key="TestPing")
+        parked = await _parked(runtime, consumer.parked_queue, 2)
+        good = ping(run, "acct-good", 2)
+        await write(runtime.pool, [good])
+        rows = await wait_for(lambda: effects(runtime.pool, run), message="good event after garbage")
+    finally:
+        await consumer.stop()
+    assert {m.headers["x-parked-reason"] for m in parked} == {"invalid"}
+    assert [r["n"] for r in rows] == [2]
+
+
+def test_schema_rejects_invalid_data_on_publish():
+    with pytest.raises(EventError):
+        new_event("TestPing", {"n": "x", "account_id": "a"}, source="/tests")
+    with pytest.raises(EventError):
+        new_event("NoSuchType", {}, source="/tests")
+
+
+async def test_two_relays_share_partitions_and_keep_order(runtime, relay):
+    run = uuid.uuid4().hex
+    second = OutboxRelay(runtime.pool, runtime.broker, SCHEMA, poll_interval=0.2)
+    task = asyncio.create_task(second.run())
+    consumer = make_consumer(runtime, f"order-{run}", recording_handler(run), prefetch=50)
+    await consumer.start()
+    try:
+        accounts = [f"acct-{i}" for i in range(10)]
+        for batch in range(10):
+            await write(runtime.pool, [ping(run, a, batch * 10 + k) for a in accounts for k in range(10)])
+        rows = await wait_for(
+            lambda: _count_at_least(runtime.pool, run, 1000), timeout=30, message="1000 effects"
+        )
+    finally:
+        await consumer.stop()
+        second.stop()
+        await asyncio.wait_for(task, 10)
+    assert len(rows) == 1000
+    for account in accounts:
+        ns = [r["n"] for r in rows if r["account_id"] == account]
+        assert ns == sorted(ns) and len(ns) == 100
+
+
+async def _count_at_least(pool, run, n):
+    rows = await effects(pool, run)
+    return rows if len(rows) >= n else None
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+async def test_broker_outage_loses_nothing_and_keeps_order(runtime, relay):
+    run = uuid.uuid4().hex
+    consumer = make_consumer(runtime, f"outage-{run}", recording_handler(run), prefetch=100)
+    await consumer.start()
+    accounts = [f"acct-{i}" for i in range(20)]
+    try:
+        await asyncio.to_thread(_rabbitmqctl, "stop_app")
+        try:
+            await wait_for(lambda: not runtime.broker.connected, timeout=30, message="broker seen down")
+            for k in range(50):  # 50 transactions x 20 accounts = 1,000 events written while the broker is away
+                await write(runtime.pool, [ping(run, a, k) for a in accounts])
+            backlog = await runtime.pool.fetchval("SELECT count(*) FROM bbtest.outbox")
+        finally:
+            await asyncio.to_thread(_rabbitmqctl, "start_app")
+        assert backlog >= 1000
+        await asyncio.to_thread(_rabbitmqctl, "await_startup")
+        rows = await wait_for(lambda: _count_at_least(runtime.pool, run, 1000), timeout=90, message="1000 effects")
+    finally:
+        await consumer.stop()
+    assert len(rows) == 1000
+    assert len({r["event_id"] for r in rows}) == 1000
+    for account in accounts:
+        ns = [r["n"] for r in rows if r["account_id"] == account]
+        assert ns == list(range(50))

@@ -1,0 +1,147 @@
+"""Process lifecycle: concurrent migrations, SIGTERM with work in flight, `mfa run all`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import uuid
+
+import aiohttp
+import asyncpg
+
+from services.common.consumer import Consumer
+from services.common.outbox import add_events
+
+from .conftest import _db_url, wait_for
+from .test_backbone import effects, ping, recording_handler
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def env_for(settings, **extra) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        MFA_DATABASE_URL=settings.database_url,
+        MFA_AMQP_URL=settings.amqp_url,
+        MFA_EXCHANGE=settings.exchange,
+        MFA_QUEUE_PREFIX=settings.queue_prefix,
+        MFA_LOG_LEVEL="WARNING",
+    )
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_two_migrations_at_once_both_succeed_and_apply_each_once(settings):
+    name = f"mfa_migrate_{uuid.uuid4().hex[:8]}"
+    env = env_for(settings, MFA_DATABASE_URL=_db_url(name))
+    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
+    procs = [
+        await asyncio.create_subprocess_exec(mfa, "migrate", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [await p.communicate() for p in procs]
+    try:
+        assert [p.returncode for p in procs] == [0, 0], outs
+        applied = [int(out.decode().split("migrations applied: ")[1].split()[0]) for out, _ in outs]
+        conn = await asyncpg.connect(_db_url(name))
+        try:
+            rows = await conn.fetch("SELECT version FROM auth.schema_migrations")
+        finally:
+            await conn.close()
+        # One process applied everything, the other found nothing left to do.
+        assert sorted(applied)[0] == 0 and sorted(applied)[1] > 0
+        assert len(rows) == len({r["version"] for r in rows}) >= 2
+    finally:
+        admin = await asyncpg.connect(_db_url("postgres"))
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_sigterm_during_work_loses_nothing(settings, runtime):
+    from services.common.outbox import OutboxRelay
+
+    run = uuid.uuid4().hex
+    queue = runtime.queue(f"sigterm-{run}")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.sigterm_worker", queue, run,
+        env=env_for(settings), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )
+    relay = OutboxRelay(runtime.pool, runtime.broker, "bbtest", poll_interval=0.2)
+    relay_task = asyncio.create_task(relay.run())
+    try:
+        assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            await add_events(conn, "bbtest", [ping(run, f"acct-{i % 7}", i) for i in range(300)])
+        await wait_for(lambda: _len_at_least(runtime.pool, run, 20), timeout=20, message="work under way")
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 10)
+        assert code == 0
+        done_at_stop = await effects(runtime.pool, run)
+        processed = await runtime.pool.fetchval(
+            "SELECT count(*) FROM bbtest.processed_events WHERE consumer = $1", queue
+        )
+        # Nothing half-applied: every effect has its processed record and the other way round.
+        assert len(done_at_stop) == processed < 300
+        # A fresh consumer picks up exactly what was left.
+        consumer = Consumer(broker=runtime.broker, pool=runtime.pool, schema="bbtest", queue=queue,
+                            handlers={"TestPing": recording_handler(run)}, prefetch=50)
+        await consumer.start()
+        try:
+            rows = await wait_for(lambda: _len_at_least(runtime.pool, run, 300), timeout=30, message="all 300")
+        finally:
+            await consumer.stop()
+        assert sorted(r["n"] for r in rows) == list(range(300))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        relay.stop()
+        await asyncio.wait_for(relay_task, 10)
+
+
+async def _len_at_least(pool, run, n):
+    rows = await effects(pool, run)
+    return rows if len(rows) >= n else None
+
+
+async def test_mfa_run_all_serves_health_and_stops_on_sigterm(settings):
+    ports = {name: free_port() for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER", "INBOUND_SMTP")}
+    env = env_for(settings, **{f"MFA_{k}_PORT": str(v) for k, v in ports.items()},
+                  MFA_MAIL_DIR=os.path.join("/tmp", f"mfa-mail-{uuid.uuid4().hex[:6]}"))
+    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
+    proc = await asyncio.create_subprocess_exec(mfa, "run", "all", env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def ready(port):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER"):
+                await wait_for(lambda p=ports[name]: ready(p), timeout=30, message=f"{name} ready")
+            async with http.get(f"http://127.0.0.1:{ports['AUTH']}/metrics") as resp:
+                text = await resp.text()
+            assert "mfa_outbox_backlog" in text and "mfa_http_requests_total" in text
+            async with http.get(f"http://127.0.0.1:{ports['AUTH']}/v1/accounts/x/mfa") as resp:
+                assert resp.status == 401
+                assert resp.content_type == "application/problem+json"
+                assert (await resp.json())["code"] == "missing_api_key"
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 10)
+        assert code == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
