@@ -1,21 +1,36 @@
-"""Wiring of the auth service (an empty shell until its issue lands)."""
+"""Wiring of the auth service: the API, the assertion signer, the outbox relay and the consumers."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
+from ..common.crypto import Keyring
 from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
-from ..common.web import create_base_app
+from ..common.web import RUNTIME, create_base_app
+from . import api, consumers
+from .handlers import SCHEMA, Auth
+from .tokens import Signer
 
-SCHEMA = "auth"
+
+async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    assert runtime.pool is not None
+    keyring = Keyring(runtime.settings.secret_keys)
+    signer = await Signer(runtime.settings.issuer_url).load(runtime.pool, keyring)
+    app[api.AUTH] = Auth(runtime.pool, keyring, signer)
+    yield
 
 
 def create_app(runtime: Runtime) -> web.Application:
+    """The auth app; its resources open and close with the app's lifetime."""
     app = create_base_app(runtime, "auth", SCHEMA)
-    app.cleanup_ctx.append(workers_ctx(SCHEMA, lambda rt: []))
+    app.cleanup_ctx.append(_auth_ctx)
+    app.cleanup_ctx.append(workers_ctx(SCHEMA, lambda rt: consumers.consumers(rt, app[api.AUTH])))
+    api.add_routes(app)
     return app
 
 

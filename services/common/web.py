@@ -33,7 +33,8 @@ log = get_logger("http")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SERVICE_NAME = web.AppKey("service_name", str)
-PRINCIPAL = "principal"
+# RequestKey arrived in aiohttp 3.12; a plain string key works the same on older versions.
+PRINCIPAL = web.RequestKey("principal", Principal) if hasattr(web, "RequestKey") else "principal"
 PROBLEM_TYPE = "application/problem+json"
 MAX_BODY = 64 * 1024
 

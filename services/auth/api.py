@@ -1,0 +1,188 @@
+"""The auth HTTP API (JSON in, JSON out); errors are mapped to problem+json by the common edge."""
+
+from __future__ import annotations
+
+import io
+
+import segno
+from aiohttp import web
+
+from ..common.events import Actor
+from ..common.web import compile_schema as schema
+from ..common.web import current_correlation_id, json_response, read_json, require_role
+from . import handlers
+from .handlers import Auth, Caller
+
+AUTH = web.AppKey("auth", Auth)
+
+_ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:@-]+$"}
+_NAME = {"type": "string", "maxLength": 200}
+_CODE = {"type": "string", "minLength": 1, "maxLength": 64}
+
+
+def _obj(properties: dict, required: list[str]) -> dict:
+    return {"type": "object", "additionalProperties": False, "properties": properties, "required": required}
+
+
+COMPANY = schema(_obj({"name": {"type": "string", "minLength": 1, "maxLength": 200}, "mfa_required": {"type": "boolean"}},
+                      ["name", "mfa_required"]))
+ACCOUNT = schema(_obj({
+    "company_id": _ID, "email": {"type": "string", "minLength": 3, "maxLength": 254}, "first_name": _NAME,
+    "last_name": _NAME, "role": {"enum": ["employee", "admin"]}, "mfa_required": {"type": "boolean"},
+    "locale": {"type": "string", "maxLength": 20},
+}, ["company_id", "email", "first_name", "last_name", "role", "mfa_required"]))
+CONFIRM = schema(_obj({"code": _CODE, "login_id": _ID}, ["code"]))
+BACKUP_EMAIL = schema(_obj({"email": {"type": "string", "minLength": 3, "maxLength": 254}}, ["email"]))
+TOKEN = schema(_obj({"token": {"type": "string", "minLength": 20, "maxLength": 200}}, ["token"]))
+DISABLE = schema(_obj({"backup_code": _CODE}, ["backup_code"]))
+ADMIN_DISABLE = schema(_obj({"actor_account_id": _ID}, ["actor_account_id"]))
+LOGIN = schema(_obj({"account_id": _ID, "login_id": _ID, "ip": {"type": "string", "maxLength": 64},
+                     "user_agent": {"type": "string", "maxLength": 512}}, ["account_id"]))
+VERIFY = schema(_obj({"method": {"enum": ["totp", "backup_code"]}, "code": _CODE}, ["method", "code"]))
+EMPTY = schema(_obj({}, []))
+
+_check_id = schema(_ID)
+
+
+def _id(request: web.Request, name: str) -> str:
+    from ..common.errors import NotFound
+
+    value = request.match_info[name]
+    try:
+        _check_id(value)
+    except Exception as exc:
+        raise NotFound(f"No {name.replace('_', ' ')} {value!r}.", code=f"{name.removesuffix('_id')}_not_found") from exc
+    return value
+
+
+def _ctx(request: web.Request) -> tuple[Auth, Caller]:
+    principal = require_role(request, "service")
+    caller = Caller(principal, current_correlation_id(), Actor("api_key", principal.key_id))
+    return request.app[AUTH], caller
+
+
+async def put_company(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, COMPANY)
+    result = await handlers.upsert_company(auth, caller, {"company_id": _id(request, "company_id"), **body})
+    return json_response(result, 201 if result.pop("created") else 200)
+
+
+async def put_account(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, ACCOUNT)
+    result = await handlers.upsert_account(auth, caller, {"account_id": _id(request, "account_id"), **body})
+    return json_response(result, 201 if result.pop("created") else 200)
+
+
+async def get_mfa(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    return json_response(await handlers.get_status(auth, caller, _id(request, "account_id")))
+
+
+async def start_enrollment(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    await read_json(request, EMPTY)
+    return json_response(await handlers.start_enrollment(auth, caller, _id(request, "account_id")), 201)
+
+
+async def qr_svg(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    uri = await handlers.pending_uri(auth, caller, _id(request, "account_id"))
+    buf = io.BytesIO()
+    segno.make(uri, error="m").save(buf, kind="svg", scale=5, border=4, title="Scan with your authenticator app")
+    return web.Response(body=buf.getvalue(), content_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
+async def qr_png(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    uri = await handlers.pending_uri(auth, caller, _id(request, "account_id"))
+    buf = io.BytesIO()
+    segno.make(uri, error="m").save(buf, kind="png", scale=6, border=4)
+    return web.Response(body=buf.getvalue(), content_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+async def confirm_enrollment(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, CONFIRM)
+    result = await handlers.confirm_enrollment(auth, caller, _id(request, "account_id"), body["code"], body.get("login_id"))
+    return json_response(result, 201)
+
+
+async def regenerate_codes(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    await read_json(request, EMPTY)
+    return json_response(await handlers.regenerate_backup_codes(auth, caller, _id(request, "account_id")), 201)
+
+
+async def put_backup_email(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, BACKUP_EMAIL)
+    return json_response(await handlers.set_backup_email(auth, caller, _id(request, "account_id"), body["email"]), 202)
+
+
+async def confirm_backup_email(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, TOKEN)
+    return json_response(await handlers.confirm_backup_email(auth, caller, body["token"]))
+
+
+async def disable_with_code(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, DISABLE)
+    return json_response(await handlers.disable_with_backup_code(auth, caller, _id(request, "account_id"), body["backup_code"]))
+
+
+async def admin_disable(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, ADMIN_DISABLE)
+    return json_response(await handlers.admin_disable(auth, caller, _id(request, "account_id"), body["actor_account_id"]))
+
+
+async def create_login(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, LOGIN)
+    return json_response(await handlers.start_login(auth, caller, body), 201)
+
+
+async def verify_login(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, VERIFY)
+    return json_response(await handlers.verify_login(auth, caller, _id(request, "login_id"), body["method"], body["code"]))
+
+
+async def login_link(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    await read_json(request, EMPTY)
+    return json_response(await handlers.send_login_link(auth, caller, _id(request, "login_id")), 202)
+
+
+async def redeem_link(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, TOKEN)
+    return json_response(await handlers.redeem_login_link(auth, caller, body["token"]))
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return json_response(request.app[AUTH].signer.jwks)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_put("/v1/companies/{company_id}", put_company)
+    r.add_put("/v1/accounts/{account_id}", put_account)
+    r.add_get("/v1/accounts/{account_id}/mfa", get_mfa)
+    r.add_delete("/v1/accounts/{account_id}/mfa", admin_disable)
+    r.add_post("/v1/accounts/{account_id}/mfa/enrollment", start_enrollment)
+    r.add_get("/v1/accounts/{account_id}/mfa/enrollment/qr.svg", qr_svg)
+    r.add_get("/v1/accounts/{account_id}/mfa/enrollment/qr.png", qr_png)
+    r.add_post("/v1/accounts/{account_id}/mfa/enrollment/confirm", confirm_enrollment)
+    r.add_post("/v1/accounts/{account_id}/mfa/backup-codes", regenerate_codes)
+    r.add_post("/v1/accounts/{account_id}/mfa/disable", disable_with_code)
+    r.add_put("/v1/accounts/{account_id}/backup-email", put_backup_email)
+    r.add_post("/v1/backup-email/confirm", confirm_backup_email)
+    r.add_post("/v1/logins", create_login)
+    r.add_post("/v1/logins/{login_id}/verify", verify_login)
+    r.add_post("/v1/logins/{login_id}/backup-email", login_link)
+    r.add_post("/v1/login-links/redeem", redeem_link)
+    r.add_get("/.well-known/jwks.json", jwks)

@@ -1,0 +1,301 @@
+"""SQL of the auth schema. Every function takes the connection of the caller's transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+Conn = asyncpg.Connection
+
+# ---- directory --------------------------------------------------------------------------
+
+async def get_company(conn: Conn, company_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM auth.companies WHERE company_id = $1", company_id)
+
+
+async def upsert_company(conn: Conn, company_id: str, name: str, mfa_required: bool) -> asyncpg.Record | None:
+    """Insert or update; returns the previous row (None when new)."""
+    previous = await conn.fetchrow("SELECT * FROM auth.companies WHERE company_id = $1 FOR UPDATE", company_id)
+    await conn.execute(
+        """INSERT INTO auth.companies (company_id, name, mfa_required) VALUES ($1, $2, $3)
+           ON CONFLICT (company_id) DO UPDATE SET name = $2, mfa_required = $3, updated_at = now()""",
+        company_id,
+        name,
+        mfa_required,
+    )
+    return previous
+
+
+async def ensure_company(conn: Conn, company_id: str) -> None:
+    """A placeholder row for a company an account event named before the company's own event."""
+    await conn.execute(
+        "INSERT INTO auth.companies (company_id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", company_id
+    )
+
+
+async def upsert_account(conn: Conn, data: dict[str, Any]) -> asyncpg.Record | None:
+    previous = await conn.fetchrow("SELECT * FROM auth.accounts WHERE account_id = $1 FOR UPDATE", data["account_id"])
+    await conn.execute(
+        """INSERT INTO auth.accounts (account_id, company_id, email, first_name, last_name, role, mfa_required, locale)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (account_id) DO UPDATE SET company_id = $2, email = $3, first_name = $4, last_name = $5,
+               role = $6, mfa_required = $7, locale = $8, updated_at = now()""",
+        data["account_id"],
+        data["company_id"],
+        data["email"],
+        data.get("first_name", ""),
+        data.get("last_name", ""),
+        data["role"],
+        data.get("mfa_required", False),
+        data.get("locale"),
+    )
+    return previous
+
+
+async def delete_account(conn: Conn, account_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("DELETE FROM auth.accounts WHERE account_id = $1 RETURNING *", account_id)
+
+
+_ACCOUNT_VIEW = """
+    SELECT a.*, c.name AS company_name, c.mfa_required AS company_mfa_required,
+           (a.mfa_required OR c.mfa_required) AS forced,
+           b.address AS backup_address, b.verified_at AS backup_verified_at,
+           (SELECT count(*) FROM auth.backup_codes bc WHERE bc.account_id = a.account_id) AS backup_codes_left
+    FROM auth.accounts a
+    JOIN auth.companies c USING (company_id)
+    LEFT JOIN auth.backup_emails b USING (account_id)
+    WHERE a.account_id = $1
+"""
+
+
+async def get_account(conn: Conn, account_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+    """The account with its company policy, backup email and backup code count."""
+    if lock:
+        # Lock the account row first: every MFA change of one account is serialised on it.
+        found = await conn.fetchval("SELECT 1 FROM auth.accounts WHERE account_id = $1 FOR UPDATE", account_id)
+        if not found:
+            return None
+    return await conn.fetchrow(_ACCOUNT_VIEW, account_id)
+
+
+async def set_policy_for_company_accounts(conn: Conn, company_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT account_id FROM auth.accounts WHERE company_id = $1", company_id)
+
+
+# ---- enrolment ---------------------------------------------------------------------------
+
+async def save_pending(conn: Conn, account_id: str, sealed_secret: str, expires_at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO auth.pending_enrollments (account_id, totp_secret, expires_at) VALUES ($1, $2, $3)
+           ON CONFLICT (account_id) DO UPDATE SET totp_secret = $2, expires_at = $3, failed_attempts = 0,
+               created_at = now()""",
+        account_id,
+        sealed_secret,
+        expires_at,
+    )
+
+
+async def get_pending(conn: Conn, account_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+    sql = "SELECT * FROM auth.pending_enrollments WHERE account_id = $1"
+    return await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), account_id)
+
+
+async def delete_pending(conn: Conn, account_id: str) -> None:
+    await conn.execute("DELETE FROM auth.pending_enrollments WHERE account_id = $1", account_id)
+
+
+async def count_pending_failure(conn: Conn, account_id: str) -> int:
+    return await conn.fetchval(
+        "UPDATE auth.pending_enrollments SET failed_attempts = failed_attempts + 1 WHERE account_id = $1"
+        " RETURNING failed_attempts",
+        account_id,
+    )
+
+
+async def enable_totp(conn: Conn, account_id: str, sealed_secret: str, step: int, at: datetime) -> None:
+    await conn.execute(
+        """UPDATE auth.accounts SET totp_secret = $2, enrolled_at = $3, last_step = $4,
+               consecutive_failures = 0, lock_count = 0, locked_until = NULL, updated_at = now()
+           WHERE account_id = $1""",
+        account_id,
+        sealed_secret,
+        at,
+        step,
+    )
+
+
+async def disable_mfa(conn: Conn, account_id: str) -> None:
+    """Turn MFA off: forget the secret, the pending enrolment and every backup code."""
+    await conn.execute(
+        """UPDATE auth.accounts SET totp_secret = NULL, enrolled_at = NULL, consecutive_failures = 0,
+               lock_count = 0, locked_until = NULL, updated_at = now() WHERE account_id = $1""",
+        account_id,
+    )
+    await conn.execute("DELETE FROM auth.backup_codes WHERE account_id = $1", account_id)
+    await conn.execute("DELETE FROM auth.pending_enrollments WHERE account_id = $1", account_id)
+
+
+async def claim_step(conn: Conn, account_id: str, step: int) -> bool:
+    """Record `step` as used; False when it (or a later one) was accepted before."""
+    return bool(
+        await conn.fetchval(
+            "UPDATE auth.accounts SET last_step = $2 WHERE account_id = $1 AND last_step < $2 RETURNING true",
+            account_id,
+            step,
+        )
+    )
+
+
+async def record_failure(conn: Conn, account_id: str, failures: int, lock_count: int, locked_until: datetime | None) -> None:
+    await conn.execute(
+        """UPDATE auth.accounts SET consecutive_failures = $2, lock_count = $3,
+               locked_until = COALESCE($4, locked_until) WHERE account_id = $1""",
+        account_id,
+        failures,
+        lock_count,
+        locked_until,
+    )
+
+
+async def reset_failures(conn: Conn, account_id: str) -> None:
+    await conn.execute(
+        "UPDATE auth.accounts SET consecutive_failures = 0, lock_count = 0, locked_until = NULL"
+        " WHERE account_id = $1 AND (consecutive_failures <> 0 OR lock_count <> 0)",
+        account_id,
+    )
+
+
+# ---- backup codes ------------------------------------------------------------------------
+
+async def replace_backup_codes(conn: Conn, account_id: str, hashes: list[bytes]) -> None:
+    await conn.execute("DELETE FROM auth.backup_codes WHERE account_id = $1", account_id)
+    await conn.executemany(
+        "INSERT INTO auth.backup_codes (code_hash, account_id) VALUES ($1, $2)", [(h, account_id) for h in hashes]
+    )
+
+
+async def use_backup_code(conn: Conn, account_id: str, code_hash: bytes) -> bool:
+    """Delete the code if it exists for this account: single use in the database."""
+    return bool(
+        await conn.fetchval(
+            "DELETE FROM auth.backup_codes WHERE code_hash = $1 AND account_id = $2 RETURNING true",
+            code_hash,
+            account_id,
+        )
+    )
+
+
+# ---- backup e-mail -----------------------------------------------------------------------
+
+async def set_backup_email(conn: Conn, account_id: str, address: str, confirm_hash: bytes, expires_at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO auth.backup_emails (account_id, address, verified_at, confirm_hash, confirm_expires_at)
+           VALUES ($1, $2, NULL, $3, $4)
+           ON CONFLICT (account_id) DO UPDATE SET address = $2, verified_at = NULL, confirm_hash = $3,
+               confirm_expires_at = $4, updated_at = now()""",
+        account_id,
+        address,
+        confirm_hash,
+        expires_at,
+    )
+
+
+async def find_backup_email_by_token(conn: Conn, confirm_hash: bytes) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT b.*, a.company_id FROM auth.backup_emails b JOIN auth.accounts a USING (account_id)
+           WHERE b.confirm_hash = $1 FOR UPDATE OF b""",
+        confirm_hash,
+    )
+
+
+async def confirm_backup_email(conn: Conn, account_id: str) -> None:
+    await conn.execute(
+        "UPDATE auth.backup_emails SET verified_at = now(), confirm_hash = NULL, confirm_expires_at = NULL,"
+        " updated_at = now() WHERE account_id = $1",
+        account_id,
+    )
+
+
+# ---- logins ------------------------------------------------------------------------------
+
+async def insert_login(conn: Conn, row: dict[str, Any]) -> bool:
+    """Insert a login; False when the login id exists already (idempotent retries)."""
+    return bool(
+        await conn.fetchval(
+            """INSERT INTO auth.logins (login_id, account_id, company_id, decision, status, ip, user_agent, expires_at,
+                   method, completed_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (login_id) DO NOTHING RETURNING true""",
+            row["login_id"],
+            row["account_id"],
+            row["company_id"],
+            row["decision"],
+            row["status"],
+            row.get("ip"),
+            row.get("user_agent"),
+            row["expires_at"],
+            row.get("method"),
+            row.get("completed_at"),
+        )
+    )
+
+
+async def get_login(conn: Conn, login_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+    sql = "SELECT * FROM auth.logins WHERE login_id = $1"
+    return await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id)
+
+
+async def update_login(conn: Conn, login_id: str, **fields: Any) -> None:
+    allowed = {"decision", "status", "attempts", "links_sent", "method", "completed_at"}
+    assert set(fields) <= allowed, fields
+    names = list(fields)
+    sets = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
+    await conn.execute(f"UPDATE auth.logins SET {sets} WHERE login_id = $1", login_id, *(fields[n] for n in names))
+
+
+async def insert_link(conn: Conn, token_hash: bytes, login_id: str, account_id: str, expires_at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO auth.login_links (token_hash, login_id, account_id, expires_at) VALUES ($1, $2, $3, $4)",
+        token_hash,
+        login_id,
+        account_id,
+        expires_at,
+    )
+
+
+async def take_link(conn: Conn, token_hash: bytes) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM auth.login_links WHERE token_hash = $1 FOR UPDATE", token_hash)
+
+
+async def mark_link_used(conn: Conn, token_hash: bytes, at: datetime) -> None:
+    await conn.execute("UPDATE auth.login_links SET used_at = $2 WHERE token_hash = $1", token_hash, at)
+
+
+# ---- signing keys and rotation ---------------------------------------------------------
+
+async def signing_keys(conn: Conn | asyncpg.Pool) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM auth.signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC")
+
+
+async def insert_signing_key(conn: Conn, kid: str, private_key: str, public_jwk: dict) -> None:
+    await conn.execute(
+        "INSERT INTO auth.signing_keys (kid, private_key, public_jwk) VALUES ($1, $2, $3)", kid, private_key, public_jwk
+    )
+
+
+async def sealed_secrets(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT 'account' AS kind, account_id, totp_secret AS sealed FROM auth.accounts WHERE totp_secret IS NOT NULL
+           UNION ALL SELECT 'pending', account_id, totp_secret FROM auth.pending_enrollments
+           UNION ALL SELECT 'signing', kid, private_key FROM auth.signing_keys"""
+    )
+
+
+async def reseal(conn: Conn, kind: str, key: str, sealed: str) -> None:
+    table, column, id_col = {
+        "account": ("accounts", "totp_secret", "account_id"),
+        "pending": ("pending_enrollments", "totp_secret", "account_id"),
+        "signing": ("signing_keys", "private_key", "kid"),
+    }[kind]
+    await conn.execute(f"UPDATE auth.{table} SET {column} = $2 WHERE {id_col} = $1", key, sealed)
