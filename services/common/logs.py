@@ -26,10 +26,11 @@ def _redact(_logger, _name, event_dict):
     return event_dict
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+def configure_logging(level: str = "INFO", fmt: str = "json", stream=None) -> None:
+    """Configure structlog and the stdlib root logger once per process (`stream`: stderr by default)."""
+    stream = stream or sys.stderr
     renderer = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
@@ -46,7 +47,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")

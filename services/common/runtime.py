@@ -6,6 +6,7 @@ that runs in the process; `mfa run all` runs four apps on one Runtime.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -40,7 +41,11 @@ class Runtime:
         if self.broker is not None:
             await self.broker.close()
         if self.pool is not None:
-            await self.pool.close()
+            try:
+                await asyncio.wait_for(self.pool.close(), 5)
+            except asyncio.TimeoutError:
+                # A connection still held after in-flight work had its chance: exit anyway.
+                self.pool.terminate()
 
     def queue(self, name: str) -> str:
         """The queue name for a consumer, with the configured prefix (tests use unique ones)."""
