@@ -7,8 +7,6 @@ consumers on the new channel; publishing while the broker is away raises, and th
 
 from __future__ import annotations
 
-import asyncio
-
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
 
@@ -37,7 +35,7 @@ class Broker:
         """Connect and declare the exchange; raises BrokerUnreachable on the first failure."""
         try:
             self.connection = await aio_pika.connect_robust(self.url, timeout=timeout, reconnect_interval=1)
-        except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
             raise BrokerUnreachable(f"cannot reach RabbitMQ at {redact_url(self.url)}: {exc}") from exc
         self._channel = await self.connection.channel(publisher_confirms=True)
         self.exchange = await self._channel.declare_exchange(

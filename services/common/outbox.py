@@ -90,7 +90,7 @@ class OutboxRelay:
             try:
                 async with self.pool.acquire() as conn:
                     await self._serve(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("outbox_relay_db_error", schema=self.schema, error=str(exc))
                 await self._pause(1.0)
         log.info("outbox_relay_stopped", schema=self.schema)
@@ -98,7 +98,7 @@ class OutboxRelay:
     async def _pause(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _serve(self, conn: asyncpg.Connection) -> None:
@@ -127,7 +127,7 @@ class OutboxRelay:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             if not conn.is_closed():

@@ -43,7 +43,7 @@ class Runtime:
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # A connection still held after in-flight work had its chance: exit anyway.
                 self.pool.terminate()
 

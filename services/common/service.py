@@ -59,7 +59,7 @@ def workers_ctx(schema: str, consumers: Callable[[Runtime], list[Consumer]], *, 
                 relay_worker.stop()
                 try:
                     await asyncio.wait_for(relay_task, 5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.warning("relay_stop_timeout", schema=schema)
 
     return ctx
