@@ -68,7 +68,8 @@ class Broker:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             type=event_type,
         )
-        await self.exchange.publish(message, routing_key=event_type, timeout=10)
+        # mandatory=False: an event type nobody consumes yet is dropped by the broker, not returned.
+        await self.exchange.publish(message, routing_key=event_type, timeout=10, mandatory=False)
 
     async def close(self) -> None:
         if self.connection is not None:

@@ -1,0 +1,218 @@
+"""Benchmark of the audit log: events/s appended with the hash chain, verification and export rates.
+
+    .venv/bin/python bench/audit.py [--events 20000]
+
+Runs against the local PostgreSQL and RabbitMQ on a throwaway database, exchange and queues
+(all removed at the end). The queue is filled first, then the audit consumer is started and
+timed until the chain head reaches the last event: that is the append rate with the chain,
+redaction, the idempotency record and the acks. Then `/v1/audit/verify` work is timed, and
+the NDJSON export and the JSON pages are read over real HTTP.
+Targets (issue 6): append >= 2,000 events/s, export >= 20,000 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import random
+import socket
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from services.audit.app import create_app  # noqa: E402
+from services.audit.consumers import build_consumers  # noqa: E402
+from services.audit.handlers import verify  # noqa: E402
+from services.common.apikeys import create_key  # noqa: E402
+from services.common.config import Settings  # noqa: E402
+from services.common.crypto import Keyring  # noqa: E402
+from services.common.db import migrate  # noqa: E402
+from services.common.events import encode, new_event  # noqa: E402
+from services.common.logs import configure_logging  # noqa: E402
+from services.common.runner import migration_sets  # noqa: E402
+from services.common.runtime import Runtime  # noqa: E402
+from services.registry import SERVICES  # noqa: E402
+
+
+def _db_url(base: str, name: str) -> str:
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}"
+
+
+def make_events(count: int, keyring: Keyring) -> list[dict]:
+    """A realistic mix: logins, challenges, and login links whose sealed token must be redacted."""
+    rng = random.Random(7)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    events = []
+    for n in range(count):
+        company = f"bench-co-{n % 50}"
+        account = f"bench-acct-{rng.randrange(1000)}"
+        login = f"login-{n}"
+        when = start + timedelta(milliseconds=n)
+        roll = n % 10
+        if roll < 6:
+            event_type = "LoginSucceeded"
+            data = {"login_id": login, "account_id": account, "company_id": company, "method": "totp"}
+        elif roll < 9:
+            event_type = "LoginChallengeIssued"
+            data = {"login_id": login, "account_id": account, "company_id": company, "decision": "verify",
+                    "methods": ["totp", "backup_code", "backup_email"], "expires_at": when.isoformat()}
+        else:
+            event_type = "BackupEmailRequested"
+            token = keyring.seal(uuid.uuid4().bytes, aad=f"{event_type}:{account}".encode())
+            data = {"login_id": login, "account_id": account, "company_id": company,
+                    "backup_email": f"{account}@backup.example", "first_name": "Zoë", "link_token": token,
+                    "expires_at": when.isoformat()}
+        events.append(new_event(event_type, data, source="/mfa/auth", subject=account, company_id=company,
+                                correlation_id=login, time=when))
+    return events
+
+
+async def publish_all(runtime: Runtime, events: list[dict]) -> None:
+    exchange = runtime.broker.exchange
+
+    async def one(event: dict) -> None:
+        await exchange.publish(
+            aio_pika.Message(encode(event), message_id=event["id"], content_type="application/cloudevents+json",
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=event["type"],
+        )
+
+    for i in range(0, len(events), 500):
+        await asyncio.gather(*(one(e) for e in events[i:i + 500]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_head(pool: asyncpg.Pool, target: int, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while await pool.fetchval("SELECT seq FROM audit.chain_head") < target:
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"timed out: the chain did not reach {target} rows in {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def bench(count: int) -> None:
+    base = Settings.from_env()
+    u = uuid.uuid4().hex[:8]
+    name = f"mfa_bench_audit_{u}"
+    settings = dataclasses.replace(
+        base,
+        database_url=_db_url(base.database_url, name),
+        exchange=f"mfa.events.bench.{u}",
+        queue_prefix=f"bench.{u}.",
+        log_level="WARNING",
+    )
+    await migrate(settings.database_url, migration_sets([SERVICES["audit"]]))
+    runtime = await Runtime(settings).open(pool_size=10)
+    runner: web.AppRunner | None = None
+    consumer = None
+    try:
+        events = make_events(count, Keyring(settings.secret_keys))
+        # Declare the queue and its binding, then fill it while nobody consumes.
+        declare = build_consumers(runtime)[0]
+        await declare.start()
+        await declare.stop()
+        t = time.perf_counter()
+        await publish_all(runtime, events)
+        publish_s = time.perf_counter() - t
+
+        consumer = build_consumers(runtime)[0]
+        t = time.perf_counter()
+        await consumer.start()
+        await wait_head(runtime.pool, count, timeout=max(60, count / 200))
+        append_s = time.perf_counter() - t
+        await consumer.stop()
+        consumer = None
+
+        async with runtime.pool.acquire() as conn:
+            t = time.perf_counter()
+            result = await verify(conn)
+            verify_s = time.perf_counter() - t
+        assert result.ok and result.rows == count, result
+
+        key = await create_key(runtime.pool, "auditor")
+        bound = await create_key(runtime.pool, "auditor", "bench-co-7")
+        port = free_port()
+        runner = web.AppRunner(create_app(runtime), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = f"http://127.0.0.1:{port}/v1/audit/events"
+        async with aiohttp.ClientSession() as http:
+            async def export(api_key: str, **params) -> tuple[int, float]:
+                headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/x-ndjson"}
+                t = time.perf_counter()
+                lines = 0
+                async with http.get(url, headers=headers, params=params) as resp:
+                    assert resp.status == 200, await resp.text()
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        lines += chunk.count(b"\n")
+                return lines, time.perf_counter() - t
+
+            export_n, export_s = await export(key)
+            bound_n, bound_s = await export(bound)
+            t = time.perf_counter()
+            paged, cursor = 0, None
+            while True:
+                params = {"limit": "1000"} | ({"after": cursor} if cursor else {})
+                async with http.get(url, headers={"Authorization": f"Bearer {key}"}, params=params) as resp:
+                    body = await resp.json()
+                paged += len(body["events"])
+                cursor = body["next_cursor"]
+                if cursor is None:
+                    break
+            paged_s = time.perf_counter() - t
+        assert export_n == count == paged, (export_n, paged)
+
+        print(f"audit benchmark, {count} events ({os.cpu_count()} cores)")
+        print(f"  publish to the exchange   {count / publish_s:10,.0f} events/s  (setup, not the target)")
+        print(f"  append with the chain     {count / append_s:10,.0f} events/s  (target >= 2,000)")
+        print(f"  verify the chain          {count / verify_s:10,.0f} rows/s")
+        print(f"  NDJSON export, all        {export_n / export_s:10,.0f} events/s  (target >= 20,000)")
+        print(f"  NDJSON export, 1 company  {bound_n / bound_s:10,.0f} events/s  ({bound_n} rows, bound key)")
+        print(f"  JSON pages of 1000        {paged / paged_s:10,.0f} events/s")
+    finally:
+        if consumer is not None:
+            await consumer.stop()
+        if runner is not None:
+            await runner.cleanup()
+        try:
+            channel = await runtime.broker.channel()
+            for queue in ("audit", "audit.parked", *(f"audit.retry.{n}" for n in range(1, 5))):
+                await channel.queue_delete(runtime.queue(queue))
+            await channel.exchange_delete(settings.exchange)
+            await channel.close()
+        except aio_pika.exceptions.AMQPError as exc:
+            print(f"cleanup of the broker failed: {exc}", file=sys.stderr)
+        await runtime.close()
+        admin = await asyncpg.connect(_db_url(base.database_url, "postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    args = parser.parse_args()
+    configure_logging("WARNING", "console")
+    asyncio.run(bench(args.events))
+
+
+if __name__ == "__main__":
+    main()

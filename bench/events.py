@@ -1,0 +1,139 @@
+"""Benchmark of the event backbone: outbox -> relay -> RabbitMQ -> consumer (with its idempotency write).
+
+Run: `.venv/bin/python bench/events.py` (PostgreSQL and RabbitMQ on this machine).
+
+As in production, the producer (writers + outbox relay) and the consumer are separate
+processes: this one, and a child it starts. Reports sustained events/s, and p50/p99
+commit-to-handled latency at a fixed 500 events/s (wall clocks of one machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import bench_runtime, machine, percentile  # noqa: E402
+from services.common.config import Settings  # noqa: E402
+from services.common.consumer import Consumer  # noqa: E402
+from services.common.db import MigrationSet  # noqa: E402
+from services.common.events import new_event  # noqa: E402
+from services.common.logs import configure_logging  # noqa: E402
+from services.common.outbox import OutboxRelay, add_events  # noqa: E402
+from services.common.runtime import Runtime  # noqa: E402
+
+SCHEMA = "bench"
+ACCOUNTS = [f"acct-{i}" for i in range(200)]
+
+
+def ping(n: int) -> dict:
+    account = ACCOUNTS[n % len(ACCOUNTS)]
+    return new_event("TestPing", {"n": n, "account_id": account}, source="/bench", subject=account)
+
+
+async def consumer_process(expected: int) -> None:
+    """Child: consume until `expected` events were handled, then print their handled times as JSON."""
+    configure_logging("WARNING", "console")
+    runtime = await Runtime(Settings.from_env()).open()
+    handled: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def handler(conn, event):
+        handled[event["id"]] = time.time()
+        if len(handled) >= expected:
+            done.set()
+
+    consumer = Consumer(broker=runtime.broker, pool=runtime.pool, schema=SCHEMA, queue=runtime.queue("bench"),
+                        handlers={"TestPing": handler}, prefetch=256)
+    await consumer.start()
+    print("ready", flush=True)
+    await done.wait()
+    await consumer.stop()
+    await runtime.close()
+    print(json.dumps(handled), flush=True)
+
+
+async def start_consumer(runtime: Runtime, expected: int) -> asyncio.subprocess.Process:
+    env = {**os.environ, "MFA_DATABASE_URL": runtime.settings.database_url, "MFA_EXCHANGE": runtime.settings.exchange,
+           "MFA_QUEUE_PREFIX": runtime.settings.queue_prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--consumer", str(expected), env=env, stdout=asyncio.subprocess.PIPE, limit=2**26
+    )
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.strip() == b"ready", line
+    return proc
+
+
+async def collect(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, float]:
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    await proc.wait()
+    return json.loads(line)
+
+
+async def main(total: int, rate: int, seconds: float, batch: int) -> None:
+    configure_logging("WARNING", "console")
+    extra = [MigrationSet.for_service(SCHEMA, Path(__file__).parent / "migrations")]
+    async with bench_runtime(extra) as runtime:
+        relay = OutboxRelay(runtime.pool, runtime.broker, SCHEMA)
+        relay_task = asyncio.create_task(relay.run())
+        try:
+            print(f"machine: {machine()}")
+            # 1. Sustained throughput: 4 writers commit `batch` events per transaction as fast as they can.
+            proc = await start_consumer(runtime, total)
+            events = [ping(n) for n in range(total)]
+            started = time.time()
+
+            async def writer(chunk):
+                for i in range(0, len(chunk), batch):
+                    async with runtime.pool.acquire() as conn, conn.transaction():
+                        await add_events(conn, SCHEMA, chunk[i : i + batch])
+
+            await asyncio.gather(*(writer(events[k::4]) for k in range(4)))
+            written = time.time()
+            handled = await collect(proc, 600)
+            elapsed = max(handled.values()) - started
+            print(f"sustained: {total} events in {elapsed:.2f} s = {total / elapsed:,.0f} events/s "
+                  f"(writes done after {written - started:.2f} s, {batch} events per transaction)")
+
+            # 2. Latency at a fixed rate: one event per transaction, paced.
+            count = int(rate * seconds)
+            proc = await start_consumer(runtime, count)
+            committed: dict[str, float] = {}
+            t0 = time.perf_counter()
+            for n in range(count):
+                delay = t0 + n / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                event = ping(total + n)
+                async with runtime.pool.acquire() as conn, conn.transaction():
+                    await add_events(conn, SCHEMA, [event])
+                committed[event["id"]] = time.time()
+            actual_rate = count / (time.perf_counter() - t0)
+            handled = await collect(proc, 120)
+            latencies = [(handled[i] - committed[i]) * 1000 for i in committed]
+            print(f"latency at {actual_rate:,.0f} events/s over {seconds:.0f} s ({count} events): "
+                  f"p50 {percentile(latencies, 50):.1f} ms, p99 {percentile(latencies, 99):.1f} ms, "
+                  f"max {max(latencies):.1f} ms")
+        finally:
+            relay.stop()
+            await relay_task
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--total", type=int, default=20000)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--consumer", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.consumer:
+        asyncio.run(consumer_process(args.consumer))
+    else:
+        asyncio.run(main(args.total, args.rate, args.seconds, args.batch))
