@@ -35,6 +35,9 @@ test-fast: $(DEV_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/events.py
+	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/mail.py
+	$(BIN)/python bench/audit.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return asyncio.run(_main(args, settings))
-    except DatabaseUnreachable as exc:
+    except (DatabaseUnreachable, ConfigError) as exc:
         print(f"mfa: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -520,6 +520,10 @@ async def verify_login(auth: Auth, caller: Caller, login_id: str, method: str, c
         code = domain.normalize_backup_code(code)
     at = now()
     async with auth.pool.acquire() as conn:
+        if method == "totp":
+            fast = await _verify_totp_fast(auth, caller, conn, login_id, code, at)
+            if fast is not None:
+                return fast
         async with conn.transaction():
             login = await _pending_login(conn, caller, login_id)
             account = await store.get_account(conn, login["account_id"], lock=True)
@@ -584,6 +588,37 @@ async def verify_login(auth: Auth, caller: Caller, login_id: str, method: str, c
     if outcome.locked_until:
         extra["locked_until"] = iso(outcome.locked_until)
     raise Unauthorized(detail, code=reason if attempts_left else "login_failed", **extra)
+
+
+async def _verify_totp_fast(
+    auth: Auth, caller: Caller, conn: asyncpg.Connection, login_id: str, code: str, at: datetime
+) -> dict[str, Any] | None:
+    """The common case in two round trips: a right code for a pending login.
+
+    Reads without locks, and if the code matches, completes the login in ONE statement
+    whose conditions re-check everything under the row locks (`last_step < step` keeps a
+    step single use). Anything else (wrong code, replay, lock, wrong state) returns None
+    and takes the locked path, which gives the exact error and counts failures.
+    """
+    row = await store.get_login_for_verify(conn, login_id)
+    if (
+        row is None
+        or not caller.sees(row["company_id"])
+        or row["decision"] != "verify"
+        or row["status"] != "pending"
+        or row["expires_at"] <= at
+        or row["totp_secret"] is None
+        or (row["locked_until"] and row["locked_until"] > at)
+    ):
+        return None
+    secret = auth.open_secret(row["account_id"], row["totp_secret"])
+    step = domain.match_totp(domain.decode_secret(secret), code, at)
+    if step is None or step <= row["last_step"]:
+        return None
+    event = _login_succeeded(caller, row, "totp")
+    if not await store.complete_totp_login(conn, login_id, row["account_id"], step, event, SCHEMA):
+        return None
+    return _success(auth, row, "totp")
 
 
 def _success(auth: Auth, login: asyncpg.Record, method: str) -> dict[str, Any]:

@@ -254,6 +254,55 @@ async def update_login(conn: Conn, login_id: str, **fields: Any) -> None:
     await conn.execute(f"UPDATE auth.logins SET {sets} WHERE login_id = $1", login_id, *(fields[n] for n in names))
 
 
+async def get_login_for_verify(conn: Conn, login_id: str) -> asyncpg.Record | None:
+    """A login with what verifying a TOTP code needs of its account, in one read."""
+    return await conn.fetchrow(
+        """SELECT l.login_id, l.account_id, l.company_id, l.decision, l.status, l.expires_at,
+                  a.totp_secret, a.last_step, a.locked_until
+           FROM auth.logins l JOIN auth.accounts a USING (account_id) WHERE l.login_id = $1""",
+        login_id,
+    )
+
+
+async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: int, event: dict, schema: str) -> bool:
+    """Claim `step` and complete the login with its event, atomically in one statement.
+
+    The account update only matches while `step` is newer than every accepted one and the
+    account is not locked; the login and the outbox row are written only if it matched.
+    """
+    from ..common.events import encode
+    from ..common.outbox import channel_name, partition_of
+
+    return bool(
+        await conn.fetchval(
+            f"""WITH claimed AS (
+                    UPDATE auth.accounts SET last_step = $3, consecutive_failures = 0, lock_count = 0, locked_until = NULL
+                    WHERE account_id = $2 AND last_step < $3 AND totp_secret IS NOT NULL
+                      AND (locked_until IS NULL OR locked_until <= now())
+                    RETURNING account_id),
+                completed AS (
+                    UPDATE auth.logins SET status = 'succeeded', method = 'totp', completed_at = now()
+                    WHERE login_id = $1 AND status = 'pending' AND decision = 'verify' AND expires_at > now()
+                      AND EXISTS (SELECT 1 FROM claimed)
+                    RETURNING login_id),
+                queued AS (
+                    INSERT INTO {schema}.outbox (event_id, event_type, partition, body, correlation_id)
+                    SELECT $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM completed)
+                    RETURNING id)
+                SELECT EXISTS (SELECT 1 FROM queued) AND pg_notify($9, '') IS NOT NULL""",
+            login_id,
+            account_id,
+            step,
+            event["id"],
+            event["type"],
+            partition_of(event["subject"]),
+            encode(event),
+            event.get("correlationid"),
+            channel_name(schema),
+        )
+    )
+
+
 async def insert_link(conn: Conn, token_hash: bytes, login_id: str, account_id: str, expires_at: datetime) -> None:
     await conn.execute(
         "INSERT INTO auth.login_links (token_hash, login_id, account_id, expires_at) VALUES ($1, $2, $3, $4)",

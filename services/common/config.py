@@ -33,6 +33,7 @@ class Settings:
     smtp_user: str = ""
     smtp_password: str = field(default="", repr=False)
     smtp_tls: str = "none"  # none | starttls | tls
+    smtp_ca_file: str = ""  # extra CA bundle to trust for the SMTP server's certificate
     mail_from: str = "MFA <no-reply@mfa.localhost>"
     helpdesk_email: str = "helpdesk@mfa.localhost"
     public_url: str = "http://127.0.0.1:8081"
@@ -81,6 +82,7 @@ class Settings:
             smtp_user=get("MFA_SMTP_USER", ""),
             smtp_password=env.get("MFA_SMTP_PASSWORD", ""),
             smtp_tls=tls,
+            smtp_ca_file=get("MFA_SMTP_CA_FILE", ""),
             mail_from=get("MFA_MAIL_FROM", "MFA <no-reply@mfa.localhost>"),
             helpdesk_email=get("MFA_HELPDESK_EMAIL", "helpdesk@mfa.localhost"),
             public_url=get("MFA_PUBLIC_URL", "http://127.0.0.1:8081").rstrip("/"),

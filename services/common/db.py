@@ -88,8 +88,8 @@ async def ensure_database(url: str) -> None:
             try:
                 await conn.execute(f'CREATE DATABASE "{name}"')
                 log.info("database_created", database=name)
-            except asyncpg.DuplicateDatabaseError:
-                pass
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                pass  # another process created it between our check and our CREATE
     finally:
         await conn.close()
 
