@@ -107,7 +107,7 @@ async def _cleanup_broker(test_settings: Settings) -> None:
 @pytest.fixture(scope="session")
 async def runtime(settings):
     """A Runtime (pool and broker) shared by the tests of a run."""
-    rt = await Runtime(settings).open(pool_size=20)
+    rt = await Runtime(settings).open(pool_size=40)
     yield rt
     await rt.close()
 

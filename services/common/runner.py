@@ -34,7 +34,7 @@ async def serve(settings: Settings, specs: list[ServiceSpec], *, ready_message: 
     """Serve `specs` in this process until SIGTERM or SIGINT; returns the exit code."""
     try:
         await run_migrations(settings, specs)
-        runtime = await Runtime(settings).open()
+        runtime = await Runtime(settings).open(pool_size=sum(spec.pool_size for spec in specs))
     except (DatabaseUnreachable, BrokerUnreachable) as exc:
         print(f"mfa: {exc}", file=sys.stderr)
         return 2

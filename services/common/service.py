@@ -28,6 +28,7 @@ class ServiceSpec:
     migrations: Path
     port_setting: str
     create_app: Callable[[Runtime], web.Application]
+    pool_size: int = 10  # this service's share of the process's one database pool
 
     @property
     def migration_set(self) -> MigrationSet:

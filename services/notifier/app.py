@@ -1,4 +1,4 @@
-"""Wiring of the notifier service: templates, SMTP (or the embedded sink), its pool and its consumer."""
+"""Wiring of the notifier service: templates, SMTP (or the embedded sink), and its consumer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 from aiohttp import web
 
 from ..common.consumer import DEFAULT_RETRY_DELAYS
-from ..common.db import create_pool
 from ..common.logs import get_logger
 from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
@@ -43,10 +42,9 @@ def delivery_ctx(prefetch: int = PREFETCH):
                 smtp = SmtpConfig(host=sink.host, port=await sink.start())
                 opened.push_async_callback(sink.stop)
                 app[SINK] = sink
-            # Its own pool: handlers hold a connection while SMTP answers, which must never starve
-            # the other services sharing the runtime's pool; journal writes take one of the spare ones.
-            pool = await create_pool(settings.database_url, min_size=1, max_size=prefetch + POOL_SPARE)
-            opened.push_async_callback(pool.close)
+            # Handlers hold a connection while SMTP answers; the process pool is sized for that
+            # (ServiceSpec.pool_size below), so the notifier never starves services beside it.
+            pool = app[RUNTIME].pool
             mailer = await Mailer(smtp).start()
             opened.push_async_callback(mailer.close)
             app[NOTIFIER] = Notifier.from_settings(settings, catalog=catalog, mailer=mailer, journal=pool)
@@ -77,4 +75,7 @@ def create_app(
     )
     return app
 
-SERVICE = ServiceSpec("notifier", SCHEMA, Path(__file__).parent / "migrations", "notifier_port", create_app)
+SERVICE = ServiceSpec(
+    "notifier", SCHEMA, Path(__file__).parent / "migrations", "notifier_port", create_app,
+    pool_size=PREFETCH + POOL_SPARE,
+)
