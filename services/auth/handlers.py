@@ -456,7 +456,7 @@ async def start_login(auth: Auth, caller: Caller, data: dict[str, Any], conn: as
     if existing is not None:
         if existing["account_id"] != account["account_id"]:
             raise Conflict("This login id belongs to another account.", code="login_id_conflict")
-        return _with_assertion(auth, existing, methods if existing["decision"] == "verify" else [])
+        return _with_assertion(auth, existing, methods if existing["decision"] == decision else [])
     row = {
         "login_id": login_id,
         "account_id": account["account_id"],

@@ -78,6 +78,8 @@ async def edge_middleware(request: web.Request, handler: Callable[[web.Request],
         response = await handler(request)
     except MfaError as exc:
         response = problem(exc.status, exc.code, exc.detail, exc.title, **exc.extra)
+        if "retry_after" in exc.extra:
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

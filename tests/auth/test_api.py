@@ -124,6 +124,10 @@ async def test_five_wrong_codes_end_a_login_and_ten_lock_the_account(api, tap):
     assert locked[0]["data"]["consecutive_failures"] == 10
     _, denied = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
     assert denied["decision"] == "deny" and denied["locked_until"]
+    async with api.client.post(f"/v1/accounts/{account}/mfa/disable", json={"backup_code": "ABCDE-FGHJK-MNPQR"},
+                               headers=api.headers) as resp:
+        assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0
+        assert (await resp.json())["code"] == "mfa_locked"
     _, status = await api.call("GET", f"/v1/accounts/{account}/mfa", expect=200)
     assert status["locked_until"]
     failed = await tap.wait(account, "LoginFailed", 10)
