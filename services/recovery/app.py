@@ -1,21 +1,83 @@
-"""Wiring of the recovery service (an empty shell until its issue lands)."""
+"""Wiring of the recovery service: HTTP API, helpdesk mailbox (SMTP), directory consumer, photo purge."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
+from ..common.crypto import Keyring
+from ..common.logs import get_logger
 from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
-from ..common.web import create_base_app
+from ..common.web import RUNTIME, create_base_app
+from . import handlers
+from .api import LIMITS, MAX_FORM_BYTES, RATE_KEY, add_routes
+from .consumers import directory_consumer
+from .domain import RateLimits
+from .handlers import SCHEMA
+from .inbound import InboundMailbox, MailboxHandler
 
-SCHEMA = "recovery"
+log = get_logger("recovery")
+
+PURGE_INTERVAL = 3600.0  # photos expire after 30 days; checking hourly keeps them at most an hour longer
 
 
-def create_app(runtime: Runtime) -> web.Application:
-    app = create_base_app(runtime, "recovery", SCHEMA)
-    app.cleanup_ctx.append(workers_ctx(SCHEMA, lambda rt: []))
+async def mailbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The helpdesk mailbox listens on settings.inbound_smtp_port for the app's lifetime."""
+    runtime = app[RUNTIME]
+    settings = runtime.settings
+    assert runtime.pool is not None
+    handler = MailboxHandler(runtime.pool, rate_key=app[RATE_KEY], limits=app[LIMITS],
+                             mailbox=(settings.helpdesk_email,))
+    hostname = settings.helpdesk_email.rpartition("@")[2] or "mfa.localhost"
+    mailbox = InboundMailbox(handler, settings.host, settings.inbound_smtp_port, hostname=hostname)
+    await mailbox.start()
+    try:
+        yield
+    finally:
+        await mailbox.stop()
+
+
+async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Hourly: delete photos of tickets open for 30 days and forget old rate-limit counters."""
+    runtime = app[RUNTIME]
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        while not stop.is_set():
+            try:
+                await handlers.purge_expired_photos(runtime.pool)
+                await handlers.prune_rate_limits(runtime.pool, app[LIMITS])
+            except Exception as exc:  # the database may be away: try again next round
+                log.warning("recovery_purge_failed", error=f"{type(exc).__name__}: {exc}")
+            try:
+                await asyncio.wait_for(stop.wait(), PURGE_INTERVAL)
+            except TimeoutError:
+                pass
+
+    task = asyncio.create_task(loop(), name="recovery-purge")
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, 5)
+        except TimeoutError:
+            log.warning("recovery_purge_stop_timeout")
+
+
+def create_app(runtime: Runtime, *, limits: RateLimits | None = None) -> web.Application:
+    """The recovery app; `limits` overrides the intake rate limits (tests)."""
+    app = create_base_app(runtime, "recovery", SCHEMA, client_max_size=MAX_FORM_BYTES)
+    app[LIMITS] = limits or RateLimits()
+    app[RATE_KEY] = Keyring(runtime.settings.secret_keys).derive("recovery-rate-limit")
+    add_routes(app)
+    app.cleanup_ctx.append(workers_ctx(SCHEMA, lambda rt: [directory_consumer(rt)]))
+    app.cleanup_ctx.append(mailbox_ctx)
+    app.cleanup_ctx.append(purge_ctx)
     return app
 
 

@@ -1,0 +1,243 @@
+"""HTTP in, JSON out: the recovery form and the helpdesk's ticket API."""
+
+from __future__ import annotations
+
+from aiohttp import BodyPartReader, web
+
+from ..common.errors import BadRequest, MfaError, NotFound, PayloadTooLarge, TooManyRequests, UnsupportedMedia
+from ..common.events import Actor
+from ..common.web import (
+    RUNTIME,
+    compile_schema,
+    current_correlation_id,
+    json_response,
+    read_json,
+    require_role,
+)
+from . import handlers
+from .domain import (
+    MAX_PHOTO_BYTES,
+    PHOTO_EXTENSIONS,
+    STATUSES,
+    UNDECIDED,
+    IntakeRequest,
+    Photo,
+    RateLimits,
+    clean_company,
+    clean_name,
+    normalize_email,
+    sniff_image,
+    valid_email,
+    valid_ip,
+)
+
+LIMITS = web.AppKey("recovery_limits", RateLimits)
+RATE_KEY = web.AppKey("recovery_rate_key", bytes)
+
+TEXT_FIELDS = ("email", "first_name", "last_name", "company_name", "ip")
+REQUIRED_TEXT = ("email", "first_name", "last_name", "company_name")
+MAX_TEXT_FIELD_BYTES = 1024
+MAX_OTHER_PART_BYTES = 16 * 1024
+MAX_FORM_BYTES = MAX_PHOTO_BYTES + 256 * 1024
+CHUNK = 64 * 1024
+
+_AGENT = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^\S(?:[^\x00-\x1f\x7f]*\S)?$"}
+_validate_claim = compile_schema({
+    "type": "object", "additionalProperties": False, "required": ["agent"],
+    "properties": {"agent": _AGENT, "force": {"type": "boolean"}},
+})
+_validate_approve = compile_schema({
+    "type": "object", "additionalProperties": False, "required": ["agent"],
+    "properties": {"agent": _AGENT, "note": {"type": "string", "maxLength": 2000}},
+})
+_validate_reject = compile_schema({
+    "type": "object", "additionalProperties": False, "required": ["agent", "reason"],
+    "properties": {"agent": _AGENT, "reason": {"type": "string", "minLength": 1, "maxLength": 2000, "pattern": r"\S"}},
+})
+
+
+async def _read_part(part: BodyPartReader, limit: int, too_large: MfaError) -> bytes:
+    buf = bytearray()
+    while chunk := await part.read_chunk(CHUNK):
+        buf += chunk
+        if len(buf) > limit:
+            raise too_large
+    return bytes(buf)
+
+
+async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]:
+    """The multipart form's text fields and photo bytes, with size limits enforced while reading."""
+    if request.content_length and request.content_length > MAX_FORM_BYTES:
+        raise PayloadTooLarge(f"The form is larger than {MAX_FORM_BYTES} bytes; the photo may be 10 MB at most.",
+                              code="photo_too_large")
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMedia("Send the request as multipart/form-data.", code="multipart_required")
+    fields: dict[str, str] = {}
+    photo: bytes | None = None
+    other = 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("Nested multipart bodies are not accepted.", code="invalid_multipart")
+            name = part.name or ""
+            if name == "photo":
+                if photo is not None:
+                    raise BadRequest("Send one photo.", code="validation_failed")
+                photo = await _read_part(part, MAX_PHOTO_BYTES, PayloadTooLarge(
+                    "The photo is larger than 10 MB.", code="photo_too_large"))
+            elif name in TEXT_FIELDS:
+                if name in fields:
+                    raise BadRequest(f"The field {name} is sent twice.", code="validation_failed")
+                raw = await _read_part(part, MAX_TEXT_FIELD_BYTES, BadRequest(
+                    f"The field {name} is too long.", code="validation_failed", field=name))
+                try:
+                    fields[name] = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise BadRequest(f"The field {name} is not UTF-8.", code="validation_failed", field=name) from exc
+            else:
+                other += len(await _read_part(part, MAX_OTHER_PART_BYTES, PayloadTooLarge(
+                    f"Unexpected part {name[:50]!r} is too large.", code="payload_too_large")))
+                if other > MAX_OTHER_PART_BYTES:
+                    raise PayloadTooLarge("Too much unexpected data in the form.", code="payload_too_large")
+    except (ValueError, AssertionError, KeyError) as exc:  # aiohttp's signals for a broken multipart body
+        raise BadRequest(f"The multipart body cannot be read: {exc}", code="invalid_multipart") from exc
+    return fields, photo
+
+
+def form_request(fields: dict[str, str], photo: bytes | None, remote: str | None) -> IntakeRequest:
+    """Check the form's fields; a clear 400/415 for anything a ticket cannot be opened with."""
+    missing = [f for f in REQUIRED_TEXT if not fields.get(f, "").strip()]
+    if not photo:
+        missing.append("photo")
+    if missing:
+        raise BadRequest(f"Missing fields: {', '.join(missing)}.", code="validation_failed", missing=missing)
+    email = fields["email"].strip()
+    if not valid_email(email):
+        raise BadRequest("The email is not a valid address.", code="invalid_email", field="email")
+    names = {}
+    for field in ("first_name", "last_name"):
+        names[field] = clean_name(fields[field])
+        if names[field] is None:
+            raise BadRequest(f"The {field.replace('_', ' ')} holds characters a name cannot have.",
+                             code="invalid_name", field=field)
+    company = clean_company(fields["company_name"])
+    if company is None:
+        raise BadRequest("The company name is too long or holds control characters.", code="invalid_company_name",
+                         field="company_name")
+    ip = fields.get("ip", "").strip()
+    if ip and not valid_ip(ip):
+        raise BadRequest("The ip is not an IP address.", code="invalid_ip", field="ip")
+    assert photo is not None
+    kind = sniff_image(photo)
+    if kind is None:
+        raise UnsupportedMedia("The photo must be a JPEG, PNG or HEIC image.", code="unsupported_photo_type")
+    return IntakeRequest(
+        channel="form",
+        email=email,
+        first_name=names["first_name"] or "",
+        last_name=names["last_name"] or "",
+        company_name=company,
+        photo=Photo(photo, kind),
+        reply_to=email,
+        sender=normalize_email(email),
+        ip=ip or remote or "",
+    )
+
+
+async def create_request(request: web.Request) -> web.Response:
+    """POST /v1/recovery-requests: the same 202 whether or not the account exists."""
+    principal = require_role(request, "service", "helpdesk")
+    fields, photo = await read_form(request)
+    intake = form_request(fields, photo, request.remote)
+    pool = request.app[RUNTIME].pool
+    retry_after = await handlers.check_rate_limit(pool, request.app[RATE_KEY], request.app[LIMITS], intake)
+    if retry_after is not None:
+        raise TooManyRequests("Too many recovery requests; try again later.", code="rate_limited",
+                              retry_after=retry_after)
+    result = await handlers.open_ticket(pool, intake, actor=Actor("api_key", principal.key_id),
+                                        correlation_id=current_correlation_id(),
+                                        scope_company_id=principal.company_id)
+    return json_response({"ticket_id": result.ticket_id}, status=202)
+
+
+def _ticket_id(request: web.Request) -> str:
+    ticket_id = request.match_info["ticket_id"]
+    if len(ticket_id) > 128:
+        raise NotFound("No such recovery ticket.", code="ticket_not_found")
+    return ticket_id
+
+
+async def list_tickets(request: web.Request) -> web.Response:
+    """GET /v1/recovery-tickets?status=open&limit=&after=: the queue, oldest first."""
+    principal = require_role(request, "helpdesk")
+    raw_status = request.query.get("status", ",".join(UNDECIDED))
+    statuses = [s.strip() for s in raw_status.split(",") if s.strip()]
+    if not statuses or any(s not in STATUSES for s in statuses):
+        raise BadRequest(f"status must be a comma-separated list of {', '.join(STATUSES)}.", code="invalid_status")
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 200:
+        raise BadRequest("limit must be a whole number from 1 to 200.", code="invalid_limit")
+    page = await handlers.list_tickets(request.app[RUNTIME].pool, principal, statuses=statuses,
+                                       after=request.query.get("after") or None, limit=limit)
+    return json_response(page)
+
+
+async def get_ticket(request: web.Request) -> web.Response:
+    """GET /v1/recovery-tickets/{id}: the ticket, its photo's state and the matched account."""
+    principal = require_role(request, "helpdesk")
+    return json_response(await handlers.get_ticket(request.app[RUNTIME].pool, _ticket_id(request), principal))
+
+
+async def get_photo(request: web.Request) -> web.Response:
+    """GET /v1/recovery-tickets/{id}/photo: the image, never cached."""
+    principal = require_role(request, "helpdesk")
+    ticket_id = _ticket_id(request)
+    data, content_type = await handlers.get_photo(request.app[RUNTIME].pool, ticket_id, principal)
+    return web.Response(body=data, content_type=content_type, headers={
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f'inline; filename="ticket-{ticket_id}.{PHOTO_EXTENSIONS.get(content_type, "bin")}"',
+    })
+
+
+async def claim_ticket(request: web.Request) -> web.Response:
+    """POST /v1/recovery-tickets/{id}/claim {agent, force?}."""
+    principal = require_role(request, "helpdesk")
+    body = await read_json(request, _validate_claim)
+    view = await handlers.claim(request.app[RUNTIME].pool, _ticket_id(request), principal, agent=body["agent"],
+                                force=body.get("force", False))
+    return json_response(view)
+
+
+async def _decide(request: web.Request, action: str) -> web.Response:
+    principal = require_role(request, "helpdesk")
+    body = await read_json(request, _validate_approve if action == "approve" else _validate_reject)
+    text = body.get("note", "") if action == "approve" else body["reason"]
+    view = await handlers.decide(request.app[RUNTIME].pool, _ticket_id(request), principal, action=action,
+                                 agent=body["agent"], text=text, actor=Actor("api_key", principal.key_id),
+                                 correlation_id=current_correlation_id())
+    return json_response(view)
+
+
+async def approve_ticket(request: web.Request) -> web.Response:
+    """POST /v1/recovery-tickets/{id}/approve {agent, note}: auth resets the account's MFA."""
+    return await _decide(request, "approve")
+
+
+async def reject_ticket(request: web.Request) -> web.Response:
+    """POST /v1/recovery-tickets/{id}/reject {agent, reason}: the requester is told why."""
+    return await _decide(request, "reject")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/recovery-requests", create_request)
+    app.router.add_get("/v1/recovery-tickets", list_tickets)
+    app.router.add_get("/v1/recovery-tickets/{ticket_id}", get_ticket)
+    app.router.add_get("/v1/recovery-tickets/{ticket_id}/photo", get_photo)
+    app.router.add_post("/v1/recovery-tickets/{ticket_id}/claim", claim_ticket)
+    app.router.add_post("/v1/recovery-tickets/{ticket_id}/approve", approve_ticket)
+    app.router.add_post("/v1/recovery-tickets/{ticket_id}/reject", reject_ticket)

@@ -1,0 +1,372 @@
+"""Use cases of the recovery service: intake, the helpdesk queue, decisions, the photo purge.
+
+Each use case loads what it needs, asks domain.py, and writes state and events in one
+transaction (events through the outbox), so nothing is ever half-stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from ..common.apikeys import Principal
+from ..common.crypto import keyed_hash
+from ..common.errors import BadRequest, Gone, NotFound
+from ..common.events import Actor, new_event
+from ..common.logs import get_logger
+from ..common.outbox import add_events
+from . import domain, store
+from .domain import IntakeRequest, RateLimits, TicketFields, TicketState
+
+log = get_logger("recovery")
+
+SCHEMA = "recovery"
+SOURCE = "/mfa/recovery"
+MAILBOX_ACTOR = Actor("system", "recovery-mailbox")
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    """What an intake did: the ticket it opened or joined."""
+
+    ticket_id: str
+    status: str
+    joined: bool
+    missing: list[str]
+
+
+def photo_path(ticket_id: str) -> str:
+    """Where the helpdesk fetches a ticket's photo (the reference events carry instead of bytes)."""
+    return f"/v1/recovery-tickets/{ticket_id}/photo"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+# ---- intake
+
+
+async def check_rate_limit(pool: asyncpg.Pool, rate_key: bytes, limits: RateLimits, req: IntakeRequest,
+                           now: datetime | None = None) -> int | None:
+    """Count this request against its sender and IP; the seconds to wait when over a limit, else None.
+
+    Counters live in PostgreSQL so every process shares them; keys are keyed hashes, so the table
+    holds no addresses. Matching and non-matching accounts count alike.
+    """
+    now = now or datetime.now(UTC)
+    start = limits.window_start(now)
+    checks = []
+    if req.sender:
+        checks.append((keyed_hash(rate_key, f"sender:{domain.normalize_email(req.sender)}"), limits.per_sender))
+    if req.ip:
+        checks.append((keyed_hash(rate_key, f"ip:{req.ip}"), limits.per_ip))
+    over = False
+    async with pool.acquire() as conn:
+        for key, limit in checks:
+            over = await store.hit(conn, key, start) > limit or over
+    return limits.retry_after(now) if over else None
+
+
+def _state(row: asyncpg.Record) -> TicketState:
+    return TicketState(
+        ticket_id=row["ticket_id"], status=row["status"], requester_email=row["requester_email"],
+        first_name=row["first_name"], last_name=row["last_name"], company_name=row["company_name"],
+        has_photo=row["has_photo"], problems=tuple(row["problems"]), reply_to=row["reply_to"],
+    )
+
+
+async def open_ticket(pool: asyncpg.Pool, req: IntakeRequest, *, actor: Actor, correlation_id: str | None,
+                      scope_company_id: str | None = None) -> IntakeResult:
+    """Open a ticket for `req`, or join the undecided ticket of the same email and company.
+
+    The caller's answer never depends on whether an account matched: only the helpdesk sees that.
+    """
+    email_key, company_key = req.email_key, req.company_key
+    account_id = company_id = None
+    async with pool.acquire() as conn, conn.transaction():
+        existing = None
+        if email_key and company_key:
+            await store.lock_person(conn, email_key, company_key)
+            matches = await store.find_accounts(conn, email_key, company_key, scope_company_id)
+            if len(matches) == 1:
+                account_id, company_id = matches[0]["account_id"], matches[0]["company_id"]
+            existing = await store.undecided_ticket_for(conn, email_key, company_key)
+        if existing is not None:
+            ticket_id = existing["ticket_id"]
+            fields = domain.join_ticket(_state(existing), req)
+            await store.update_joined_ticket(conn, ticket_id, fields, account_id, company_id)
+            account_id = account_id or existing["account_id"]
+            company_id = company_id or existing["company_id"]
+            if fields.replace_photo:
+                await store.delete_photo(conn, ticket_id, "replaced")
+        else:
+            ticket_id = str(uuid.uuid4())
+            fields = domain.new_ticket_fields(req)
+            await store.insert_ticket(
+                conn, ticket_id=ticket_id, channel=req.channel, fields=fields, email_key=email_key,
+                company_key=company_key, scope_company_id=scope_company_id, account_id=account_id,
+                company_id=company_id,
+            )
+        if fields.replace_photo and req.photo is not None:
+            await store.put_photo(conn, ticket_id, req.photo, hashlib.sha256(req.photo.data).digest())
+        has_photo = req.photo is not None or (existing is not None and existing["has_photo"])
+        event = new_event(
+            "RecoveryTicketOpened",
+            _opened_data(ticket_id, req.channel, fields, account_id, company_id, has_photo, existing is not None),
+            source=SOURCE,
+            subject=account_id or ticket_id,
+            company_id=company_id,
+            correlation_id=correlation_id,
+            actor=actor,
+        )
+        await add_events(conn, SCHEMA, [event])
+    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, ticket_status=fields.status)
+    return IntakeResult(ticket_id, fields.status, existing is not None, fields.missing)
+
+
+def _opened_data(ticket_id: str, channel: str, fields: TicketFields, account_id: str | None,
+                 company_id: str | None, has_photo: bool, joined: bool) -> dict[str, Any]:
+    return {
+        "ticket_id": ticket_id,
+        "requester_email": fields.requester_email,
+        "first_name": fields.first_name,
+        "last_name": fields.last_name,
+        "company_name": fields.company_name,
+        "account_id": account_id,
+        "company_id": company_id,
+        "status": domain.event_status(fields.missing),
+        "channel": channel,
+        "missing": fields.missing,
+        "problems": fields.problems,
+        "photo_ref": photo_path(ticket_id) if has_photo else None,
+        "joined": joined,
+        "reply_to": fields.reply_to,
+    }
+
+
+# ---- helpdesk
+
+
+async def _ensure_match(conn: asyncpg.Connection, row: asyncpg.Record) -> tuple[str | None, str | None]:
+    """The ticket's account; matched now if the directory learnt of it after the intake."""
+    if row["account_id"] is not None or not (row["email_key"] and row["company_key"]):
+        return row["account_id"], row["company_id"]
+    matches = await store.find_accounts(conn, row["email_key"], row["company_key"], row["scope_company_id"])
+    if len(matches) != 1:
+        return None, None
+    account_id, company_id = matches[0]["account_id"], matches[0]["company_id"]
+    await store.set_match(conn, row["ticket_id"], account_id, company_id)
+    return account_id, company_id
+
+
+async def _visible_ticket(conn: asyncpg.Connection, ticket_id: str, principal: Principal,
+                          *, for_update: bool = False) -> tuple[asyncpg.Record, str | None, str | None]:
+    row = await store.get_ticket(conn, ticket_id, for_update=for_update)
+    if row is None:
+        raise NotFound("No such recovery ticket.", code="ticket_not_found")
+    account_id, company_id = await _ensure_match(conn, row)
+    # A key bound to a company sees only tickets matched to it: anything else is "not found".
+    if not principal.sees(company_id):
+        raise NotFound("No such recovery ticket.", code="ticket_not_found")
+    return row, account_id, company_id
+
+
+async def _view(conn: asyncpg.Connection, ticket_id: str) -> dict[str, Any]:
+    row = await store.get_ticket(conn, ticket_id)
+    assert row is not None
+    meta = await store.photo_meta(conn, ticket_id)
+    deletion = None if meta else await store.last_photo_deletion(conn, ticket_id)
+    details = await store.account_details(conn, row["account_id"]) if row["account_id"] else None
+    match = None
+    if details is not None:
+        match = {
+            "account_id": details["account_id"],
+            "company_id": details["company_id"],
+            "company_name": details["company_name"],
+            "email": details["email"],
+            "first_name": details["first_name"],
+            "last_name": details["last_name"],
+            "role": details["role"],
+            "mfa_enabled": details["mfa_enabled"],
+            "mfa_forced": bool(details["company_mfa_required"] or details["account_mfa_required"]),
+            "company_mfa_required": details["company_mfa_required"],
+            "account_mfa_required": details["account_mfa_required"],
+            "backup_email_confirmed": details["backup_email_confirmed"],
+            "names_match": domain.names_match(row["first_name"], row["last_name"], details["first_name"],
+                                              details["last_name"]),
+        }
+    return {
+        **_summary(row, meta is not None),
+        "reply_to": row["reply_to"],
+        "problems": list(row["problems"]),
+        "claimed_at": _iso(row["claimed_at"]),
+        "decided_by": row["decided_by"],
+        "decided_at": _iso(row["decided_at"]),
+        "decision_note": row["decision_note"],
+        "photo": {
+            "available": meta is not None,
+            "url": photo_path(ticket_id) if meta else None,
+            "content_type": meta["content_type"] if meta else None,
+            "size": meta["size"] if meta else None,
+            "received_at": _iso(meta["received_at"]) if meta else None,
+            "deleted_at": _iso(deletion["deleted_at"]) if deletion else None,
+            "deletion_reason": deletion["reason"] if deletion else None,
+        },
+        "match": match,
+    }
+
+
+def _summary(row: asyncpg.Record, has_photo: bool) -> dict[str, Any]:
+    return {
+        "ticket_id": row["ticket_id"],
+        "status": row["status"],
+        "channel": row["channel"],
+        "requester_email": row["requester_email"],
+        "first_name": row["first_name"],
+        "last_name": row["last_name"],
+        "company_name": row["company_name"],
+        "missing": list(row["missing"]),
+        "matched": row["account_id"] is not None,
+        "account_id": row["account_id"],
+        "company_id": row["company_id"],
+        "has_photo": has_photo,
+        "request_count": row["request_count"],
+        "claimed_by": row["claimed_by"],
+        "created_at": _iso(row["created_at"]),
+        "updated_at": _iso(row["updated_at"]),
+    }
+
+
+async def get_ticket(pool: asyncpg.Pool, ticket_id: str, principal: Principal) -> dict[str, Any]:
+    """One ticket with its photo's state and the matched account, as the helpdesk sees it."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _visible_ticket(conn, ticket_id, principal)
+        return await _view(conn, ticket_id)
+
+
+def encode_cursor(created_at: datetime, ticket_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{ticket_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, ticket_id = raw.partition("|")
+        return datetime.fromisoformat(stamp), ticket_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise BadRequest("The cursor is not one this API returned.", code="invalid_cursor") from exc
+
+
+async def list_tickets(pool: asyncpg.Pool, principal: Principal, *, statuses: list[str], after: str | None,
+                       limit: int) -> dict[str, Any]:
+    """The queue, oldest first, limited to the caller's company when its key is bound to one."""
+    cursor = decode_cursor(after) if after else None
+    async with pool.acquire() as conn:
+        rows = await store.list_tickets(conn, statuses=statuses, company_id=principal.company_id, after=cursor,
+                                        limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "tickets": [_summary(r, r["has_photo"]) for r in rows],
+        "next": encode_cursor(rows[-1]["created_at"], rows[-1]["ticket_id"]) if more and rows else None,
+    }
+
+
+async def get_photo(pool: asyncpg.Pool, ticket_id: str, principal: Principal) -> tuple[bytes, str]:
+    """The photo's bytes and media type; 410 once it was deleted."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _visible_ticket(conn, ticket_id, principal)
+        photo = await store.get_photo(conn, ticket_id)
+        if photo is None:
+            if await store.last_photo_deletion(conn, ticket_id):
+                raise Gone("The photo was deleted (the ticket was decided or it expired).", code="photo_deleted")
+            raise NotFound("This ticket has no photo.", code="no_photo")
+    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, photo_bytes=photo["size"])
+    return bytes(photo["data"]), photo["content_type"]
+
+
+async def claim(pool: asyncpg.Pool, ticket_id: str, principal: Principal, *, agent: str,
+                force: bool = False) -> dict[str, Any]:
+    """An agent takes the ticket; nobody else decides it while they hold it."""
+    async with pool.acquire() as conn, conn.transaction():
+        row, _, _ = await _visible_ticket(conn, ticket_id, principal, for_update=True)
+        domain.check_claim(row["status"], row["claimed_by"], agent, force)
+        await store.claim_ticket(conn, ticket_id, agent)
+        view = await _view(conn, ticket_id)
+    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, agent=agent)
+    log.info("recovery_ticket_claimed", previous=row["claimed_by"])
+    return view
+
+
+async def decide(pool: asyncpg.Pool, ticket_id: str, principal: Principal, *, action: str, agent: str,
+                 text: str, actor: Actor, correlation_id: str | None) -> dict[str, Any]:
+    """Approve or reject a ticket, once: the decision, the photo's deletion and the event in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        row, account_id, company_id = await _visible_ticket(conn, ticket_id, principal, for_update=True)
+        live = await store.account_details(conn, account_id) if account_id else None
+        domain.check_decision(action, row["status"], row["claimed_by"], agent, list(row["missing"]),
+                              live["account_id"] if live else None)
+        status = "approved" if action == "approve" else "rejected"
+        await store.decide_ticket(conn, ticket_id, status, agent, text)
+        deleted = await store.delete_photo(conn, ticket_id, "decided")
+        data: dict[str, Any] = {
+            "ticket_id": ticket_id,
+            "requester_email": row["requester_email"],
+            "first_name": row["first_name"],
+            "last_name": row["last_name"],
+            "company_name": row["company_name"],
+            "account_id": account_id if live else None,
+            "company_id": company_id,
+            "agent": agent,
+            "reply_to": row["reply_to"],
+        }
+        if action == "approve":
+            data["note"] = text
+            event_type = "RecoveryTicketApproved"
+        else:
+            data["reason"] = text
+            event_type = "RecoveryTicketRejected"
+        event = new_event(event_type, data, source=SOURCE, subject=account_id or ticket_id, company_id=company_id,
+                          correlation_id=correlation_id, actor=actor)
+        await add_events(conn, SCHEMA, [event])
+        view = await _view(conn, ticket_id)
+    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, agent=agent, decision=status)
+    log.info("recovery_ticket_decided", photo_deleted=deleted is not None)
+    return view
+
+
+# ---- retention
+
+
+async def purge_expired_photos(pool: asyncpg.Pool, *, now: datetime | None = None,
+                               retention: timedelta = domain.PHOTO_RETENTION, batch: int = 100) -> int:
+    """Delete photos older than `retention` (tickets left open 30 days), recording each deletion."""
+    cutoff = (now or datetime.now(UTC)) - retention
+    total = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            ticket_ids = await store.expired_photo_tickets(conn, cutoff, batch)
+            for ticket_id in ticket_ids:
+                await store.delete_photo(conn, ticket_id, "expired")
+                await store.mark_photo_expired(conn, ticket_id)
+        total += len(ticket_ids)
+        if len(ticket_ids) < batch:
+            break
+    if total:
+        log.info("recovery_photos_expired", count=total)
+    return total
+
+
+async def prune_rate_limits(pool: asyncpg.Pool, limits: RateLimits, now: datetime | None = None) -> int:
+    """Forget counters of windows that are over."""
+    now = now or datetime.now(UTC)
+    return await store.prune_rate_limits(pool, limits.window_start(now) - limits.window)

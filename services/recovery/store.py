@@ -1,0 +1,303 @@
+"""SQL of the recovery schema: directory read model, tickets, photos, rate limits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from .domain import UNDECIDED, Photo, TicketFields
+
+TICKET_COLUMNS = (
+    "ticket_id, status, channel, requester_email, email_key, first_name, last_name, company_name, company_key,"
+    " reply_to, missing, problems, scope_company_id, account_id, company_id, request_count, claimed_by,"
+    " claimed_at, decided_by, decided_at, decision_note, created_at, updated_at"
+)
+
+# ---- directory read model: each update applies only if its event is not older than the stored one
+
+
+async def upsert_company(conn: asyncpg.Connection, company_id: str, name: str, name_key: str,
+                         mfa_required: bool, at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.companies (company_id, name, name_key, name_at, mfa_required, policy_at)
+           VALUES ($1, $2, $3, $5, $4, $5)
+           ON CONFLICT (company_id) DO UPDATE SET
+             name = CASE WHEN companies.name_at IS NULL OR companies.name_at <= $5 THEN $2 ELSE companies.name END,
+             name_key = CASE WHEN companies.name_at IS NULL OR companies.name_at <= $5 THEN $3
+                             ELSE companies.name_key END,
+             name_at = GREATEST(companies.name_at, $5),
+             mfa_required = CASE WHEN companies.policy_at IS NULL OR companies.policy_at <= $5 THEN $4
+                                 ELSE companies.mfa_required END,
+             policy_at = GREATEST(companies.policy_at, $5)""",
+        company_id, name, name_key, mfa_required, at,
+    )
+
+
+async def set_company_policy(conn: asyncpg.Connection, company_id: str, mfa_required: bool, at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.companies (company_id, mfa_required, policy_at) VALUES ($1, $2, $3)
+           ON CONFLICT (company_id) DO UPDATE SET mfa_required = $2, policy_at = $3
+           WHERE companies.policy_at IS NULL OR companies.policy_at <= $3""",
+        company_id, mfa_required, at,
+    )
+
+
+async def upsert_account_profile(conn: asyncpg.Connection, *, account_id: str, company_id: str, email: str,
+                                 email_key: str, first_name: str, last_name: str, role: str,
+                                 mfa_required: bool, at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.accounts (account_id, company_id, email, email_key, first_name, last_name, role,
+                                          profile_at, mfa_required, policy_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)
+           ON CONFLICT (account_id) DO UPDATE SET
+             company_id = $2, email = $3, email_key = $4, first_name = $5, last_name = $6, role = $7, profile_at = $8
+           WHERE accounts.profile_at IS NULL OR accounts.profile_at <= $8""",
+        account_id, company_id, email, email_key, first_name, last_name, role, at, mfa_required,
+    )
+    await set_account_policy(conn, account_id, company_id, mfa_required, at)
+
+
+async def set_account_policy(conn: asyncpg.Connection, account_id: str, company_id: str | None,
+                             mfa_required: bool, at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.accounts (account_id, company_id, mfa_required, policy_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (account_id) DO UPDATE SET mfa_required = $3, policy_at = $4,
+             company_id = COALESCE(accounts.company_id, $2)
+           WHERE accounts.policy_at IS NULL OR accounts.policy_at <= $4""",
+        account_id, company_id, mfa_required, at,
+    )
+
+
+async def remove_account(conn: asyncpg.Connection, account_id: str, company_id: str | None, at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.accounts (account_id, company_id, removed_at) VALUES ($1, $2, $3)
+           ON CONFLICT (account_id) DO UPDATE SET removed_at = GREATEST(accounts.removed_at, $3)""",
+        account_id, company_id, at,
+    )
+
+
+async def set_mfa_enabled(conn: asyncpg.Connection, account_id: str, company_id: str, enabled: bool,
+                          at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.accounts (account_id, company_id, mfa_enabled, mfa_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (account_id) DO UPDATE SET mfa_enabled = $3, mfa_at = $4,
+             company_id = COALESCE(accounts.company_id, $2)
+           WHERE accounts.mfa_at IS NULL OR accounts.mfa_at <= $4""",
+        account_id, company_id, enabled, at,
+    )
+
+
+async def set_backup_confirmed(conn: asyncpg.Connection, account_id: str, company_id: str, at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.accounts (account_id, company_id, backup_email_confirmed, backup_at)
+           VALUES ($1, $2, true, $3)
+           ON CONFLICT (account_id) DO UPDATE SET backup_email_confirmed = true, backup_at = $3,
+             company_id = COALESCE(accounts.company_id, $2)
+           WHERE accounts.backup_at IS NULL OR accounts.backup_at <= $3""",
+        account_id, company_id, at,
+    )
+
+
+_LIVE = "a.profile_at IS NOT NULL AND (a.removed_at IS NULL OR a.profile_at > a.removed_at)"
+
+
+async def find_accounts(conn: asyncpg.Connection, email_key: str, company_key: str,
+                        scope_company_id: str | None) -> list[asyncpg.Record]:
+    """Live accounts with this email in a company of this name (normally one)."""
+    return await conn.fetch(
+        f"""SELECT a.account_id, a.company_id FROM recovery.accounts a
+            JOIN recovery.companies c ON c.company_id = a.company_id
+            WHERE a.email_key = $1 AND c.name_key = $2 AND {_LIVE}
+              AND ($3::text IS NULL OR a.company_id = $3)
+            LIMIT 2""",
+        email_key, company_key, scope_company_id,
+    )
+
+
+async def account_details(conn: asyncpg.Connection, account_id: str) -> asyncpg.Record | None:
+    """The live account with its company, or None when unknown or removed."""
+    return await conn.fetchrow(
+        f"""SELECT a.account_id, a.company_id, a.email, a.first_name, a.last_name, a.role,
+                   a.mfa_required AS account_mfa_required, a.mfa_enabled, a.backup_email_confirmed,
+                   c.name AS company_name, COALESCE(c.mfa_required, false) AS company_mfa_required
+            FROM recovery.accounts a LEFT JOIN recovery.companies c ON c.company_id = a.company_id
+            WHERE a.account_id = $1 AND {_LIVE}""",
+        account_id,
+    )
+
+
+# ---- tickets
+
+
+async def lock_person(conn: asyncpg.Connection, email_key: str, company_key: str) -> None:
+    """Serialise intakes for one person, so concurrent requests join one ticket."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"recovery:{email_key}\n{company_key}")
+
+
+async def undecided_ticket_for(conn: asyncpg.Connection, email_key: str, company_key: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""SELECT {TICKET_COLUMNS}, EXISTS (SELECT 1 FROM recovery.photos p WHERE p.ticket_id = t.ticket_id)
+                   AS has_photo
+            FROM recovery.tickets t
+            WHERE email_key = $1 AND company_key = $2 AND status = ANY($3::text[]) FOR UPDATE""",
+        email_key, company_key, list(UNDECIDED),
+    )
+
+
+async def insert_ticket(conn: asyncpg.Connection, *, ticket_id: str, channel: str, fields: TicketFields,
+                        email_key: str | None, company_key: str | None, scope_company_id: str | None,
+                        account_id: str | None, company_id: str | None) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.tickets (ticket_id, status, channel, requester_email, email_key, first_name, last_name,
+                                         company_name, company_key, reply_to, missing, problems, scope_company_id,
+                                         account_id, company_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
+        ticket_id, fields.status, channel, fields.requester_email, email_key, fields.first_name, fields.last_name,
+        fields.company_name, company_key, fields.reply_to, fields.missing, fields.problems, scope_company_id,
+        account_id, company_id,
+    )
+
+
+async def update_joined_ticket(conn: asyncpg.Connection, ticket_id: str, fields: TicketFields,
+                               account_id: str | None, company_id: str | None) -> None:
+    await conn.execute(
+        """UPDATE recovery.tickets SET status = $2, requester_email = $3, first_name = $4, last_name = $5,
+             company_name = $6, reply_to = $7, missing = $8, problems = $9,
+             account_id = COALESCE($10, account_id), company_id = COALESCE($11, company_id),
+             request_count = request_count + 1, updated_at = now()
+           WHERE ticket_id = $1""",
+        ticket_id, fields.status, fields.requester_email, fields.first_name, fields.last_name, fields.company_name,
+        fields.reply_to, fields.missing, fields.problems, account_id, company_id,
+    )
+
+
+async def get_ticket(conn: asyncpg.Connection, ticket_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {TICKET_COLUMNS} FROM recovery.tickets WHERE ticket_id = $1" + (" FOR UPDATE" if for_update else ""),
+        ticket_id,
+    )
+
+
+async def list_tickets(conn: asyncpg.Connection, *, statuses: list[str], company_id: str | None,
+                       after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
+    """Tickets in queue order (oldest first), keyset-paginated after (created_at, ticket_id)."""
+    return await conn.fetch(
+        f"""SELECT {TICKET_COLUMNS}, EXISTS (SELECT 1 FROM recovery.photos p WHERE p.ticket_id = t.ticket_id)
+                   AS has_photo
+            FROM recovery.tickets t
+            WHERE status = ANY($1::text[])
+              AND ($2::text IS NULL OR company_id = $2)
+              AND ($3::timestamptz IS NULL OR (created_at, ticket_id) > ($3, $4))
+            ORDER BY created_at, ticket_id LIMIT $5""",
+        statuses, company_id, after[0] if after else None, after[1] if after else "", limit,
+    )
+
+
+async def set_match(conn: asyncpg.Connection, ticket_id: str, account_id: str, company_id: str) -> None:
+    await conn.execute(
+        "UPDATE recovery.tickets SET account_id = $2, company_id = $3, updated_at = now() WHERE ticket_id = $1",
+        ticket_id, account_id, company_id,
+    )
+
+
+async def claim_ticket(conn: asyncpg.Connection, ticket_id: str, agent: str) -> None:
+    await conn.execute(
+        """UPDATE recovery.tickets SET status = 'claimed', claimed_by = $2, claimed_at = now(), updated_at = now()
+           WHERE ticket_id = $1""",
+        ticket_id, agent,
+    )
+
+
+async def decide_ticket(conn: asyncpg.Connection, ticket_id: str, status: str, agent: str, note: str) -> bool:
+    """Record the decision; False when another transaction decided first."""
+    done = await conn.fetchval(
+        """UPDATE recovery.tickets SET status = $2, decided_by = $3, decided_at = now(), decision_note = $4,
+             updated_at = now()
+           WHERE ticket_id = $1 AND status = ANY($5::text[]) RETURNING true""",
+        ticket_id, status, agent, note, list(UNDECIDED),
+    )
+    return bool(done)
+
+
+async def mark_photo_expired(conn: asyncpg.Connection, ticket_id: str) -> None:
+    """The photo is gone: the ticket needs a new one before it can be approved."""
+    await conn.execute(
+        """UPDATE recovery.tickets SET
+             missing = CASE WHEN 'photo' = ANY(missing) THEN missing ELSE missing || '{photo}'::text[] END,
+             problems = CASE WHEN 'photo_expired' = ANY(problems) THEN problems
+                             ELSE problems || '{photo_expired}'::text[] END,
+             status = CASE WHEN status = 'open' THEN 'incomplete' ELSE status END,
+             updated_at = now()
+           WHERE ticket_id = $1""",
+        ticket_id,
+    )
+
+
+# ---- photos
+
+
+async def put_photo(conn: asyncpg.Connection, ticket_id: str, photo: Photo, sha256: bytes) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.photos (ticket_id, content_type, size, sha256, data) VALUES ($1, $2, $3, $4, $5)""",
+        ticket_id, photo.content_type, len(photo.data), sha256, photo.data,
+    )
+
+
+async def get_photo(conn: asyncpg.Connection, ticket_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT content_type, size, sha256, data, received_at FROM recovery.photos WHERE ticket_id = $1", ticket_id
+    )
+
+
+async def photo_meta(conn: asyncpg.Connection, ticket_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT content_type, size, received_at FROM recovery.photos WHERE ticket_id = $1", ticket_id
+    )
+
+
+async def delete_photo(conn: asyncpg.Connection, ticket_id: str, reason: str) -> asyncpg.Record | None:
+    """Delete the ticket's photo and record the deletion in the same statement; None when there was none."""
+    return await conn.fetchrow(
+        """WITH gone AS (DELETE FROM recovery.photos WHERE ticket_id = $1
+                         RETURNING ticket_id, content_type, size, sha256, received_at)
+           INSERT INTO recovery.photo_deletions (ticket_id, reason, content_type, size, sha256, received_at)
+           SELECT ticket_id, $2, content_type, size, sha256, received_at FROM gone
+           RETURNING id, reason, size, deleted_at""",
+        ticket_id, reason,
+    )
+
+
+async def last_photo_deletion(conn: asyncpg.Connection, ticket_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT reason, deleted_at FROM recovery.photo_deletions WHERE ticket_id = $1 AND reason <> 'replaced'
+           ORDER BY id DESC LIMIT 1""",
+        ticket_id,
+    )
+
+
+async def expired_photo_tickets(conn: asyncpg.Connection, cutoff: datetime, limit: int) -> list[str]:
+    """Tickets whose photo was received before `cutoff`, locked for the purge."""
+    rows = await conn.fetch(
+        """SELECT t.ticket_id FROM recovery.photos p JOIN recovery.tickets t ON t.ticket_id = p.ticket_id
+           WHERE p.received_at < $1 ORDER BY p.received_at LIMIT $2 FOR UPDATE OF t SKIP LOCKED""",
+        cutoff, limit,
+    )
+    return [r["ticket_id"] for r in rows]
+
+
+# ---- rate limits
+
+
+async def hit(conn: asyncpg.Connection | asyncpg.Pool, key: bytes, window_start: datetime) -> int:
+    """Count one hit for `key` in its window; returns the hits so far, this one included."""
+    return await conn.fetchval(
+        """INSERT INTO recovery.rate_limits (key, window_start, hits) VALUES ($1, $2, 1)
+           ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_limits.hits + 1 RETURNING hits""",
+        key, window_start,
+    )
+
+
+async def prune_rate_limits(conn: asyncpg.Connection | asyncpg.Pool, before: datetime) -> int:
+    result = await conn.execute("DELETE FROM recovery.rate_limits WHERE window_start < $1", before)
+    return int(result.split()[-1])
