@@ -48,6 +48,8 @@ class Settings:
     notifier_port: int = 8084
     inbound_smtp_port: int = 2525
     mail_dir: str = "var/mail"
+    recovery_rate_per_sender: int = 5  # recovery requests per sender address per hour
+    recovery_rate_per_ip: int = 30  # per client IP (behind an MX relay, raise it: the relay is one IP)
     exchange: str = "mfa.events"
     queue_prefix: str = ""
     issuer_url: str = "mfa"
@@ -96,6 +98,8 @@ class Settings:
             notifier_port=get_int("MFA_NOTIFIER_PORT", 8084),
             inbound_smtp_port=get_int("MFA_INBOUND_SMTP_PORT", 2525),
             mail_dir=get("MFA_MAIL_DIR", "var/mail"),
+            recovery_rate_per_sender=get_int("MFA_RECOVERY_RATE_PER_SENDER", 5),
+            recovery_rate_per_ip=get_int("MFA_RECOVERY_RATE_PER_IP", 30),
             exchange=get("MFA_EXCHANGE", "mfa.events"),
             queue_prefix=get("MFA_QUEUE_PREFIX", ""),
             issuer_url=get("MFA_ISSUER", "mfa"),

@@ -72,7 +72,8 @@ async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(runtime: Runtime, *, limits: RateLimits | None = None) -> web.Application:
     """The recovery app; `limits` overrides the intake rate limits (tests)."""
     app = create_base_app(runtime, "recovery", SCHEMA, client_max_size=MAX_FORM_BYTES)
-    app[LIMITS] = limits or RateLimits()
+    settings = runtime.settings
+    app[LIMITS] = limits or RateLimits(per_sender=settings.recovery_rate_per_sender, per_ip=settings.recovery_rate_per_ip)
     app[RATE_KEY] = Keyring(runtime.settings.secret_keys).derive("recovery-rate-limit")
     add_routes(app)
     app.cleanup_ctx.append(workers_ctx(SCHEMA, lambda rt: [directory_consumer(rt)]))
