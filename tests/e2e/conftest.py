@@ -16,7 +16,7 @@ from ..conftest import wait_for
 from ..notifier.smtp_server import TestSmtpServer
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def mailbox():
     """Where the notifier delivers: a real aiosmtpd server."""
     server = await TestSmtpServer().start()
@@ -24,14 +24,18 @@ async def mailbox():
     await server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def stack(settings, mailbox):
-    """auth, notifier (sending to `mailbox`) and recovery apps on their own runtime and queues."""
+    """auth, notifier (sending to `mailbox`) and recovery apps on their own runtime.
+
+    They consume the run's service queues as competing consumers beside the other tests' apps,
+    as a second process of each service would; module scope stops them before other modules run.
+    """
     from services.auth.app import create_app as auth_app
     from services.notifier.app import create_app as notifier_app
 
     e2e_settings = dataclasses.replace(
-        settings, smtp_host="127.0.0.1", smtp_port=mailbox.port, queue_prefix=settings.queue_prefix + "e2e."
+        settings, smtp_host="127.0.0.1", smtp_port=mailbox.port
     )
     runtime = await Runtime(e2e_settings).open(pool_size=40)
     clients = {}
