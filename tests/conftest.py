@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from services.common.config import Settings
-from services.common.db import MigrationSet, migrate
+from services.common.db import MigrationSet, migrate, redact_url
 from services.common.logs import configure_logging
 from services.common.runner import migration_sets
 from services.common.runtime import Runtime
@@ -42,12 +42,12 @@ async def _check_reachable() -> str | None:
         conn = await asyncpg.connect(_db_url("postgres"), timeout=5)
         await conn.close()
     except Exception as exc:
-        return f"PostgreSQL is not reachable at {BASE.database_url}: {exc}"
+        return f"PostgreSQL is not reachable at {redact_url(BASE.database_url)}: {exc}"
     try:
         conn = await aio_pika.connect(BASE.amqp_url, timeout=5)
         await conn.close()
     except Exception as exc:
-        return f"RabbitMQ is not reachable at {BASE.amqp_url}: {exc}"
+        return f"RabbitMQ is not reachable at {redact_url(BASE.amqp_url)}: {exc}"
     return None
 
 
