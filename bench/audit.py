@@ -1,12 +1,13 @@
 """Benchmark of the audit log: events/s appended with the hash chain, verification and export rates.
 
-    .venv/bin/python bench/audit.py [--events 20000]
+    .venv/bin/python bench/audit.py [--events 20000] [--workers 1]
 
 Runs against the local PostgreSQL and RabbitMQ on a throwaway database, exchange and queues
 (all removed at the end). The queue is filled first, then the audit consumer is started and
 timed until the chain head reaches the last event: that is the append rate with the chain,
-redaction, the idempotency record and the acks. Then `/v1/audit/verify` work is timed, and
-the NDJSON export and the JSON pages are read over real HTTP.
+redaction, the idempotency record and the acks. With `--workers N`, N audit worker processes
+consume the queue at once (competing consumers sharing one chain). Then `/v1/audit/verify`
+work is timed, and the NDJSON export and the JSON pages are read over real HTTP.
 Targets (issue 6): append >= 2,000 events/s, export >= 20,000 events/s.
 """
 
@@ -28,7 +29,8 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.abspath(__file__)
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from services.audit.app import create_app  # noqa: E402
 from services.audit.consumers import build_consumers  # noqa: E402
@@ -106,7 +108,41 @@ async def wait_head(pool: asyncpg.Pool, target: int, timeout: float) -> None:
         await asyncio.sleep(0.02)
 
 
-async def bench(count: int) -> None:
+async def spawn_worker(settings: Settings) -> asyncio.subprocess.Process:
+    """Another audit worker process on the same database and queue; it starts on "go", stops at EOF."""
+    env = {
+        **os.environ,
+        "MFA_DATABASE_URL": settings.database_url,
+        "MFA_EXCHANGE": settings.exchange,
+        "MFA_QUEUE_PREFIX": settings.queue_prefix,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, HERE, "--worker", env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.strip() == b"ready", line
+    return proc
+
+
+async def worker() -> None:
+    """The `--worker` mode: one audit consumer until standard input closes."""
+    runtime = await Runtime(Settings.from_env()).open(pool_size=4)
+    try:
+        consumer = build_consumers(runtime)[0]
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        print("ready", flush=True)
+        await reader.readline()  # "go"
+        await consumer.start()
+        await reader.read()  # EOF: stop
+        await consumer.stop()
+    finally:
+        await runtime.close()
+
+
+async def bench(count: int, workers: int) -> None:
     base = Settings.from_env()
     u = uuid.uuid4().hex[:8]
     name = f"mfa_bench_audit_{u}"
@@ -131,13 +167,22 @@ async def bench(count: int) -> None:
         await publish_all(runtime, events)
         publish_s = time.perf_counter() - t
 
-        consumer = build_consumers(runtime)[0]
-        t = time.perf_counter()
-        await consumer.start()
-        await wait_head(runtime.pool, count, timeout=max(60, count / 200))
-        append_s = time.perf_counter() - t
-        await consumer.stop()
-        consumer = None
+        extra = [await spawn_worker(settings) for _ in range(workers - 1)]
+        try:
+            consumer = build_consumers(runtime)[0]
+            t = time.perf_counter()
+            for proc in extra:
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
+            await consumer.start()
+            await wait_head(runtime.pool, count, timeout=max(60, count / 200))
+            append_s = time.perf_counter() - t
+            await consumer.stop()
+            consumer = None
+        finally:
+            for proc in extra:
+                proc.stdin.close()
+                await asyncio.wait_for(proc.wait(), 15)
 
         async with runtime.pool.acquire() as conn:
             t = time.perf_counter()
@@ -180,7 +225,7 @@ async def bench(count: int) -> None:
 
         print(f"audit benchmark, {count} events ({os.cpu_count()} cores)")
         print(f"  publish to the exchange   {count / publish_s:10,.0f} events/s  (setup, not the target)")
-        print(f"  append with the chain     {count / append_s:10,.0f} events/s  (target >= 2,000)")
+        print(f"  append with the chain     {count / append_s:10,.0f} events/s  (target >= 2,000; {workers} worker process(es))")
         print(f"  verify the chain          {count / verify_s:10,.0f} rows/s")
         print(f"  NDJSON export, all        {export_n / export_s:10,.0f} events/s  (target >= 20,000)")
         print(f"  NDJSON export, 1 company  {bound_n / bound_s:10,.0f} events/s  ({bound_n} rows, bound key)")
@@ -209,9 +254,11 @@ async def bench(count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=1, help="audit worker processes consuming at once")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging("WARNING", "console")
-    asyncio.run(bench(args.events))
+    asyncio.run(worker() if args.worker else bench(args.events, max(1, args.workers)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Wiring of the audit service (an empty shell until its issue lands)."""
+"""Wiring of the audit service: the append-only event log, its consumer and its HTTP API."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ from aiohttp import web
 from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import create_base_app
+from .api import add_routes
+from .consumers import build_consumers
 
 SCHEMA = "audit"
 
 
 def create_app(runtime: Runtime) -> web.Application:
+    """The audit app; its consumer runs for the app's lifetime. It publishes nothing: no relay."""
     app = create_base_app(runtime, "audit", SCHEMA)
-    app.cleanup_ctx.append(workers_ctx(SCHEMA, lambda rt: []))
+    add_routes(app)
+    app.cleanup_ctx.append(workers_ctx(SCHEMA, build_consumers, relay=False))
     return app
 
 
