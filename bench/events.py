@@ -37,7 +37,7 @@ def ping(n: int) -> dict:
     return new_event("TestPing", {"n": n, "account_id": account}, source="/bench", subject=account)
 
 
-async def consumer_process(expected: int) -> None:
+async def consumer_process(expected: int, batched: bool) -> None:
     """Child: consume until `expected` events were handled, then print their handled times as JSON."""
     configure_logging("WARNING", "console")
     runtime = await Runtime(Settings.from_env()).open()
@@ -50,7 +50,7 @@ async def consumer_process(expected: int) -> None:
             done.set()
 
     consumer = Consumer(broker=runtime.broker, pool=runtime.pool, schema=SCHEMA, queue=runtime.queue("bench"),
-                        handlers={"TestPing": handler}, prefetch=256)
+                        handlers={"TestPing": handler}, prefetch=256, batched=batched)
     await consumer.start()
     print("ready", flush=True)
     await done.wait()
@@ -59,14 +59,18 @@ async def consumer_process(expected: int) -> None:
     print(json.dumps(handled), flush=True)
 
 
-async def start_consumer(runtime: Runtime, expected: int) -> asyncio.subprocess.Process:
+async def start_consumer(runtime: Runtime, expected: int, batched: bool) -> asyncio.subprocess.Process:
     env = {**os.environ, "MFA_DATABASE_URL": runtime.settings.database_url, "MFA_EXCHANGE": runtime.settings.exchange,
            "MFA_QUEUE_PREFIX": runtime.settings.queue_prefix}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--consumer", str(expected), env=env, stdout=asyncio.subprocess.PIPE, limit=2**26
-    )
+    command = [sys.executable, __file__, "--consumer", str(expected), *(["--batched"] if batched else [])]
+    proc = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE, limit=2**26)
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert line.strip() == b"ready", line
+    if os.environ.get("BENCH_PROFILE"):  # a py-spy speedscope profile of the consumer, until it exits
+        spy = str(Path(sys.executable).with_name("py-spy"))
+        await asyncio.create_subprocess_exec(spy, "record", "-p", str(proc.pid), "-o", os.environ["BENCH_PROFILE"],
+                                             "-f", "speedscope", stdout=asyncio.subprocess.DEVNULL,
+                                             stderr=asyncio.subprocess.DEVNULL)
     return proc
 
 
@@ -76,7 +80,7 @@ async def collect(proc: asyncio.subprocess.Process, timeout: float) -> dict[str,
     return json.loads(line)
 
 
-async def main(total: int, rate: int, seconds: float, batch: int) -> None:
+async def main(total: int, rate: int, seconds: float, batch: int, batched: bool) -> None:
     configure_logging("WARNING", "console")
     extra = [MigrationSet.for_service(SCHEMA, Path(__file__).parent / "migrations")]
     async with bench_runtime(extra) as runtime:
@@ -84,8 +88,9 @@ async def main(total: int, rate: int, seconds: float, batch: int) -> None:
         relay_task = asyncio.create_task(relay.run())
         try:
             print(f"machine: {machine()}")
+            print(f"consumer mode: {'batched (one transaction and one ack per batch)' if batched else 'one transaction per event'}")
             # 1. Sustained throughput: 4 writers commit `batch` events per transaction as fast as they can.
-            proc = await start_consumer(runtime, total)
+            proc = await start_consumer(runtime, total, batched)
             events = [ping(n) for n in range(total)]
             started = time.time()
 
@@ -96,24 +101,35 @@ async def main(total: int, rate: int, seconds: float, batch: int) -> None:
 
             await asyncio.gather(*(writer(events[k::4]) for k in range(4)))
             written = time.time()
+            while await runtime.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.outbox"):
+                await asyncio.sleep(0.05)
+            relayed = time.time()
             handled = await collect(proc, 600)
             elapsed = max(handled.values()) - started
             print(f"sustained: {total} events in {elapsed:.2f} s = {total / elapsed:,.0f} events/s "
-                  f"(writes done after {written - started:.2f} s, {batch} events per transaction)")
+                  f"(writes done after {written - started:.2f} s, all published after {relayed - started:.2f} s; "
+                  f"{batch} events per transaction)")
 
             # 2. Latency at a fixed rate: one event per transaction, paced.
             count = int(rate * seconds)
-            proc = await start_consumer(runtime, count)
+            proc = await start_consumer(runtime, count, batched)
             committed: dict[str, float] = {}
+
+            async def write_one(n: int) -> None:
+                event = ping(total + n)
+                async with runtime.pool.acquire() as conn, conn.transaction():
+                    await add_events(conn, SCHEMA, [event])
+                committed[event["id"]] = time.time()
+
+            # Each event is its own transaction started on its due time, as concurrent requests would be.
+            writes = []
             t0 = time.perf_counter()
             for n in range(count):
                 delay = t0 + n / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                event = ping(total + n)
-                async with runtime.pool.acquire() as conn, conn.transaction():
-                    await add_events(conn, SCHEMA, [event])
-                committed[event["id"]] = time.time()
+                writes.append(asyncio.create_task(write_one(n)))
+            await asyncio.gather(*writes)
             actual_rate = count / (time.perf_counter() - t0)
             handled = await collect(proc, 120)
             latencies = [(handled[i] - committed[i]) * 1000 for i in committed]
@@ -131,9 +147,10 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--batched", action="store_true", help="the consumer's batched mode (as auth and recovery use)")
     parser.add_argument("--consumer", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.consumer:
-        asyncio.run(consumer_process(args.consumer))
+        asyncio.run(consumer_process(args.consumer, args.batched))
     else:
-        asyncio.run(main(args.total, args.rate, args.seconds, args.batch))
+        asyncio.run(main(args.total, args.rate, args.seconds, args.batch, args.batched))

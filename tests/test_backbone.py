@@ -289,3 +289,24 @@ async def test_broker_outage_loses_nothing_and_keeps_order(runtime, relay):
     for account in accounts:
         ns = [r["n"] for r in rows if r["account_id"] == account]
         assert ns == list(range(50))
+
+
+async def test_batched_mode_runs_each_handler_in_order_and_parks_only_the_bad_event(runtime, relay):
+    run = uuid.uuid4().hex
+    inner = recording_handler(run)
+
+    async def picky(conn, event):
+        if event["data"]["n"] == 13:
+            raise PermanentError("thirteen")
+        await inner(conn, event)
+
+    consumer = make_consumer(runtime, f"batched-{run}", picky, batched=True)
+    await consumer.start()
+    try:
+        await write(runtime.pool, [ping(run, "acct-b", n) for n in range(30)])
+        rows = await wait_for(lambda: _count_at_least(runtime.pool, run, 29), timeout=15, message="29 effects")
+        parked = await _parked(runtime, consumer.parked_queue, 1)
+    finally:
+        await consumer.stop()
+    assert [r["n"] for r in rows] == [n for n in range(30) if n != 13]
+    assert parse_event(parked[0].body)["data"]["n"] == 13

@@ -57,6 +57,7 @@ def build_handlers(auth: Auth):
 
 
 def consumers(runtime: Runtime, auth: Auth) -> list[Consumer]:
+    """The auth queue's consumer: database-only handlers, so batched (one transaction per batch)."""
     assert runtime.pool is not None and runtime.broker is not None
     return [Consumer(broker=runtime.broker, pool=runtime.pool, schema=handlers.SCHEMA,
-                     queue=runtime.queue("auth"), handlers=build_handlers(auth))]
+                     queue=runtime.queue("auth"), handlers=build_handlers(auth), batched=True)]

@@ -73,13 +73,18 @@ class Consumer:
         retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
         bind_all: bool = False,
         batch_handler: BatchHandler | None = None,
+        batched: bool = False,
         max_batch: int = 256,
     ) -> None:
         """`handlers` maps event types to handlers; `"*"` handles any type (with `bind_all`).
 
         With `batch_handler`, every event goes to it instead, in batches of at most
         `max_batch` (see the module docstring); `handlers` then only names the bound types.
+        `batched=True` runs the per-type `handlers` that way: one by one, in arrival order,
+        inside each batch's transaction. It suits handlers that only touch the database.
         """
+        if batched and batch_handler is None:
+            batch_handler = self._each_in_order
         self.broker = broker
         self.pool = pool
         self.schema = schema
@@ -303,6 +308,13 @@ class Consumer:
         finally:
             self._unsettled.difference_update(messages)
         return acked
+
+    async def _each_in_order(self, conn: asyncpg.Connection, events: list[dict[str, Any]]) -> None:
+        """The batch handler behind `batched=True`: each event's own handler, in arrival order."""
+        for event in events:
+            handler = self.handlers.get(event["type"]) or self.handlers.get("*")
+            if handler is not None:
+                await handler(conn, event)
 
     async def _handle_batch(self, conn: asyncpg.Connection, events: list[dict[str, Any]]) -> list[str]:
         assert self.batch_handler is not None

@@ -56,10 +56,20 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset on release: asyncpg's default costs a round trip per acquire.
+
+    Nothing here leaves session state on a pooled connection: transactions end, `SET LOCAL`
+    only, and the outbox relay unlistens and drops its advisory locks itself.
+    """
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     """Open the process's pool; JSON columns come back as Python objects."""
     try:
-        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+        return await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+        )
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnreachable(f"cannot reach PostgreSQL at {redact_url(url)}: {exc}") from exc
 

@@ -96,4 +96,4 @@ def directory_consumer(runtime: Runtime) -> Consumer:
     """The consumer of the `recovery` queue, bound to the directory and MFA state events."""
     assert runtime.broker is not None and runtime.pool is not None
     return Consumer(broker=runtime.broker, pool=runtime.pool, schema=SCHEMA, queue=runtime.queue("recovery"),
-                    handlers=HANDLERS)
+                    handlers=HANDLERS, batched=True)
