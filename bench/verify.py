@@ -132,4 +132,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--profile", help="write a py-spy speedscope profile of the server to this file")
     args = parser.parse_args()
-    asyncio.run(main(args.accounts, args.concurrency, args.profile))
+    import uvloop
+
+    uvloop.run(main(args.accounts, args.concurrency, args.profile))

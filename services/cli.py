@@ -71,6 +71,15 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
     return 2
 
 
+def _run(coro) -> int:
+    """Run on uvloop where it is installed (it roughly halves the event loop's own cost)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mfa` console script."""
     args = _parser().parse_args(argv)
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return asyncio.run(_main(args, settings))
+        return _run(_main(args, settings))
     except (DatabaseUnreachable, ConfigError) as exc:
         print(f"mfa: {exc}", file=sys.stderr)
         return 2

@@ -65,7 +65,7 @@ class OutboxRelay:
         broker: Broker,
         schema: str,
         *,
-        batch_size: int = 500,
+        batch_size: int = 100,
         poll_interval: float = 1.0,
     ) -> None:
         self.pool = pool
@@ -113,6 +113,8 @@ class OutboxRelay:
                 if self.partitions and not self.broker.connected:
                     await self._pause(0.2)
                     continue
+                # Cleared before looking, so a NOTIFY that lands while we look is not lost.
+                self._wake.clear()
                 if self.partitions:
                     try:
                         published = await self._relay_batch(conn)
@@ -121,11 +123,8 @@ class OutboxRelay:
                         log.warning("outbox_publish_failed", schema=self.schema, error=str(exc))
                         await self._pause(0.5)
                         continue
-                if published >= self.batch_size:
-                    continue  # more waiting: no sleep
                 if published:
-                    continue
-                self._wake.clear()
+                    continue  # there may be more: look again at once
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
                 except TimeoutError:
