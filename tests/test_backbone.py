@@ -310,3 +310,28 @@ async def test_batched_mode_runs_each_handler_in_order_and_parks_only_the_bad_ev
         await consumer.stop()
     assert [r["n"] for r in rows] == [n for n in range(30) if n != 13]
     assert parse_event(parked[0].body)["data"]["n"] == 13
+
+
+async def test_a_lost_database_connection_uses_up_no_attempt(runtime, relay):
+    run = uuid.uuid4().hex
+    inner = recording_handler(run)
+    kills = []
+
+    async def flaky_database(conn, event):
+        if len(kills) < 3:
+            kills.append(event["id"])
+            # The server ends this session, as a PostgreSQL restart would.
+            async with runtime.pool.acquire() as other:
+                await other.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+            await conn.execute("SELECT 1")
+        await inner(conn, event)
+
+    # One retry only: were connection losses counted as attempts, the event would end parked.
+    consumer = make_consumer(runtime, f"dbloss-{run}", flaky_database, retry_delays=(0.2,))
+    await consumer.start()
+    try:
+        await write(runtime.pool, [ping(run, "acct-db", 1)])
+        rows = await wait_for(lambda: effects(runtime.pool, run), timeout=20, message="effect after reconnects")
+    finally:
+        await consumer.stop()
+    assert len(kills) == 3 and [r["n"] for r in rows] == [1]

@@ -10,6 +10,8 @@ A handler runs inside one database transaction together with the insert of the e
 into `<schema>.processed_events`; the message is acknowledged only after that commit, so a
 redelivered event finds its id and has no second effect. Messages of one subject (account)
 are handled in arrival order; different subjects run concurrently up to the prefetch.
+A lost database connection uses up no attempt: the message is handed back to the queue
+after a pause, so a PostgreSQL restart delays events and parks none.
 
 Batch mode (optional, `batch_handler=`): events are handed to one handler in batches, in
 arrival order, each batch in ONE transaction with the ids of its events; the messages are
@@ -42,6 +44,22 @@ log = get_logger("consumer")
 Handler = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
 BatchHandler = Callable[[asyncpg.Connection, list[dict[str, Any]]], Awaitable[None]]
 DEFAULT_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0)
+
+
+UNAVAILABLE_PAUSE = 0.5
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """True for a lost or refused database connection (as opposed to an error of the handler)."""
+    return isinstance(
+        exc,
+        OSError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError
+        | asyncpg.TooManyConnectionsError,
+    )
 
 
 class PermanentError(Exception):
@@ -416,6 +434,16 @@ class Consumer:
         await self._channel.default_exchange.publish(copy, routing_key=routing_key, timeout=10)
 
     async def _retry(self, message: AbstractIncomingMessage, attempt: int, event_type: str, exc: Exception) -> None:
+        if _database_unavailable(exc):
+            # Not the event's fault: it must not use up its attempts and end parked because
+            # PostgreSQL restarted. Hold the delivery a moment (backpressure), then hand it back.
+            log.warning("database_unavailable_requeue", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(UNAVAILABLE_PAUSE)
+            try:
+                await message.nack(requeue=True)
+            except Exception as nack_exc:  # channel gone: the broker redelivers anyway
+                log.warning("requeue_failed", error=str(nack_exc))
+            return
         next_attempt = attempt + 1
         if next_attempt > len(self.retry_delays):
             await self._park(message, "exhausted", f"{type(exc).__name__}: {exc}", event_type=event_type)
