@@ -276,3 +276,27 @@ async def test_login_is_idempotent_by_login_id(api, tap):
     _, later = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
     issued = await tap.wait(account, "LoginChallengeIssued", 2)
     assert [e["data"]["login_id"] for e in issued] == [login_id, later["login_id"]]
+
+
+async def test_a_full_flow_emits_each_event_once(api, tap):
+    company = await api.company()
+    account = await api.account(company)
+    secret, codes, _ = await api.enroll(account)
+    _, login = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
+    await api.call("POST", f"/v1/logins/{login['login_id']}/verify", {"method": "totp", "code": "000000"}, expect=401)
+    await api.call("POST", f"/v1/logins/{login['login_id']}/verify", {"method": "totp", "code": oathtool(secret, 30)},
+                   expect=200)
+    await api.call("POST", f"/v1/accounts/{account}/mfa/backup-codes", expect=201)
+    await api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": f"{account}@else.example"}, expect=202)
+    admin = await api.account(company, role="admin")
+    await api.call("DELETE", f"/v1/accounts/{account}/mfa", {"actor_account_id": admin}, expect=200)
+    # The last event of the flow; the account's events leave in order, so all earlier ones are in by now.
+    await tap.wait(account, "MfaDisabled")
+    events = tap.of(account)
+    assert len({e["id"] for e in events}) == len(events)
+    assert [e["type"] for e in events] == [
+        "AccountUpserted", "MfaEnrolled", "LoginChallengeIssued", "LoginFailed", "LoginSucceeded",
+        "BackupCodesRegenerated", "BackupEmailChanged", "MfaDisabled",
+    ]
+    assert all(e["companyid"] == company and e["source"] == "/mfa/auth" for e in events)
+    assert all(e["correlationid"] for e in events)
