@@ -7,6 +7,7 @@ import io
 import segno
 from aiohttp import web
 
+from ..common.errors import NotFound
 from ..common.events import Actor
 from ..common.web import compile_schema as schema
 from ..common.web import current_correlation_id, json_response, read_json, require_role
@@ -45,8 +46,6 @@ _check_id = schema(_ID)
 
 
 def _id(request: web.Request, name: str) -> str:
-    from ..common.errors import NotFound
-
     value = request.match_info[name]
     try:
         _check_id(value)

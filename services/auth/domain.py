@@ -13,6 +13,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import quote
 
 from ..common.errors import BadRequest
 
@@ -98,8 +99,6 @@ def check_code_format(code: str) -> str:
 
 def otpauth_uri(secret: str, account_name: str, issuer: str) -> str:
     """The `otpauth://totp/` URI apps read from the QR code (RFC 6238 defaults)."""
-    from urllib.parse import quote
-
     label = quote(f"{issuer}:{account_name}", safe="@:")
     return f"otpauth://totp/{label}?secret={secret}&issuer={quote(issuer, safe='')}&algorithm=SHA1&digits={DIGITS}&period={PERIOD}"
 

@@ -386,9 +386,7 @@ async def helpdesk_reset(conn: asyncpg.Connection, caller: Caller, data: dict[st
     account = await store.get_account(conn, data["account_id"], lock=True)
     if account is None:
         return False
-    if account["totp_secret"] is None and account["enrolled_at"] is None:
-        await store.delete_pending(conn, data["account_id"])
-    await store.disable_mfa(conn, data["account_id"])
+    await store.disable_mfa(conn, data["account_id"])  # also drops a pending enrolment and any lock
     await add_events(conn, SCHEMA, [_disabled_event(
         caller, account, "helpdesk_recovery", ticket_id=data["ticket_id"], agent=data.get("agent"),
     )])

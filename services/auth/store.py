@@ -7,6 +7,9 @@ from typing import Any
 
 import asyncpg
 
+from ..common.events import encode
+from ..common.outbox import channel_name, partition_of
+
 Conn = asyncpg.Connection
 
 # ---- directory --------------------------------------------------------------------------
@@ -78,10 +81,6 @@ async def get_account(conn: Conn, account_id: str, *, lock: bool = False) -> asy
         if not found:
             return None
     return await conn.fetchrow(_ACCOUNT_VIEW, account_id)
-
-
-async def set_policy_for_company_accounts(conn: Conn, company_id: str) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT account_id FROM auth.accounts WHERE company_id = $1", company_id)
 
 
 # ---- enrolment ---------------------------------------------------------------------------
@@ -270,8 +269,6 @@ async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: 
     The account update only matches while `step` is newer than every accepted one and the
     account is not locked; the login and the outbox row are written only if it matched.
     """
-    from ..common.events import encode
-    from ..common.outbox import channel_name, partition_of
 
     return bool(
         await conn.fetchval(
