@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import platform
 import subprocess
@@ -37,6 +38,20 @@ def machine() -> str:
     return f"{cores} cores ({cpu}), Python {platform.python_version()}"
 
 
+async def delete_run_queues(runtime: Runtime, run: str) -> None:
+    """Delete the queues whose names carry `run` (quorum queues left behind cost the broker)."""
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "list_queues", "-q", "name", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await proc.communicate()
+    channel = await runtime.broker.channel()
+    for name in (line.strip() for line in out.decode().splitlines()):
+        if run in name:
+            await channel.queue_delete(name)
+    await channel.close()
+
+
 @asynccontextmanager
 async def bench_runtime(extra: list[MigrationSet] | None = None, pool_size: int = 20):
     """A Runtime on a fresh database and exchange, removed afterwards."""
@@ -57,6 +72,7 @@ async def bench_runtime(extra: list[MigrationSet] | None = None, pool_size: int 
     try:
         yield runtime
     finally:
+        await delete_run_queues(runtime, run)
         channel = await runtime.broker.channel()
         await channel.exchange_delete(settings.exchange)
         await channel.close()

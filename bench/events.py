@@ -133,6 +133,11 @@ async def main(total: int, rate: int, seconds: float, batch: int, batched: bool)
             actual_rate = count / (time.perf_counter() - t0)
             handled = await collect(proc, 120)
             latencies = [(handled[i] - committed[i]) * 1000 for i in committed]
+            if os.environ.get("BENCH_DEBUG"):
+                order = sorted(committed, key=committed.get)
+                print("first", [round((handled[i] - committed[i]) * 1000) for i in order[:10]])
+                print("last", [round((handled[i] - committed[i]) * 1000) for i in order[-10:]])
+                print("commit span", round(committed[order[-1]] - committed[order[0]], 2), "handled span", round(max(handled.values()) - min(handled.values()), 2))
             print(f"latency at {actual_rate:,.0f} events/s over {seconds:.0f} s ({count} events): "
                   f"p50 {percentile(latencies, 50):.1f} ms, p99 {percentile(latencies, 99):.1f} ms, "
                   f"max {max(latencies):.1f} ms")

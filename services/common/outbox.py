@@ -12,6 +12,7 @@ account's events share a partition, so their order holds even with several relay
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from typing import Any
 
@@ -67,12 +68,14 @@ class OutboxRelay:
         *,
         batch_size: int = 100,
         poll_interval: float = 1.0,
+        gather_delay: float = 0.005,
     ) -> None:
         self.pool = pool
         self.broker = broker
         self.schema = schema
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.gather_delay = gather_delay
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._lock_class = zlib.crc32(f"outbox:{schema}".encode()) & 0x7FFFFFFF
@@ -105,10 +108,13 @@ class OutboxRelay:
     async def _serve(self, conn: asyncpg.Connection) -> None:
         await conn.add_listener(channel_name(self.schema), self._on_notify)
         self.partitions = set()
+        next_take = 0.0
         try:
             while not self._stopping.is_set():
-                if len(self.partitions) < PARTITIONS:
+                if len(self.partitions) < PARTITIONS and time.monotonic() >= next_take:
+                    # Partitions another relay holds are tried again now and then (it may stop).
                     await self._take_partitions(conn)
+                    next_take = time.monotonic() + (5.0 if self.partitions else 1.0)
                 published = 0
                 if self.partitions and not self.broker.connected:
                     await self._pause(0.2)
@@ -123,12 +129,15 @@ class OutboxRelay:
                         log.warning("outbox_publish_failed", schema=self.schema, error=str(exc))
                         await self._pause(0.5)
                         continue
-                if published:
-                    continue  # there may be more: look again at once
+                if published >= self.batch_size:
+                    continue  # a full batch: more is waiting, look again at once
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
                 except TimeoutError:
-                    pass
+                    continue
+                # Woken by a commit: let a few milliseconds of commits gather, so a steady trickle
+                # of single-event transactions costs one relay round per few events, not per event.
+                await asyncio.sleep(self.gather_delay)
         finally:
             if not conn.is_closed():
                 try:
