@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import random
 import socket
@@ -32,23 +31,16 @@ from aiohttp import web
 HERE = os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
+from bench.common import bench_runtime  # noqa: E402
 from services.audit.app import create_app  # noqa: E402
 from services.audit.consumers import build_consumers  # noqa: E402
 from services.audit.handlers import verify  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from services.common.crypto import Keyring  # noqa: E402
-from services.common.db import migrate  # noqa: E402
 from services.common.events import encode, new_event  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
-from services.common.runner import migration_sets  # noqa: E402
 from services.common.runtime import Runtime  # noqa: E402
-from services.registry import SERVICES  # noqa: E402
-
-
-def _db_url(base: str, name: str) -> str:
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}"
 
 
 def make_events(count: int, keyring: Keyring) -> list[dict]:
@@ -143,18 +135,11 @@ async def worker() -> None:
 
 
 async def bench(count: int, workers: int) -> None:
-    base = Settings.from_env()
-    u = uuid.uuid4().hex[:8]
-    name = f"mfa_bench_audit_{u}"
-    settings = dataclasses.replace(
-        base,
-        database_url=_db_url(base.database_url, name),
-        exchange=f"mfa.events.bench.{u}",
-        queue_prefix=f"bench.{u}.",
-        log_level="WARNING",
-    )
-    await migrate(settings.database_url, migration_sets([SERVICES["audit"]]))
-    runtime = await Runtime(settings).open(pool_size=10)
+    async with bench_runtime(pool_size=10) as runtime:
+        await _bench(runtime, runtime.settings, count, workers)
+
+
+async def _bench(runtime: Runtime, settings: Settings, count: int, workers: int) -> None:
     runner: web.AppRunner | None = None
     consumer = None
     try:
@@ -235,20 +220,6 @@ async def bench(count: int, workers: int) -> None:
             await consumer.stop()
         if runner is not None:
             await runner.cleanup()
-        try:
-            channel = await runtime.broker.channel()
-            for queue in ("audit", "audit.parked", *(f"audit.retry.{n}" for n in range(1, 5))):
-                await channel.queue_delete(runtime.queue(queue))
-            await channel.exchange_delete(settings.exchange)
-            await channel.close()
-        except aio_pika.exceptions.AMQPError as exc:
-            print(f"cleanup of the broker failed: {exc}", file=sys.stderr)
-        await runtime.close()
-        admin = await asyncpg.connect(_db_url(base.database_url, "postgres"))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def main() -> None:
