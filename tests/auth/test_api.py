@@ -300,3 +300,35 @@ async def test_a_full_flow_emits_each_event_once(api, tap):
     ]
     assert all(e["companyid"] == company and e["source"] == "/mfa/auth" for e in events)
     assert all(e["correlationid"] for e in events)
+
+
+async def test_expired_enrolment_and_expired_login_link_are_refused(api, tap, runtime):
+    from services.common.crypto import Keyring
+
+    account = await api.account(await api.company())
+    _, started = await api.call("POST", f"/v1/accounts/{account}/mfa/enrollment", expect=201)
+    await runtime.pool.execute(
+        "UPDATE auth.pending_enrollments SET expires_at = now() - interval '1 second' WHERE account_id = $1", account
+    )
+    _, expired = await api.call(
+        "POST", f"/v1/accounts/{account}/mfa/enrollment/confirm", {"code": oathtool(started["secret"])}, expect=410
+    )
+    assert expired["code"] == "enrollment_expired"
+    _, status = await api.call("GET", f"/v1/accounts/{account}/mfa")
+    assert status["enabled"] is False
+
+    keyring = Keyring(runtime.settings.secret_keys)
+    await api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": f"{account}@other.example"}, expect=202)
+    changed = (await tap.wait(account, "BackupEmailChanged"))[0]["data"]
+    confirm = keyring.open(changed["confirm_token"], aad=f"BackupEmailChanged:{account}".encode()).decode()
+    await api.call("POST", "/v1/backup-email/confirm", {"token": confirm}, expect=200)
+    await api.enroll(account)
+    _, login = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
+    await api.call("POST", f"/v1/logins/{login['login_id']}/backup-email", expect=202)
+    requested = (await tap.wait(account, "BackupEmailRequested"))[0]["data"]
+    token = keyring.open(requested["link_token"], aad=f"BackupEmailRequested:{account}".encode()).decode()
+    await runtime.pool.execute(
+        "UPDATE auth.login_links SET expires_at = now() - interval '1 second' WHERE login_id = $1", login["login_id"]
+    )
+    _, too_late = await api.call("POST", "/v1/login-links/redeem", {"token": token}, expect=410)
+    assert too_late["code"] == "token_expired"
