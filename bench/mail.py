@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import statistics
 import sys
@@ -28,23 +27,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
-import asyncpg
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import bench_runtime  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from services.common.crypto import Keyring  # noqa: E402
-from services.common.db import create_pool, migrate  # noqa: E402
 from services.common.events import CONTENT_TYPE, encode, new_event  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
-from services.common.runner import migration_sets  # noqa: E402
 from services.common.runtime import Runtime  # noqa: E402
 from services.notifier.consumers import POOL_SPARE, PREFETCH, notifier_consumer  # noqa: E402
 from services.notifier.domain import TEMPLATE_KINDS  # noqa: E402
 from services.notifier.handlers import Notifier  # noqa: E402
 from services.notifier.mailer import Mailer, SmtpConfig  # noqa: E402
 from services.notifier.templates import Catalog  # noqa: E402
-from services.registry import SERVICES  # noqa: E402
 
 SELF = os.path.abspath(__file__)
 
@@ -147,22 +143,16 @@ async def publish(exchange: aio_pika.abc.AbstractExchange, event: dict) -> None:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def _db_url(base: str, name: str) -> str:
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}"
-
-
 async def bench(args: argparse.Namespace) -> int:
-    base = Settings.from_env()
-    run = uuid.uuid4().hex[:8]
-    db = f"mfa_bench_mail_{run}"
-    settings = dataclasses.replace(base, database_url=_db_url(base.database_url, db),
-                                   exchange=f"mfa.events.bench.{run}", queue_prefix=f"bench.{run}.")
-    await migrate(settings.database_url, migration_sets(list(SERVICES.values())))
-    runtime = await Runtime(settings).open()
+    # The process pool is sized as `mfa run notifier` sizes it (the notifier's ServiceSpec.pool_size).
+    async with bench_runtime(pool_size=PREFETCH + POOL_SPARE) as runtime:
+        return await _bench(args, runtime, runtime.settings)
+
+
+async def _bench(args: argparse.Namespace, runtime: Runtime, settings: Settings) -> int:
     sink = SinkProcess()
     await sink.start()
-    pool = await create_pool(settings.database_url, min_size=2, max_size=PREFETCH + POOL_SPARE)
+    pool = runtime.pool
     mailer = await Mailer(SmtpConfig(host="127.0.0.1", port=sink.port)).start()
     notifier = Notifier.from_settings(settings, catalog=Catalog.load(required=TEMPLATE_KINDS), mailer=mailer,
                                       journal=pool)
@@ -219,24 +209,7 @@ async def bench(args: argparse.Namespace) -> int:
     finally:
         await consumer.stop()
         await mailer.close()
-        await pool.close()
         await sink.stop()
-        await _remove(runtime, settings, consumer)
-        await runtime.close()
-        admin = await asyncpg.connect(_db_url(base.database_url, "postgres"))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-async def _remove(runtime: Runtime, settings: Settings, consumer) -> None:
-    channel = await runtime.broker.channel()
-    names = [consumer.queue_name, consumer.parked_queue, *(consumer.retry_queue(n + 1) for n in range(4))]
-    for name in names:
-        await channel.queue_delete(name)
-    await channel.exchange_delete(settings.exchange)
-    await channel.close()
 
 
 def main() -> int:
