@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["service", "helpdesk", "auditor"])
     create.add_argument("--company", default=None, help="bind the key to one company id")
     create.add_argument("--label", default="")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key (the key itself, or its first 10 characters)")
+    revoke.add_argument("key")
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="action", required=True)
     audit_sub.add_parser("verify", help="recompute the audit hash chain")
@@ -49,11 +51,15 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "api-key":
         import asyncpg
 
-        from .common.apikeys import create_key
+        from .common.apikeys import create_key, revoke_key
 
         await run_migrations(settings, specs)
         conn = await asyncpg.connect(settings.database_url)
         try:
+            if args.action == "revoke":
+                count = await revoke_key(conn, args.key)
+                print(f"revoked {count} key(s); services stop accepting them within 30 s")
+                return 0 if count else 1
             key = await create_key(conn, args.role, args.company, args.label)
         finally:
             await conn.close()

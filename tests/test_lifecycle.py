@@ -145,3 +145,22 @@ async def test_mfa_run_all_serves_health_and_stops_on_sigterm(settings):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_api_key_create_prints_the_key_last_and_revoke_disables_it(settings, runtime):
+    from services.common.apikeys import KeyCache
+
+    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
+    env = env_for(settings)
+    proc = await asyncio.create_subprocess_exec(mfa, "api-key", "create", "--role", "auditor", "--company", "co-x",
+                                                env=env, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    key = out.decode().strip().splitlines()[-1]
+    principal = await KeyCache(runtime.pool).resolve(key)
+    assert principal is not None and principal.role == "auditor" and principal.company_id == "co-x"
+    proc = await asyncio.create_subprocess_exec(mfa, "api-key", "revoke", key[:10], env=env,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and b"revoked 1" in out
+    assert await KeyCache(runtime.pool).resolve(key) is None

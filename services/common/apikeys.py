@@ -48,6 +48,16 @@ async def create_key(conn: asyncpg.Connection | asyncpg.Pool, role: str, company
     return key
 
 
+async def revoke_key(conn: asyncpg.Connection | asyncpg.Pool, key_or_prefix: str) -> int:
+    """Revoke a key given in full or by the 10-character prefix `create` printed; returns how many."""
+    result = await conn.execute(
+        "UPDATE iam.api_keys SET revoked_at = now() WHERE revoked_at IS NULL AND (key_hash = $1 OR prefix = $2)",
+        hash_key(key_or_prefix),
+        key_or_prefix[:10] if len(key_or_prefix) >= 10 else "\x00",
+    )
+    return int(result.split()[-1])
+
+
 class KeyCache:
     """Resolves keys to principals, caching hits briefly so each request costs no query.
 
