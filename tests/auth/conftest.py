@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import time
@@ -142,7 +141,3 @@ def zbarimg(png: bytes) -> str:
 @pytest.fixture
 def api(client, key) -> Api:
     return Api(client, key)
-
-
-async def settle():
-    await asyncio.sleep(0)
