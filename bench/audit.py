@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import sys
 import time
 import uuid
@@ -31,7 +30,7 @@ from aiohttp import web
 HERE = os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from bench.common import bench_runtime  # noqa: E402
+from bench.common import bench_runtime, free_port  # noqa: E402
 from services.audit.app import create_app  # noqa: E402
 from services.audit.consumers import build_consumers  # noqa: E402
 from services.audit.handlers import verify  # noqa: E402
@@ -84,12 +83,6 @@ async def publish_all(runtime: Runtime, events: list[dict]) -> None:
 
     for i in range(0, len(events), 500):
         await asyncio.gather(*(one(e) for e in events[i:i + 500]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_head(pool: asyncpg.Pool, target: int, timeout: float) -> None:

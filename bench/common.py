@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import platform
+import socket
 import subprocess
 import uuid
 from contextlib import asynccontextmanager
@@ -23,6 +24,13 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine() -> str:

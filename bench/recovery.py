@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ import aiohttp  # noqa: E402
 import aiosmtplib  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from bench.common import bench_runtime, machine, percentile  # noqa: E402
+from bench.common import bench_runtime, free_port, machine, percentile  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
 from services.common.runtime import Runtime  # noqa: E402
@@ -43,12 +42,6 @@ from services.recovery.domain import MAX_PHOTO_BYTES, RateLimits, company_key  #
 from services.recovery.mailparse import parse_mail  # noqa: E402
 
 HELPDESK = "helpdesk@mfa.localhost"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def jpeg(size: int) -> bytes:
