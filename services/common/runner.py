@@ -38,6 +38,8 @@ async def serve(settings: Settings, specs: list[ServiceSpec], *, ready_message: 
     except (DatabaseUnreachable, BrokerUnreachable) as exc:
         print(f"mfa: {exc}", file=sys.stderr)
         return 2
+    if settings.uses_dev_secret_key:
+        log.warning("dev_secret_key", detail="MFA_SECRET_KEYS is not set: secrets are sealed with the public development key")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
