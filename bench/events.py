@@ -13,13 +13,14 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_runtime, machine, percentile  # noqa: E402
+from bench.common import bench_runtime, cpu_report, cpu_times, machine, percentile  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from services.common.consumer import Consumer  # noqa: E402
 from services.common.db import MigrationSet  # noqa: E402
@@ -52,11 +53,14 @@ async def consumer_process(expected: int, batched: bool) -> None:
     consumer = Consumer(broker=runtime.broker, pool=runtime.pool, schema=SCHEMA, queue=runtime.queue("bench"),
                         handlers={"TestPing": handler}, prefetch=256, batched=batched)
     await consumer.start()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    start_cpu = usage.ru_utime + usage.ru_stime  # start-up is not part of the work measured
     print("ready", flush=True)
     await done.wait()
     await consumer.stop()
     await runtime.close()
-    print(json.dumps(handled), flush=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"handled": handled, "cpu": usage.ru_utime + usage.ru_stime - start_cpu}), flush=True)
 
 
 async def start_consumer(runtime: Runtime, expected: int, batched: bool) -> asyncio.subprocess.Process:
@@ -69,22 +73,24 @@ async def start_consumer(runtime: Runtime, expected: int, batched: bool) -> asyn
     if os.environ.get("BENCH_PROFILE"):  # a py-spy speedscope profile of the consumer, until it exits
         spy = str(Path(sys.executable).with_name("py-spy"))
         await asyncio.create_subprocess_exec(spy, "record", "-p", str(proc.pid), "-o", os.environ["BENCH_PROFILE"],
-                                             "-f", "speedscope", stdout=asyncio.subprocess.DEVNULL,
+                                             "-f", "raw" if os.environ["BENCH_PROFILE"].endswith(".txt") else "speedscope", stdout=asyncio.subprocess.DEVNULL,
                                              stderr=asyncio.subprocess.DEVNULL)
     return proc
 
 
-async def collect(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, float]:
+async def collect(proc: asyncio.subprocess.Process, timeout: float) -> tuple[dict[str, float], float]:
+    """The consumer's handled times by event id, and the CPU seconds it used once ready."""
     line = await asyncio.wait_for(proc.stdout.readline(), timeout)
     await proc.wait()
-    return json.loads(line)
+    report = json.loads(line)
+    return report["handled"], report["cpu"]
 
 
 async def main(total: int, rate: int, seconds: float, batch: int, batched: bool) -> None:
     configure_logging("WARNING", "console")
     extra = [MigrationSet.for_service(SCHEMA, Path(__file__).parent / "migrations")]
     async with bench_runtime(extra) as runtime:
-        relay = OutboxRelay(runtime.pool, runtime.broker, SCHEMA)
+        relay = OutboxRelay(runtime.pool, runtime.broker, SCHEMA, signal=runtime.signal)
         relay_task = asyncio.create_task(relay.run())
         try:
             print(f"machine: {machine()}")
@@ -92,6 +98,7 @@ async def main(total: int, rate: int, seconds: float, batch: int, batched: bool)
             # 1. Sustained throughput: 4 writers commit `batch` events per transaction as fast as they can.
             proc = await start_consumer(runtime, total, batched)
             events = [ping(n) for n in range(total)]
+            cpu_before = cpu_times()
             started = time.time()
 
             async def writer(chunk):
@@ -104,11 +111,14 @@ async def main(total: int, rate: int, seconds: float, batch: int, batched: bool)
             while await runtime.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.outbox"):  # noqa: ASYNC110 (polls the database)
                 await asyncio.sleep(0.05)
             relayed = time.time()
-            handled = await collect(proc, 600)
+            handled, consumer_cpu = await collect(proc, 600)
+            cpu_after = cpu_times()
+            cpu_after["consumer process"] = consumer_cpu  # it has exited: its own count
             elapsed = max(handled.values()) - started
             print(f"sustained: {total} events in {elapsed:.2f} s = {total / elapsed:,.0f} events/s "
                   f"(writes done after {written - started:.2f} s, all published after {relayed - started:.2f} s; "
                   f"{batch} events per transaction)")
+            print(cpu_report(cpu_before, cpu_after, total, "event"))
 
             # 2. Latency at a fixed rate: one event per transaction, paced.
             count = int(rate * seconds)
@@ -131,7 +141,7 @@ async def main(total: int, rate: int, seconds: float, batch: int, batched: bool)
                 writes.append(asyncio.create_task(write_one(n)))
             await asyncio.gather(*writes)
             actual_rate = count / (time.perf_counter() - t0)
-            handled = await collect(proc, 120)
+            handled, _ = await collect(proc, 120)
             latencies = [(handled[i] - committed[i]) * 1000 for i in committed]
             if os.environ.get("BENCH_DEBUG"):
                 order = sorted(committed, key=committed.get)
@@ -155,7 +165,9 @@ if __name__ == "__main__":
     parser.add_argument("--batched", action="store_true", help="the consumer's batched mode (as auth and recovery use)")
     parser.add_argument("--consumer", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    import uvloop  # as `mfa run` uses
+
     if args.consumer:
-        asyncio.run(consumer_process(args.consumer, args.batched))
+        uvloop.run(consumer_process(args.consumer, args.batched))
     else:
-        asyncio.run(main(args.total, args.rate, args.seconds, args.batch, args.batched))
+        uvloop.run(main(args.total, args.rate, args.seconds, args.batch, args.batched))

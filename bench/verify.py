@@ -19,7 +19,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_runtime, free_port, machine, percentile  # noqa: E402
+from bench.common import bench_runtime, cpu_report, cpu_times, free_port, machine, percentile  # noqa: E402
 from services.auth import domain  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
@@ -101,12 +101,14 @@ async def main(accounts: int, concurrency: int, profile: str | None) -> None:
                 if profile:
                     spy = await asyncio.create_subprocess_exec(
                         str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(server.pid), "-o", profile,
-                        "-f", "speedscope", "--nonblocking", stdout=asyncio.subprocess.DEVNULL,
+                        "-f", "raw" if profile.endswith(".txt") else "speedscope", "--nonblocking", stdout=asyncio.subprocess.DEVNULL,
                         stderr=asyncio.subprocess.DEVNULL)
                     await asyncio.sleep(1)  # py-spy attaches
+                cpu_before = cpu_times()
                 started = time.perf_counter()
                 await run_pool(logins, verify, concurrency)
                 elapsed = time.perf_counter() - started
+                cpu_after = cpu_times()
                 if spy:
                     spy.send_signal(2)
                     await spy.wait()
@@ -114,6 +116,7 @@ async def main(accounts: int, concurrency: int, profile: str | None) -> None:
             print(f"verify: {succeeded} successful verifications in {elapsed:.2f} s = {succeeded / elapsed:,.0f}/s "
                   f"at concurrency {concurrency} ({failures} failed); latency p50 {percentile(latencies, 50):.1f} ms, "
                   f"p99 {percentile(latencies, 99):.1f} ms")
+            print(cpu_report(cpu_before, cpu_after, len(latencies), "verification"))
         finally:
             server.terminate()
             await server.wait()
@@ -123,7 +126,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--accounts", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--profile", help="write a py-spy speedscope profile of the server to this file")
+    parser.add_argument("--profile", help="write a py-spy profile of the server to this file (collapsed stacks if it ends in .txt, else speedscope)")
     args = parser.parse_args()
     import uvloop
 

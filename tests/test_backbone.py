@@ -8,11 +8,13 @@ import subprocess
 import uuid
 
 import aio_pika
+import asyncpg
 import pytest
 
 from services.common.consumer import Consumer, PermanentError
 from services.common.events import EventError, new_event, parse_event
-from services.common.outbox import OutboxRelay, add_events
+from services.common.outbox import PARTITIONS, OutboxRelay, add_events
+from services.common.runtime import Runtime
 
 from .conftest import wait_for
 
@@ -327,3 +329,49 @@ async def test_a_lost_database_connection_uses_up_no_attempt(runtime, relay):
     finally:
         await consumer.stop()
     assert len(kills) == 3 and [r["n"] for r in rows] == [1]
+
+
+async def _relay_waiting(worker: OutboxRelay) -> None:
+    """Until `worker` holds every partition, so what it relays next it relays because it was woken."""
+    await wait_for(lambda: _true_if(len(worker.partitions) == PARTITIONS), message="relay holds all partitions")
+
+
+async def _true_if(value: bool) -> bool:
+    return value
+
+
+@pytest.mark.parametrize("writer", ["same process", "other process", "plain connection"])
+async def test_commit_wakes_the_relay_without_polling(runtime, writer):
+    """A relay that would poll only once a minute relays a commit at once, whoever wrote it.
+
+    In the relay's process the pool wakes it directly when the writer's connection comes back;
+    a relay elsewhere (here: another Runtime, with its own pool and signal) hears the NOTIFY
+    sent after the commit; a connection outside any such pool notifies in its transaction.
+    """
+    run = uuid.uuid4().hex
+    other = await Runtime(runtime.settings).open(pool_size=2)
+    relay_side = runtime if writer == "same process" else other
+    worker = OutboxRelay(relay_side.pool, relay_side.broker, SCHEMA, poll_interval=60, signal=relay_side.signal)
+    task = asyncio.create_task(worker.run())
+    consumer = make_consumer(runtime, f"wake-{run}", recording_handler(run))
+    await consumer.start()
+    try:
+        await _relay_waiting(worker)
+        for n in (1, 2):
+            if writer == "plain connection":
+                conn = await asyncpg.connect(runtime.settings.database_url)
+                try:
+                    async with conn.transaction():
+                        await add_events(conn, SCHEMA, [ping(run, "acct-wake", n)])
+                finally:
+                    await conn.close()
+            else:
+                await write(runtime.pool, [ping(run, "acct-wake", n)])
+            # Far below the 60 s poll: only a wake explains it.
+            rows = await wait_for(lambda n=n: _count_at_least(runtime.pool, run, n), timeout=5, message=f"event {n}")
+    finally:
+        await consumer.stop()
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await other.close()
+    assert [r["n"] for r in rows] == [1, 2]

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from ..common.events import encode
-from ..common.outbox import channel_name, partition_of
+from ..common.outbox import partition_of, wake_relays
 
 Conn = asyncpg.Connection
 
@@ -270,7 +270,7 @@ async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: 
     account is not locked; the login and the outbox row are written only if it matched.
     """
 
-    return bool(
+    done = bool(
         await conn.fetchval(
             f"""WITH claimed AS (
                     UPDATE auth.accounts SET last_step = $3, consecutive_failures = 0, lock_count = 0, locked_until = NULL
@@ -286,7 +286,7 @@ async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: 
                     INSERT INTO {schema}.outbox (event_id, event_type, partition, body, correlation_id)
                     SELECT $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM completed)
                     RETURNING id)
-                SELECT EXISTS (SELECT 1 FROM queued) AND pg_notify($9, '') IS NOT NULL""",
+                SELECT EXISTS (SELECT 1 FROM queued)""",
             login_id,
             account_id,
             step,
@@ -295,9 +295,11 @@ async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: 
             partition_of(event["subject"]),
             encode(event),
             event.get("correlationid"),
-            channel_name(schema),
         )
     )
+    if done:
+        await wake_relays(conn, schema)
+    return done
 
 
 async def insert_link(conn: Conn, token_hash: bytes, login_id: str, account_id: str, expires_at: datetime) -> None:

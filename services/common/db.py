@@ -8,6 +8,7 @@ starting together are safe.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -64,11 +65,43 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """Open the process's pool; JSON columns come back as Python objects."""
+class PooledConnection(asyncpg.Connection):
+    """asyncpg's connection plus `wakes`: channels whose listeners are told once it is back in the pool.
+
+    `wakes` is None when the pool was opened without `on_release`; writers then NOTIFY
+    inside their own transaction (see `outbox.wake_relays`).
+    """
+
+    __slots__ = ("wakes",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.wakes: set[str] | None = None
+
+
+async def create_pool(
+    url: str, *, min_size: int = 2, max_size: int = 10, on_release: Callable[[set[str]], None] | None = None
+) -> asyncpg.Pool:
+    """Open the process's pool; JSON columns come back as Python objects.
+
+    With `on_release`, each connection collects channels in `wakes` while it is lent out, and
+    `on_release` gets them when the connection comes back, after its transaction has ended.
+    """
+
+    async def init(conn: PooledConnection) -> None:
+        await _init_connection(conn)
+        if on_release is not None:
+            conn.wakes = set()
+
+    async def reset(conn: PooledConnection) -> None:
+        if conn.wakes:
+            channels, conn.wakes = conn.wakes, set()
+            on_release(channels)  # type: ignore[misc]
+
     try:
         return await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+            url, min_size=min_size, max_size=max_size, init=init, reset=reset if on_release else _keep_session,
+            connection_class=PooledConnection,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnreachable(f"cannot reach PostgreSQL at {redact_url(url)}: {exc}") from exc

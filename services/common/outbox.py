@@ -2,7 +2,7 @@
 
 Writers call :func:`add_events` inside their transaction. One or more :class:`OutboxRelay`
 per service publish what was committed: each relay wakes on LISTEN/NOTIFY (polling only as a
-fallback), owns a subset of 16 partitions through session advisory locks, claims rows with
+fallback; the NOTIFY is sent after the writer's commit by :class:`OutboxSignal`), owns a subset of 16 partitions through session advisory locks, claims rows with
 ``FOR UPDATE SKIP LOCKED``, publishes a batch pipelined in id order and deletes it only
 after the broker confirmed all of it (a failed batch is sent again whole: consumers are
 idempotent by event id). An
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 import zlib
 from typing import Any
 
@@ -53,8 +54,67 @@ async def add_events(conn: asyncpg.Connection, schema: str, events: list[dict[st
             for e in events
         ],
     )
-    # Delivered on commit only, and folded into one notification per transaction.
-    await conn.execute("SELECT pg_notify($1, '')", channel_name(schema))
+    await wake_relays(conn, schema)
+
+
+async def wake_relays(conn: asyncpg.Connection, schema: str) -> None:
+    """Make sure the relays of `schema` wake once the caller's transaction has committed.
+
+    A pooled connection with an :class:`OutboxSignal` behind it only notes the schema: a
+    NOTIFY inside the transaction would make its commit take PostgreSQL's cluster-wide
+    notify lock and hold it through the WAL flush, so notifying commits queue one behind
+    the other (pgbench on the 2-core machine: 11,700 one-insert commits/s, 2,240 with a
+    `pg_notify` in each). Any other connection notifies in the transaction, on commit.
+    """
+    wakes = getattr(conn, "wakes", None)
+    if wakes is not None:
+        wakes.add(channel_name(schema))
+    else:
+        await conn.execute("SELECT pg_notify($1, '')", channel_name(schema))
+
+
+class OutboxSignal:
+    """Wakes relays after commits that wrote outbox rows: this process's at once, others by NOTIFY.
+
+    The pool hands over the channels a connection noted (:func:`wake_relays`) when it comes
+    back; `run` sends one NOTIFY per channel for all that gathered meanwhile, from its own
+    short transaction, so writers never wait on the notify lock. Its payload is this
+    signal's token, which the relays woken directly ignore. A wake that is lost (a
+    connection closed instead of coming back) costs one poll interval, never an event.
+    """
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex
+        self._relays: dict[str, set[OutboxRelay]] = {}
+        self._pending: set[str] = set()
+        self._kick = asyncio.Event()
+
+    def register(self, relay: OutboxRelay) -> None:
+        self._relays.setdefault(channel_name(relay.schema), set()).add(relay)
+
+    def unregister(self, relay: OutboxRelay) -> None:
+        self._relays.get(channel_name(relay.schema), set()).discard(relay)
+
+    def released(self, channels: set[str]) -> None:
+        """A connection that wrote to these channels' outboxes is back in the pool."""
+        for channel in channels:
+            for relay in self._relays.get(channel, ()):
+                relay.wake()
+        self._pending |= channels
+        self._kick.set()
+
+    async def run(self, pool: asyncpg.Pool) -> None:
+        """Send the gathered NOTIFYs until cancelled."""
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            channels, self._pending = sorted(self._pending), set()
+            try:
+                await pool.execute("SELECT pg_notify(c, $2) FROM unnest($1::text[]) AS c", channels, self.token)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Relays in other processes fall back to polling until the database is back.
+                log.warning("outbox_notify_failed", error=str(exc))
+                await asyncio.sleep(0.5)
 
 
 class OutboxRelay:
@@ -69,6 +129,7 @@ class OutboxRelay:
         batch_size: int = 100,
         poll_interval: float = 1.0,
         gather_delay: float = 0.005,
+        signal: OutboxSignal | None = None,
     ) -> None:
         self.pool = pool
         self.broker = broker
@@ -80,16 +141,31 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._lock_class = zlib.crc32(f"outbox:{schema}".encode()) & 0x7FFFFFFF
         self.partitions: set[int] = set()
+        self.signal = signal
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
 
-    def _on_notify(self, *_args: Any) -> None:
+    def wake(self) -> None:
+        """Look at the outbox now: something was committed to it."""
         self._wake.set()
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if self.signal is None or payload != self.signal.token:  # our own signal woke us directly
+            self._wake.set()
 
     async def run(self) -> None:
         """Relay until stopped; survives database and broker outages."""
+        if self.signal is not None:
+            self.signal.register(self)
+        try:
+            await self._run()
+        finally:
+            if self.signal is not None:
+                self.signal.unregister(self)
+
+    async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
                 async with self.pool.acquire() as conn:

@@ -15,6 +15,7 @@ from .apikeys import KeyCache
 from .broker import Broker
 from .config import Settings
 from .db import create_pool
+from .outbox import OutboxSignal
 
 
 @dataclass
@@ -25,19 +26,35 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     broker: Broker | None = None
     keys: KeyCache | None = field(default=None, repr=False)
+    signal: OutboxSignal = field(default_factory=OutboxSignal, repr=False)
+    _signal_task: asyncio.Task | None = field(default=None, repr=False)
 
     async def open(self, *, pool_size: int = 10) -> Runtime:
-        self.pool = await create_pool(self.settings.database_url, min_size=2, max_size=pool_size)
+        self.pool = await create_pool(
+            self.settings.database_url, min_size=2, max_size=pool_size, on_release=self.signal.released
+        )
+        self._signal_task = asyncio.create_task(self.signal.run(self.pool), name="outbox-signal")
         self.keys = KeyCache(self.pool)
         self.broker = Broker(self.settings.amqp_url, self.settings.exchange)
         try:
             await self.broker.connect()
         except Exception:
+            await self._stop_signal()
             await self.pool.close()
             raise
         return self
 
+    async def _stop_signal(self) -> None:
+        if self._signal_task is not None:
+            self._signal_task.cancel()
+            try:
+                await self._signal_task
+            except asyncio.CancelledError:
+                pass
+            self._signal_task = None
+
     async def close(self) -> None:
+        await self._stop_signal()
         if self.broker is not None:
             await self.broker.close()
         if self.pool is not None:

@@ -45,7 +45,7 @@ def workers_ctx(schema: str, consumers: Callable[[Runtime], list[Consumer]], *, 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         runtime = app[RUNTIME]
         assert runtime.pool is not None and runtime.broker is not None
-        relay_worker = OutboxRelay(runtime.pool, runtime.broker, schema) if relay else None
+        relay_worker = OutboxRelay(runtime.pool, runtime.broker, schema, signal=runtime.signal) if relay else None
         relay_task = asyncio.create_task(relay_worker.run(), name=f"{schema}-relay") if relay_worker else None
         started: list[Consumer] = []
         try:
