@@ -63,14 +63,14 @@ async def consumer_process(expected: int, batched: bool) -> None:
     print(json.dumps({"handled": handled, "cpu": usage.ru_utime + usage.ru_stime - start_cpu}), flush=True)
 
 
-async def start_consumer(runtime: Runtime, expected: int, batched: bool) -> asyncio.subprocess.Process:
+async def start_consumer(runtime: Runtime, expected: int, batched: bool, profile: bool = False) -> asyncio.subprocess.Process:
     env = {**os.environ, "MFA_DATABASE_URL": runtime.settings.database_url, "MFA_EXCHANGE": runtime.settings.exchange,
            "MFA_QUEUE_PREFIX": runtime.settings.queue_prefix}
     command = [sys.executable, __file__, "--consumer", str(expected), *(["--batched"] if batched else [])]
     proc = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE, limit=2**26)
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert line.strip() == b"ready", line
-    if os.environ.get("BENCH_PROFILE"):  # a py-spy speedscope profile of the consumer, until it exits
+    if profile and os.environ.get("BENCH_PROFILE"):  # a py-spy profile of the consumer in the sustained run
         spy = str(Path(sys.executable).with_name("py-spy"))
         await asyncio.create_subprocess_exec(spy, "record", "-p", str(proc.pid), "-o", os.environ["BENCH_PROFILE"],
                                              "-f", "raw" if os.environ["BENCH_PROFILE"].endswith(".txt") else "speedscope", stdout=asyncio.subprocess.DEVNULL,
@@ -96,7 +96,7 @@ async def main(total: int, rate: int, seconds: float, batch: int, batched: bool)
             print(f"machine: {machine()}")
             print(f"consumer mode: {'batched (one transaction and one ack per batch)' if batched else 'one transaction per event'}")
             # 1. Sustained throughput: 4 writers commit `batch` events per transaction as fast as they can.
-            proc = await start_consumer(runtime, total, batched)
+            proc = await start_consumer(runtime, total, batched, profile=True)
             events = [ping(n) for n in range(total)]
             cpu_before = cpu_times()
             started = time.time()

@@ -30,7 +30,7 @@ import aio_pika
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import bench_runtime  # noqa: E402
+from bench.common import bench_runtime, cpu_report, cpu_times  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from services.common.crypto import Keyring  # noqa: E402
 from services.common.events import CONTENT_TYPE, encode, new_event  # noqa: E402
@@ -170,15 +170,18 @@ async def _bench(args: argparse.Namespace, runtime: Runtime, settings: Settings)
         for chunk in range(0, len(events), 200):
             await asyncio.gather(*(publish(exchange, e) for e in events[chunk:chunk + 200]))
         consumer = notifier_consumer(runtime, notifier)
+        cpu_before = cpu_times()
         started = time.time()
         await consumer.start()
         async with asyncio.timeout(300):
             await sink.wait_for({mail_id(e) for e in events})
+        cpu_after = cpu_times()
         last = max(sink.accepted[mail_id(e)] for e in events)
         elapsed = last - started
         rate = len(events) / elapsed
         print(f"throughput: {len(events)} events -> {len(events)} mails accepted in {elapsed:.2f} s"
               f" = {rate:.0f} mails/s (target >= 300)")
+        print(cpu_report(cpu_before, cpu_after, len(events), "mail"))
 
         total = int(args.rate * args.seconds)
         paced = [make_event(args.events + n, keyring, datetime.now(UTC)) for n in range(total)]
@@ -219,13 +222,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10, help="length of the latency run")
     parser.add_argument("--sink", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    import uvloop  # as `mfa run` uses
+
     if args.sink:
-        asyncio.run(run_sink())
+        uvloop.run(run_sink())
         return 0
     configure_logging("WARNING", "console")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"machine: {os.cpu_count()} CPUs, load average {load} before the run")
-    return asyncio.run(bench(args))
+    return uvloop.run(bench(args))
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ class OutboxRelay:
         broker: Broker,
         schema: str,
         *,
-        batch_size: int = 100,
+        batch_size: int = 500,
         poll_interval: float = 1.0,
         gather_delay: float = 0.005,
         signal: OutboxSignal | None = None,
