@@ -113,6 +113,7 @@ def cpu_times() -> dict[str, float]:
             args = [a.decode(errors="replace") for a in cmd if a]
             script = next((a for a in args[1:] if a.endswith(".py")), None)
             name = os.path.basename(script) if script else " ".join(os.path.basename(a) for a in args[:3])
+            name += "".join(f" {a}" for a in args if a in ("--sink", "--consumer"))  # a benchmark's child process
         totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return totals
 

@@ -49,16 +49,20 @@ SELF = os.path.abspath(__file__)
 
 async def run_sink() -> None:
     """Accept every mail; print `PORT <n>` once, then `<message-id> <unix time>` per accepted mail."""
-    from email import policy
-    from email.parser import BytesHeaderParser
+    import re
 
     from aiosmtpd.smtp import SMTP
+
+    # The sink shares the 2 cores with the notifier: find the header with a regex rather than
+    # parse the whole mail with the email package (a fifth of the sink's CPU).
+    message_id = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
 
     class Handler:
         async def handle_DATA(self, server, session, envelope):  # noqa: N802
             accepted = time.time()
-            headers = BytesHeaderParser(policy=policy.compat32).parsebytes(envelope.original_content)
-            sys.stdout.write(f"{headers['Message-ID']} {accepted:.6f}\n")
+            head = envelope.original_content.split(b"\r\n\r\n", 1)[0]
+            found = message_id.search(head)
+            sys.stdout.write(f"{found.group(1).decode() if found else '?'} {accepted:.6f}\n")
             sys.stdout.flush()
             return "250 2.0.0 OK"
 
