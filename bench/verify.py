@@ -165,7 +165,7 @@ async def main(accounts: int, concurrency: int, profile: str | None) -> None:
                 spy = None
                 if profile:
                     spy = await asyncio.create_subprocess_exec(
-                        str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(server.pid), "-o", profile, "-r", "400",
+                        str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(server.pid), "-o", profile, "-r", "400", *(["--native"] if os.environ.get("BENCH_NATIVE") else []),
                         "-f", "raw" if profile.endswith(".txt") else "speedscope", "--nonblocking", stdout=asyncio.subprocess.DEVNULL,
                         stderr=asyncio.subprocess.DEVNULL)
                     await asyncio.sleep(1)  # py-spy attaches
