@@ -18,6 +18,17 @@ from .db import create_pool
 from .outbox import OutboxSignal
 
 
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+    """Cancel a background task of ours and wait until it has finished."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
 @dataclass
 class Runtime:
     """What a service needs from the outside world; tests build one per test run."""
@@ -45,13 +56,8 @@ class Runtime:
         return self
 
     async def _stop_signal(self) -> None:
-        if self._signal_task is not None:
-            self._signal_task.cancel()
-            try:
-                await self._signal_task
-            except asyncio.CancelledError:
-                pass
-            self._signal_task = None
+        await cancel_and_wait(self._signal_task)
+        self._signal_task = None
 
     async def close(self) -> None:
         await self._stop_signal()

@@ -18,6 +18,7 @@ import aiosmtplib
 
 from ..common.config import Settings
 from ..common.logs import get_logger
+from ..common.runtime import cancel_and_wait
 from .domain import classify_reply
 
 log = get_logger("notifier.smtp")
@@ -103,13 +104,8 @@ class Mailer:
     async def close(self) -> None:
         """Close idle connections politely (QUIT); connections in use close when their mail is done."""
         self._closing = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            try:
-                await self._reaper
-            except asyncio.CancelledError:
-                pass
-            self._reaper = None
+        await cancel_and_wait(self._reaper)
+        self._reaper = None
         async with self._cond:
             idle, self._idle = self._idle, []
             self._open -= len(idle)
