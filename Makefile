@@ -34,6 +34,7 @@ test-fast: $(DEV_STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(STAMP)
+	$(BIN)/python bench/events.py --batched
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/mail.py
