@@ -331,15 +331,6 @@ async def test_a_lost_database_connection_uses_up_no_attempt(runtime, relay):
     assert len(kills) == 3 and [r["n"] for r in rows] == [1]
 
 
-async def _relay_waiting(worker: OutboxRelay) -> None:
-    """Until `worker` holds every partition, so what it relays next it relays because it was woken."""
-    await wait_for(lambda: _true_if(len(worker.partitions) == PARTITIONS), message="relay holds all partitions")
-
-
-async def _true_if(value: bool) -> bool:
-    return value
-
-
 @pytest.mark.parametrize("writer", ["same process", "other process", "plain connection"])
 async def test_commit_wakes_the_relay_without_polling(runtime, writer):
     """A relay that would poll only once a minute relays a commit at once, whoever wrote it.
@@ -356,7 +347,8 @@ async def test_commit_wakes_the_relay_without_polling(runtime, writer):
     consumer = make_consumer(runtime, f"wake-{run}", recording_handler(run))
     await consumer.start()
     try:
-        await _relay_waiting(worker)
+        # Once it holds every partition, what it relays next it relays because it was woken.
+        await wait_for(lambda: len(worker.partitions) == PARTITIONS, message="relay holds all partitions")
         for n in (1, 2):
             if writer == "plain connection":
                 conn = await asyncpg.connect(runtime.settings.database_url)

@@ -61,8 +61,8 @@ class Broker:
         """Publish one encoded event and wait for the broker's confirm."""
         if self.exchange is None or not self.connected:
             raise ConnectionError("broker not connected")
-        # Straight to the underlying aiormq channel with pamqp's properties: aio_pika.Message
-        # costs about a fifth of the relay's CPU per event and adds nothing to a body already encoded.
+        # Straight to the underlying aiormq channel with pamqp's properties: building an
+        # aio_pika.Message cost about a fifth of each publish and adds nothing to an encoded body.
         properties = Basic.Properties(
             content_type=CONTENT_TYPE,
             message_id=event_id,

@@ -2,10 +2,10 @@
 
 Writers call :func:`add_events` inside their transaction. One or more :class:`OutboxRelay`
 per service publish what was committed: each relay wakes on LISTEN/NOTIFY (polling only as a
-fallback; the NOTIFY is sent after the writer's commit by :class:`OutboxSignal`), owns a subset of 16 partitions through session advisory locks, claims rows with
-``FOR UPDATE SKIP LOCKED``, publishes a batch pipelined in id order and deletes it only
-after the broker confirmed all of it (a failed batch is sent again whole: consumers are
-idempotent by event id). An
+fallback; :class:`OutboxSignal` sends the NOTIFY after the writer's commit), owns a subset of
+16 partitions through session advisory locks, claims rows with ``FOR UPDATE SKIP LOCKED``,
+publishes a batch pipelined in id order and deletes it only after the broker confirmed all
+of it (a failed batch is sent again whole: consumers are idempotent by event id). An
 account's events share a partition, so their order holds even with several relays.
 """
 
@@ -79,11 +79,14 @@ class OutboxSignal:
     The pool hands over the channels a connection noted (:func:`wake_relays`) when it comes
     back; `run` sends one NOTIFY per channel for all that gathered meanwhile, from its own
     short transaction, so writers never wait on the notify lock. Its payload is this
-    signal's token, which the relays woken directly ignore. A wake that is lost (a
-    connection closed instead of coming back) costs one poll interval, never an event.
+    signal's token, which the relays woken directly ignore. Rounds are at least
+    `min_interval` apart, so under load the commits of a few milliseconds share one NOTIFY
+    instead of one per round trip. A wake that is lost (a connection closed instead of
+    coming back) costs one poll interval, never an event.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, min_interval: float = 0.005) -> None:
+        self.min_interval = min_interval
         self.token = uuid.uuid4().hex
         self._relays: dict[str, set[OutboxRelay]] = {}
         self._pending: set[str] = set()
@@ -115,6 +118,8 @@ class OutboxSignal:
                 # Relays in other processes fall back to polling until the database is back.
                 log.warning("outbox_notify_failed", error=str(exc))
                 await asyncio.sleep(0.5)
+                continue
+            await asyncio.sleep(self.min_interval)
 
 
 class OutboxRelay:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from services.notifier.domain import build_message, parse_sender
-from services.notifier.mailer import Mailer, SmtpConfig
+from services.notifier.mailer import Mailer, SendResult, SmtpConfig
 
 from ..conftest import wait_for
 from .conftest import EVENT_TIME, event, ids, journal, processed, publish, with_settings
@@ -23,6 +23,19 @@ def a_mail(to: str) -> bytes:
     return (build_message(sender=parse_sender("MFA <no-reply@mfa.localhost>"), recipient=to, recipient_name="",
                          subject="TLS check", text="hello", html="<p>hello</p>", msg_id="<tls.1@mfa.localhost>",
                          date=EVENT_TIME))
+
+
+async def send_to_ann(server: TestSmtpServer, **config) -> SendResult:
+    """One mail to ann@example.com through a new Mailer with `config`; the server is stopped afterwards."""
+    try:
+        mailer = await Mailer(SmtpConfig(host="127.0.0.1", port=server.port, **config)).start()
+        try:
+            return await mailer.send(a_mail("ann@example.com"), sender="no-reply@mfa.localhost",
+                                     recipient="ann@example.com")
+        finally:
+            await mailer.close()
+    finally:
+        await server.stop()
 
 
 async def test_starttls_with_a_self_signed_certificate_and_login_through_the_bus(runtime, start_notifier, certificate):
@@ -52,12 +65,7 @@ async def test_starttls_with_a_self_signed_certificate_and_login_through_the_bus
 async def test_implicit_tls(certificate):
     cert, key = certificate
     server = await TestSmtpServer(implicit_tls=server_tls_context(cert, key)).start()
-    mailer = await Mailer(SmtpConfig(host="127.0.0.1", port=server.port, tls="tls", ca_file=str(cert))).start()
-    try:
-        result = await mailer.send(a_mail("ann@example.com"), sender="no-reply@mfa.localhost", recipient="ann@example.com")
-    finally:
-        await mailer.close()
-        await server.stop()
+    result = await send_to_ann(server, tls="tls", ca_file=str(cert))
     assert result.status == "sent"
     assert server.recorder.mails[0].tls
 
@@ -65,12 +73,7 @@ async def test_implicit_tls(certificate):
 async def test_an_untrusted_certificate_is_refused_and_the_mail_deferred(certificate):
     cert, key = certificate
     server = await TestSmtpServer(starttls=server_tls_context(cert, key)).start()
-    mailer = await Mailer(SmtpConfig(host="127.0.0.1", port=server.port, tls="starttls")).start()  # no CA file
-    try:
-        result = await mailer.send(a_mail("ann@example.com"), sender="no-reply@mfa.localhost", recipient="ann@example.com")
-    finally:
-        await mailer.close()
-        await server.stop()
+    result = await send_to_ann(server, tls="starttls")  # no CA file
     assert (result.status, result.reason_code) == ("deferred", "smtp_unavailable")
     assert "CERTIFICATE_VERIFY_FAILED" in result.reason
     assert server.recorder.mails == []
@@ -79,12 +82,7 @@ async def test_an_untrusted_certificate_is_refused_and_the_mail_deferred(certifi
 async def test_a_server_that_requires_starttls_refuses_plain_mail_and_the_mail_waits(certificate):
     cert, key = certificate
     server = await TestSmtpServer(starttls=server_tls_context(cert, key)).start()
-    mailer = await Mailer(SmtpConfig(host="127.0.0.1", port=server.port, tls="none")).start()
-    try:
-        result = await mailer.send(a_mail("ann@example.com"), sender="no-reply@mfa.localhost", recipient="ann@example.com")
-    finally:
-        await mailer.close()
-        await server.stop()
+    result = await send_to_ann(server, tls="none")
     # 530 "Must issue a STARTTLS command first" is the server's policy, not the recipient's: retried, not failed.
     assert result.status == "deferred" and result.smtp_code == 530
     assert server.recorder.mails == []
@@ -93,12 +91,6 @@ async def test_a_server_that_requires_starttls_refuses_plain_mail_and_the_mail_w
 async def test_wrong_login_is_deferred_not_failed(certificate):
     cert, key = certificate
     server = await TestSmtpServer(starttls=server_tls_context(cert, key), credentials=("mailer", "s3cret")).start()
-    mailer = await Mailer(SmtpConfig(host="127.0.0.1", port=server.port, tls="starttls", ca_file=str(cert),
-                                     user="mailer", password="wrong")).start()
-    try:
-        result = await mailer.send(a_mail("ann@example.com"), sender="no-reply@mfa.localhost", recipient="ann@example.com")
-    finally:
-        await mailer.close()
-        await server.stop()
+    result = await send_to_ann(server, tls="starttls", ca_file=str(cert), user="mailer", password="wrong")
     assert (result.status, result.reason_code) == ("deferred", "smtp_login")
     assert "s3cret" not in result.reason and "wrong" not in result.reason
