@@ -7,7 +7,9 @@ starting together are safe.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,48 @@ class PooledConnection(asyncpg.Connection):
         self.wakes: set[str] | None = None
 
 
+class FairPool(asyncpg.Pool):
+    """asyncpg's pool, lending connections strictly in the order they were asked for.
+
+    asyncpg hands a returned connection to whoever asks next, not to the oldest waiter: a
+    coroutine that asks at the right moment takes it, and the woken waiter goes to the back
+    of the line again. Under load (more requests in flight than connections) that left a few
+    requests waiting four times as long as the rest. A FIFO semaphore (asyncio's is fair
+    since 3.11) with one permit per connection now decides who goes next, so asyncpg's own
+    queue never has a waiter.
+    """
+
+    def __init__(self, *args, max_size: int, **kwargs) -> None:
+        super().__init__(*args, max_size=max_size, **kwargs)
+        self._turns = asyncio.Semaphore(max_size)
+        self._lent: set[int] = set()  # id() of the proxies that hold a permit
+
+    async def _acquire(self, timeout: float | None):  # type: ignore[override]
+        started = time.monotonic()
+        if timeout is None:
+            await self._turns.acquire()
+        else:
+            await asyncio.wait_for(self._turns.acquire(), timeout)
+            timeout = max(0.0, timeout - (time.monotonic() - started))
+        try:
+            proxy = await super()._acquire(timeout)
+        except BaseException:
+            self._turns.release()
+            raise
+        self._lent.add(id(proxy))
+        return proxy
+
+    async def release(self, connection, *, timeout: float | None = None) -> None:  # type: ignore[override]
+        """Give the connection back; its permit goes to the oldest waiter."""
+        held = id(connection) in self._lent
+        self._lent.discard(id(connection))  # a second release of the same proxy frees nothing
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            if held:
+                self._turns.release()
+
+
 async def create_pool(
     url: str, *, min_size: int = 2, max_size: int = 10, on_release: Callable[[set[str]], None] | None = None
 ) -> asyncpg.Pool:
@@ -99,9 +143,10 @@ async def create_pool(
             on_release(channels)  # type: ignore[misc]
 
     try:
-        return await asyncpg.create_pool(
+        return await FairPool(
             url, min_size=min_size, max_size=max_size, init=init, reset=reset if on_release else _keep_session,
-            connection_class=PooledConnection,
+            connection_class=PooledConnection, record_class=asyncpg.Record, max_queries=50000,
+            max_inactive_connection_lifetime=300.0, connect=None, setup=None, loop=None,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnreachable(f"cannot reach PostgreSQL at {redact_url(url)}: {exc}") from exc
