@@ -1,8 +1,9 @@
 """Benchmark of the second step of login: enrolled accounts each verify one login with a valid code.
 
-Run: `.venv/bin/python bench/verify.py [--accounts 3000] [--concurrency 64]`.
+Run: `.venv/bin/python bench/verify.py [--accounts 6000] [--concurrency 64]`.
 Starts `mfa run auth` as its own process on a throwaway database, enrols the accounts,
 opens one login each, then measures only `POST /v1/logins/{id}/verify` over HTTP.
+BENCH_DEBUG=1 adds latency per 100 ms of the run and the server's own latency histogram.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bench.common import bench_runtime, cpu_report, cpu_times, free_port, machin
 from services.auth import domain  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
+from services.common.runner import settle_garbage_collector  # noqa: E402
 
 
 def code_for(secret: str, offset_steps: int = 0) -> str:
@@ -95,6 +97,7 @@ async def fire(port: int, requests: list[bytes], concurrency: int) -> tuple[list
     loop = asyncio.get_running_loop()
     clients = [(await loop.create_connection(_Client, "127.0.0.1", port))[1] for _ in range(concurrency)]
     latencies: list[float] = []
+    starts: list[float] = []
     failures = 0
     queue = iter(requests)
 
@@ -104,6 +107,7 @@ async def fire(port: int, requests: list[bytes], concurrency: int) -> tuple[list
             start = time.perf_counter()
             response = await client.request(data)
             latencies.append((time.perf_counter() - start) * 1000)
+            starts.append(start)
             if not (response.startswith(b"HTTP/1.1 200") and b'"result":"success"' in response.replace(b" ", b"")):
                 failures += 1
 
@@ -112,6 +116,12 @@ async def fire(port: int, requests: list[bytes], concurrency: int) -> tuple[list
     finally:
         for client in clients:
             client.transport.close()
+    if os.environ.get("BENCH_DEBUG"):
+        first = min(starts)
+        for bucket in range(int((max(starts) - first) / 0.1) + 1):
+            part = [lat for lat, s in zip(latencies, starts, strict=True) if int((s - first) / 0.1) == bucket]
+            if part:
+                print(f"{bucket / 10:4.1f} s: {len(part)} sent, p50 {percentile(part, 50):.0f} ms, max {max(part):.0f} ms")
     return latencies, failures
 
 
@@ -169,11 +179,15 @@ async def main(accounts: int, concurrency: int, profile: str | None) -> None:
                         "-f", "raw" if profile.endswith(".txt") else "speedscope", "--nonblocking", stdout=asyncio.subprocess.DEVNULL,
                         stderr=asyncio.subprocess.DEVNULL)
                     await asyncio.sleep(1)  # py-spy attaches
+                settle_garbage_collector()  # the load generator's own pauses would count as latency
                 cpu_before = cpu_times()
                 started = time.perf_counter()
                 latencies, failures = await fire(port, requests, concurrency)
                 elapsed = time.perf_counter() - started
                 cpu_after = cpu_times()
+                if os.environ.get("BENCH_DEBUG"):
+                    async with http.get("/metrics") as r:
+                        print("\n".join(line for line in (await r.text()).splitlines() if "request_seconds_bucket" in line and "verify" in line))
                 if spy:
                     spy.send_signal(2)
                     await spy.wait()
@@ -189,7 +203,7 @@ async def main(accounts: int, concurrency: int, profile: str | None) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--accounts", type=int, default=3000)
+    parser.add_argument("--accounts", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--profile", help="write a py-spy profile of the server to this file (collapsed stacks if it ends in .txt, else speedscope)")
     args = parser.parse_args()
