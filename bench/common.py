@@ -90,12 +90,16 @@ async def bench_runtime(extra: list[MigrationSet] | None = None, pool_size: int 
         await admin.close()
 
 
-def cpu_times() -> dict[str, float]:
-    """CPU seconds used so far by every process on the machine, summed by program (postgres, beam.smp, ...)."""
+def cpu_times() -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by every process on the machine: pid -> (program, seconds).
+
+    Kept per process so that one that exits during the run (a PostgreSQL backend whose client
+    closed, say) does not take its earlier CPU time out of its program's total.
+    """
     import os
 
     tick = os.sysconf("SC_CLK_TCK")
-    totals: dict[str, float] = {}
+    totals: dict[int, tuple[str, float]] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -114,13 +118,22 @@ def cpu_times() -> dict[str, float]:
             script = next((a for a in args[1:] if a.endswith(".py")), None)
             name = os.path.basename(script) if script else " ".join(os.path.basename(a) for a in args[:3])
             name += "".join(f" {a}" for a in args if a in ("--sink", "--consumer"))  # a benchmark's child process
-        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        if name.startswith("kworker"):
+            name = "kworker"  # the kernel renames its workers by the queue they serve
+        totals[int(pid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
     return totals
 
 
-def cpu_report(before: dict[str, float], after: dict[str, float], operations: int, what: str) -> str:
-    """Milliseconds of CPU per operation by program between two `cpu_times()` readings, largest first."""
-    used = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+def cpu_report(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], operations: int, what: str
+) -> str:
+    """Milliseconds of CPU per operation by program between two `cpu_times()` readings, largest first.
+
+    A process started during the run counts whole; one that exited during it is not counted.
+    """
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        used[name] = used.get(name, 0.0) + seconds - before.get(pid, (name, 0.0))[1]
     rows = sorted(((sec, name) for name, sec in used.items() if sec > 0.005), reverse=True)
     total = sum(sec for sec, _ in rows)
     parts = ", ".join(f"{name} {sec * 1000 / operations:.2f}" for sec, name in rows[:6])

@@ -155,7 +155,7 @@ async def main(total: int, rate: int, seconds: float, batch: int, batched: bool)
             relayed = time.time()
             handled, consumer_cpu = await collect(proc, 600)
             cpu_after = cpu_times()
-            cpu_after["consumer process"] = consumer_cpu  # it has exited: its own count
+            cpu_after[0] = ("consumer process", consumer_cpu)  # it has exited: its own count
             elapsed = max(handled.values()) - started
             print(f"sustained: {total} events in {elapsed:.2f} s = {total / elapsed:,.0f} events/s "
                   f"(writes done after {written - started:.2f} s, all published after {relayed - started:.2f} s; "
