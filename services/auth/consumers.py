@@ -40,7 +40,10 @@ def build_handlers(auth: Auth):
     async def login_attempted(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
         try:
             await handlers.start_login(auth, _caller(event), event["data"], conn)
-        except MfaError as exc:  # unknown account, login id of another account: never right on retry
+        except MfaError as exc:
+            if exc.code in ("login_expired", "login_state_changed"):
+                return  # a late copy of a login that was decided already: nothing left to do
+            # unknown account, login id of another account: never right on retry
             raise PermanentError(f"{exc.code}: {exc.detail}") from exc
 
     async def ticket_approved(conn: asyncpg.Connection, event: dict[str, Any]) -> None:

@@ -452,9 +452,16 @@ async def start_login(auth: Auth, caller: Caller, data: dict[str, Any], conn: as
     at = now()
     decision, methods = domain.decide(state, at)
     if existing is not None:
+        # A retry of the same login gets the same answer, but only while that answer still
+        # holds: an old `allow` must not yield a fresh assertion once MFA is set up or forced.
         if existing["account_id"] != account["account_id"]:
             raise Conflict("This login id belongs to another account.", code="login_id_conflict")
-        return _with_assertion(auth, existing, methods if existing["decision"] == decision else [])
+        if existing["expires_at"] <= at:
+            raise Gone("This login id was used and has expired; start a new login with a new id.", code="login_expired")
+        if existing["decision"] != decision:
+            raise Conflict("The account's MFA state changed since this login was decided; start a new login.",
+                           code="login_state_changed")
+        return _with_assertion(auth, existing, methods)
     row = {
         "login_id": login_id,
         "account_id": account["account_id"],
@@ -497,6 +504,24 @@ def _with_assertion(auth: Auth, login: asyncpg.Record, methods: list[str]) -> di
     return view
 
 
+async def _lock_pending_login(
+    conn: asyncpg.Connection, caller: Caller, login_id: str
+) -> tuple[asyncpg.Record, asyncpg.Record]:
+    """A pending `verify` login and its account, both locked: the account first.
+
+    Every statement that writes both takes the account before the login (the one-statement
+    fast path of verify, enrolment, account removal's cascade), so two requests on one login
+    wait for each other instead of deadlocking.
+    """
+    peek = await store.get_login(conn, login_id)
+    if peek is None or not caller.sees(peek["company_id"]):
+        raise NotFound(f"No login {login_id!r}.", code="login_not_found")
+    account = await store.get_account(conn, peek["account_id"], lock=True)
+    login = await _pending_login(conn, caller, login_id)
+    assert account is not None  # logins cascade with their account, and the login is still here
+    return login, account
+
+
 async def _pending_login(conn: asyncpg.Connection, caller: Caller, login_id: str, decision: str = "verify") -> asyncpg.Record:
     login = await store.get_login(conn, login_id, lock=True)
     if login is None or not caller.sees(login["company_id"]):
@@ -523,9 +548,7 @@ async def verify_login(auth: Auth, caller: Caller, login_id: str, method: str, c
             if fast is not None:
                 return fast
         async with conn.transaction():
-            login = await _pending_login(conn, caller, login_id)
-            account = await store.get_account(conn, login["account_id"], lock=True)
-            assert account is not None  # logins cascade with their account
+            login, account = await _lock_pending_login(conn, caller, login_id)
             _check_not_locked(account)
             if account["totp_secret"] is None:
                 raise Conflict("MFA is no longer set up for this account; start a new login.", code="mfa_not_enabled")
@@ -635,9 +658,7 @@ async def send_login_link(auth: Auth, caller: Caller, login_id: str) -> dict[str
     token = secrets.token_urlsafe(32)  # 256 bits
     expires = now() + domain.LINK_TTL
     async with auth.pool.acquire() as conn, conn.transaction():
-        login = await _pending_login(conn, caller, login_id)
-        account = await store.get_account(conn, login["account_id"], lock=True)
-        assert account is not None
+        login, account = await _lock_pending_login(conn, caller, login_id)
         _check_not_locked(account)
         if not account["backup_verified_at"]:
             raise Conflict("This account has no confirmed backup e-mail.", code="no_backup_email")
@@ -668,11 +689,13 @@ async def redeem_login_link(auth: Auth, caller: Caller, token: str) -> dict[str,
             raise Gone("This login link was already used.", code="token_used")
         if link["expires_at"] <= at:
             raise Gone("This login link expired; ask for a new one.", code="token_expired")
+        account = await store.get_account(conn, link["account_id"], lock=True)  # account before login, as everywhere
         login = await store.get_login(conn, link["login_id"], lock=True)
-        if login is None or not caller.sees(login["company_id"]):
+        if login is None or account is None or not caller.sees(login["company_id"]):
             raise Gone("This login link is unknown.", code="invalid_token")
         if login["status"] != "pending":
             raise Conflict(f"This login is already {login['status']}.", code="login_completed")
+        _check_not_locked(account)  # a lock from wrong codes holds for every way in
         await store.mark_link_used(conn, link["token_hash"], at)
         await store.update_login(conn, login["login_id"], status="succeeded", method="backup_email", completed_at=at)
         await add_events(conn, SCHEMA, [_login_succeeded(caller, login, "backup_email")])
@@ -680,14 +703,19 @@ async def redeem_login_link(auth: Auth, caller: Caller, token: str) -> dict[str,
 
 
 async def rotate_secrets(pool: asyncpg.Pool, keyring: Keyring) -> int:
-    """Re-seal every stored secret under the newest key; returns how many changed."""
+    """Re-seal every stored secret under the newest key; returns how many changed.
+
+    Runs beside live traffic: each value is replaced in its own statement and only if it is
+    still the value that was read, so a secret disabled or re-enrolled meanwhile is left as
+    the user left it (and no lock is held on all accounts at once).
+    """
     changed = 0
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn:
         for row in await store.sealed_secrets(conn):
             if not keyring.needs_rotation(row["sealed"]):
                 continue
             aad = (f"signing:{row['account_id']}" if row["kind"] == "signing" else f"totp:{row['account_id']}").encode()
             plain = keyring.open(row["sealed"], aad=aad)
-            await store.reseal(conn, row["kind"], row["account_id"], keyring.seal(plain, aad=aad))
-            changed += 1
+            if await store.reseal(conn, row["kind"], row["account_id"], row["sealed"], keyring.seal(plain, aad=aad)):
+                changed += 1
     return changed

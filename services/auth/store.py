@@ -340,10 +340,12 @@ async def sealed_secrets(conn: Conn) -> list[asyncpg.Record]:
     )
 
 
-async def reseal(conn: Conn, kind: str, key: str, sealed: str) -> None:
+async def reseal(conn: Conn, kind: str, key: str, old: str, sealed: str) -> bool:
+    """Replace a sealed value by `sealed` if it still is `old`; False when it changed meanwhile."""
     table, column, id_col = {
         "account": ("accounts", "totp_secret", "account_id"),
         "pending": ("pending_enrollments", "totp_secret", "account_id"),
         "signing": ("signing_keys", "private_key", "kid"),
     }[kind]
-    await conn.execute(f"UPDATE auth.{table} SET {column} = $2 WHERE {id_col} = $1", key, sealed)
+    status = await conn.execute(f"UPDATE auth.{table} SET {column} = $3 WHERE {id_col} = $1 AND {column} = $2", key, old, sealed)
+    return status == "UPDATE 1"

@@ -17,6 +17,9 @@ ALG = "Ed25519"  # RFC 9864 name of EdDSA over Ed25519
 ASSERTION_TTL = 300
 
 
+SIGNING_KEY_LOCK = 0x6D666131  # arbitrary: serialises creating the first signing key ("mfa1")
+
+
 @dataclass
 class Signer:
     """Signs assertions with the newest key; publishes every active public key."""
@@ -28,7 +31,10 @@ class Signer:
 
     async def load(self, pool: asyncpg.Pool, keyring: Keyring) -> Signer:
         """Load keys from the database, creating the first one if there is none."""
-        async with pool.acquire() as conn:
+        async with pool.acquire() as conn, conn.transaction():
+            # Two processes starting on an empty database must not each create a key (each
+            # would then publish a JWKS without the other's key): the first one in creates it.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SIGNING_KEY_LOCK)
             rows = await store.signing_keys(conn)
             if not rows:
                 key = OKPKey.generate_key("Ed25519", parameters={"kid": uuid.uuid4().hex[:16]}, private=True)

@@ -37,7 +37,7 @@ class Settings:
     mail_from: str = "MFA <no-reply@mfa.localhost>"
     helpdesk_email: str = "helpdesk@mfa.localhost"
     public_url: str = "http://127.0.0.1:8081"
-    # (key id, 32-byte key) pairs; the first one encrypts, all of them decrypt.
+    # (key id, 32-byte key) pairs, oldest first; the last one encrypts, all of them decrypt, the first keys the hashes.
     secret_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     log_format: str = "json"
     log_level: str = "INFO"
