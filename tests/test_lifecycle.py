@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -145,6 +146,89 @@ async def test_mfa_run_all_serves_health_and_stops_on_sigterm(settings):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_sigterm_under_http_load_exits_in_time_and_loses_nothing(settings, runtime):
+    """`mfa run all` serving logins at full speed: SIGTERM, exit 0 within 10 s, every answered
+    login is stored, and every stored login has its event published or waiting in the outbox."""
+    from services.common.apikeys import create_key
+
+    ports = {name: free_port() for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER", "INBOUND_SMTP")}
+    env = env_for(settings, **{f"MFA_{k}_PORT": str(v) for k, v in ports.items()},
+                  MFA_MAIL_DIR=os.path.join("/tmp", f"mfa-mail-{uuid.uuid4().hex[:6]}"))
+    channel = await runtime.broker.channel()
+    tap = await channel.declare_queue(runtime.queue(f"sigterm-tap-{uuid.uuid4().hex[:6]}"), exclusive=True)
+    await tap.bind(settings.exchange, "LoginChallengeIssued")
+    published: set[str] = set()
+
+    async def on_message(message):
+        async with message.process():
+            published.add(json.loads(message.body)["data"]["login_id"])
+
+    await tap.consume(on_message)
+    key = await create_key(runtime.pool, "service", label="sigterm")
+    headers = {"Authorization": f"Bearer {key}"}
+    base = f"http://127.0.0.1:{ports['AUTH']}"
+    company = f"co-{uuid.uuid4().hex[:10]}"
+    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
+    proc = await asyncio.create_subprocess_exec(mfa, "run", "all", env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    answered: list[str] = []
+    try:
+        async with aiohttp.ClientSession(base, headers=headers) as http:
+            async def ready():
+                try:
+                    async with http.get("/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(ready, timeout=30, message="auth ready")
+            async with http.put(f"/v1/companies/{company}", json={"name": "Sigterm Co", "mfa_required": False}) as r:
+                assert r.status in (200, 201)
+            accounts = [f"{company}-{i}" for i in range(8)]
+            for account in accounts:
+                body = {"company_id": company, "email": f"{account}@example.com", "first_name": "A",
+                        "last_name": "B", "role": "employee", "mfa_required": False}
+                async with http.put(f"/v1/accounts/{account}", json=body) as r:
+                    assert r.status == 201
+
+            async def client(account: str) -> None:
+                while True:
+                    login_id = f"lg-{uuid.uuid4().hex}"
+                    try:
+                        async with http.post("/v1/logins", json={"account_id": account, "login_id": login_id}) as r:
+                            if r.status == 201:
+                                answered.append(login_id)
+                            elif r.status < 500:
+                                raise AssertionError(f"unexpected {r.status}: {await r.text()}")
+                    except aiohttp.ClientError:
+                        return  # the server stopped listening or closed the connection
+
+            clients = [asyncio.create_task(client(account)) for account in accounts]
+            await wait_for(lambda: len(answered) >= 200, timeout=30, message="200 logins answered")
+            proc.send_signal(signal.SIGTERM)
+            started = asyncio.get_running_loop().time()
+            code = await asyncio.wait_for(proc.wait(), 12)
+            elapsed = asyncio.get_running_loop().time() - started
+            await asyncio.gather(*clients)
+        assert code == 0
+        assert elapsed < 10, elapsed
+        stored = {r["login_id"] for r in await runtime.pool.fetch(
+            "SELECT login_id FROM auth.logins WHERE company_id = $1", company)}
+        assert set(answered) <= stored
+
+        async def events_accounted_for():
+            waiting = {json.loads(bytes(r["body"]))["data"]["login_id"] for r in await runtime.pool.fetch(
+                "SELECT body FROM auth.outbox WHERE event_type = 'LoginChallengeIssued'")}
+            return stored <= published | waiting
+
+        await wait_for(events_accounted_for, timeout=10, message="an event for every stored login")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await channel.close()
 
 
 async def test_api_key_create_prints_the_key_last_and_revoke_disables_it(settings, runtime):

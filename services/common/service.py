@@ -54,12 +54,11 @@ def workers_ctx(schema: str, consumers: Callable[[Runtime], list[Consumer]], *, 
                 started.append(consumer)
             yield
         finally:
-            for consumer in started:
-                await consumer.stop()
+            await asyncio.gather(*(consumer.stop(timeout=3.0) for consumer in started))
             if relay_worker and relay_task:
                 relay_worker.stop()
                 try:
-                    await asyncio.wait_for(relay_task, 5)
+                    await asyncio.wait_for(relay_task, 2)
                 except TimeoutError:
                     log.warning("relay_stop_timeout", schema=schema)
 
