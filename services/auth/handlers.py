@@ -314,7 +314,9 @@ async def confirm_backup_email(auth: Auth, caller: Caller, token: str) -> dict[s
     async with auth.pool.acquire() as conn, conn.transaction():
         row = await store.find_backup_email_by_token(conn, auth.token_hash(token))
         if row is None or not caller.sees(row["company_id"]):
-            raise Gone("This confirmation link is unknown or was already used.", code="invalid_token")
+            raise Gone("This confirmation link is unknown.", code="invalid_token")
+        if row["verified_at"] is not None:
+            raise Gone("This confirmation link was already used.", code="token_used")
         if row["confirm_expires_at"] <= now():
             raise Gone("This confirmation link expired; set the backup e-mail again.", code="token_expired")
         await store.confirm_backup_email(conn, row["account_id"])

@@ -211,8 +211,9 @@ async def find_backup_email_by_token(conn: Conn, confirm_hash: bytes) -> asyncpg
 
 async def confirm_backup_email(conn: Conn, account_id: str) -> None:
     await conn.execute(
-        "UPDATE auth.backup_emails SET verified_at = now(), confirm_hash = NULL, confirm_expires_at = NULL,"
-        " updated_at = now() WHERE account_id = $1",
+        # The hash stays (until the address changes) so that a second use is told apart from
+        # an unknown token; `verified_at` makes it spent.
+        "UPDATE auth.backup_emails SET verified_at = now(), updated_at = now() WHERE account_id = $1",
         account_id,
     )
 

@@ -196,7 +196,7 @@ async def test_backup_email_confirmation_and_login_link(api, tap, runtime):
     assert status["backup_email"] == {"address": "ada.private@example.org", "verified": False}
     await api.call("POST", "/v1/backup-email/confirm", {"token": token}, expect=200)
     _, reused = await api.call("POST", "/v1/backup-email/confirm", {"token": token}, expect=410)
-    assert reused["code"] == "invalid_token"
+    assert reused["code"] == "token_used"
     await tap.wait(account, "BackupEmailConfirmed")
 
     secret, _, _ = await api.enroll(account)
