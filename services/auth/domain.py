@@ -35,8 +35,13 @@ BACKUP_CODE_COUNT = 10
 BACKUP_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 BACKUP_CODE_LENGTH = 15  # 31^15 ~ 2^74 > the 64 bits required
 _DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
-_CODE_RE = re.compile(r"^\d{6}$")
-_EMAIL_RE = re.compile(r"^[^@\s<>\",;:()\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+# [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic, Devanagari, ...), which no app shows.
+_CODE_RE = re.compile(r"\A[0-9]{6}\Z")
+# The local part excludes control characters (C0, DEL, C1): \s alone lets NUL and most of them through.
+_EMAIL_RE = re.compile(
+    r"\A[^@\s\x00-\x1f\x7f-\x9f<>\",;:()\[\]\\]+"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+\Z"
+)
 
 
 # ---- TOTP -------------------------------------------------------------------------------

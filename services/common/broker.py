@@ -16,6 +16,7 @@ from .events import CONTENT_TYPE
 from .logs import get_logger
 
 log = get_logger("broker")
+SHORTSTR_MAX = 255  # bytes of UTF-8 in an AMQP shortstr, such as the `correlation_id` property
 
 
 class BrokerUnreachable(RuntimeError):
@@ -66,7 +67,7 @@ class Broker:
         properties = Basic.Properties(
             content_type=CONTENT_TYPE,
             message_id=event_id,
-            correlation_id=correlation_id,
+            correlation_id=_as_property(correlation_id, event_id),
             delivery_mode=2,  # persistent
             message_type=event_type,
         )
@@ -81,3 +82,20 @@ class Broker:
         if self.connection is not None:
             await self.connection.close()
             self.connection = None
+
+
+def _as_property(correlation_id: str | None, event_id: str) -> str | None:
+    """The id when it fits the AMQP property, else None: the body's `correlationid` keeps it whole.
+
+    A correlation id that came in on an upstream event can be any string; one pamqp cannot
+    encode would fail the publish again on every retry and hold up the whole outbox.
+    """
+    if correlation_id is None:
+        return None
+    try:
+        if len(correlation_id.encode()) <= SHORTSTR_MAX:
+            return correlation_id
+    except UnicodeEncodeError:
+        pass
+    log.warning("correlation_id_not_a_property", event_id=event_id, length=len(correlation_id))
+    return None

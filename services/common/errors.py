@@ -1,7 +1,8 @@
 """One exception tree for every service; the HTTP edge maps it to problem+json once.
 
     MfaError                 base: carries a stable machine `code`, an HTTP `status` and a `detail`
-    ├── BadRequest           400  malformed or invalid input (`invalid_json`, `validation_failed`, ...)
+    ├── BadRequest           400  malformed or invalid input: bodies get `invalid_json`, `invalid_characters`,
+    │                             `missing_field`, `unknown_field`, `wrong_type` or `validation_failed`; ...
     ├── Unauthorized         401  missing or unknown credentials, wrong codes
     ├── Forbidden            403  the caller may not do this
     ├── NotFound             404  unknown id, or an id in another company (so ids cannot be probed)

@@ -17,6 +17,8 @@ from typing import Any
 
 import fastjsonschema
 
+from . import strictjson
+
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "events"
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json"
@@ -143,11 +145,15 @@ def new_event(
 
 
 def parse_event(body: bytes) -> dict[str, Any]:
-    """Decode and check a message body; raises EventError with a reason."""
+    """Decode and check a message body; raises EventError with a reason.
+
+    A body no handler could store (U+0000, a lone surrogate, NaN, nesting deep enough to
+    exhaust the stack) is an EventError too, so the consumer parks it at once.
+    """
     try:
-        event = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EventError(f"not JSON: {exc}") from exc
+        event = strictjson.loads(body)
+    except ValueError as exc:  # UnicodeDecodeError and strictjson's refusals included
+        raise EventError(f"undecodable body: {exc}") from exc
     if not isinstance(event, dict):
         raise EventError("envelope is not a JSON object")
     try:

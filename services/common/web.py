@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import strictjson
 from .apikeys import Principal
 from .errors import BadRequest, Forbidden, MfaError, PayloadTooLarge, Unauthorized
 from .logs import get_logger
@@ -37,6 +39,9 @@ SERVICE_NAME = web.AppKey("service_name", str)
 PRINCIPAL = web.RequestKey("principal", Principal) if hasattr(web, "RequestKey") else "principal"
 PROBLEM_TYPE = "application/problem+json"
 MAX_BODY = 64 * 1024
+# The id goes into logs, the outbox, the AMQP `correlation_id` property (at most 255 bytes) and
+# the response header: only plain ASCII that every one of them carries as is.
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,100}")
 
 
 def problem(status: int, code: str, detail: str, title: str | None = None, **extra: Any) -> web.Response:
@@ -68,7 +73,7 @@ async def edge_middleware(request: web.Request, handler: Callable[[web.Request],
     """Correlation id, error mapping, API key check, metrics and the summary log line."""
     started = time.perf_counter()
     service = request.app[SERVICE_NAME]
-    correlation_id = request.headers.get("X-Correlation-ID", "")[:100] or str(uuid.uuid4())
+    correlation_id = _correlation_id(request.headers.get("X-Correlation-ID", ""))
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service, correlation_id=correlation_id)
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
@@ -103,6 +108,11 @@ async def edge_middleware(request: web.Request, handler: Callable[[web.Request],
         duration_ms=round(elapsed * 1000, 2),
     )
     return response
+
+
+def _correlation_id(sent: str) -> str:
+    """The caller's `X-Correlation-ID` when it is a plain token, else a fresh one (the request still runs)."""
+    return sent if _CORRELATION_ID.fullmatch(sent) else str(uuid.uuid4())
 
 
 async def authenticate(request: web.Request) -> Principal:
@@ -147,17 +157,49 @@ async def read_json(request: web.Request, validate: Callable[[Any], Any] | None 
         body: Any = {}
     else:
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = strictjson.loads(raw)
+        except strictjson.UnstorableText as exc:
+            raise BadRequest(
+                f"The body holds U+0000 or an unpaired UTF-16 surrogate at {exc.path or 'the top level'}.",
+                code="invalid_characters",
+                **({"field": exc.path} if exc.path else {}),
+            ) from exc
+        except ValueError as exc:  # UnicodeDecodeError and too deep nesting included
             raise BadRequest(f"The body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.", code="invalid_json")
     if validate is not None:
         try:
             validate(body)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            code, field = _schema_problem(exc)
+            raise BadRequest(
+                f"Invalid request: {exc.message}", code=code, **({"field": field} if field else {})
+            ) from exc
         except fastjsonschema.JsonSchemaException as exc:
             raise BadRequest(f"Invalid request: {exc.message}", code="validation_failed") from exc
     return body
+
+
+# fastjsonschema's failed keyword -> the problem code; any other keyword is `validation_failed`.
+_SCHEMA_CODES = {"required": "missing_field", "additionalProperties": "unknown_field", "type": "wrong_type"}
+
+
+def _schema_problem(exc: fastjsonschema.JsonSchemaValueException) -> tuple[str, str | None]:
+    """The problem code and the path (`a.b[2].c`) of the member at fault, None for the body itself."""
+    code = _SCHEMA_CODES.get(exc.rule or "", "validation_failed")
+    # fastjsonschema names the failing value from "data", its name for the whole body: "data.b[2].c".
+    path = (exc.name or "").removeprefix("data").removeprefix(".")
+    member = None
+    if isinstance(exc.value, dict) and isinstance(exc.definition, dict):
+        # Both keywords fail on the object itself; its message lists the members only as a set.
+        if code == "missing_field":
+            member = next((k for k in exc.rule_definition or [] if k not in exc.value), None)
+        elif code == "unknown_field":
+            member = min((k for k in exc.value if k not in exc.definition.get("properties", {})), default=None)
+    if member is not None:
+        path = f"{path}.{member}" if path else member
+    return code, path or None
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -160,9 +160,11 @@ async def test_wrong_role_unknown_ids_and_bad_bodies(recovery):
     assert status == 404 and problem["code"] == "ticket_not_found"
     status, problem = await call(recovery, "POST", f"/v1/recovery-tickets/{'x' * 300}/approve", json={"agent": "a"})
     assert status == 404
-    for body in ({}, {"agent": ""}, {"agent": "ann\r\nX-Evil: 1"}, {"agent": "ann", "extra": 1}):
+    for body, code in (({}, "missing_field"), ({"agent": ""}, "validation_failed"),
+                       ({"agent": "ann\r\nX-Evil: 1"}, "validation_failed"),
+                       ({"agent": "ann", "extra": 1}, "unknown_field"), ({"agent": 7}, "wrong_type")):
         status, problem = await call(recovery, "POST", f"/v1/recovery-tickets/{ticket_id}/approve", json=body)
-        assert status == 400 and problem["code"] == "validation_failed", body
+        assert status == 400 and problem["code"] == code, body
     status, problem = await call(recovery, "POST", f"/v1/recovery-tickets/{ticket_id}/reject",
                                  json={"agent": "ann", "reason": "   "})
     assert status == 400
