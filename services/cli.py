@@ -17,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations of every service")
     run = sub.add_parser("run", help="run one service, or all of them in one process")
     run.add_argument("service", choices=["auth", "notifier", "recovery", "audit", "all"])
+    relay = sub.add_parser("relay", help="publish the outboxes of services run with MFA_RELAY=separate")
+    relay.add_argument("service", choices=["auth", "notifier", "recovery", "all"])
     keys = sub.add_parser("api-key", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="action", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it once")
@@ -35,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _main(args: argparse.Namespace, settings: Settings) -> int:
-    from .common.runner import run_migrations, serve
+    from .common.runner import relay, run_migrations, serve
     from .registry import SERVICES
 
     specs = list(SERVICES.values())
@@ -48,6 +50,8 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         chosen = specs if args.service == "all" else [SERVICES[args.service]]
         return await serve(settings, chosen)
+    if args.command == "relay":
+        return await relay(settings, specs if args.service == "all" else [SERVICES[args.service]])
     if args.command == "api-key":
         import asyncpg
 

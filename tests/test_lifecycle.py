@@ -231,6 +231,69 @@ async def test_sigterm_under_http_load_exits_in_time_and_loses_nothing(settings,
         await channel.close()
 
 
+async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(settings, runtime):
+    """MFA_RELAY=separate: `mfa run auth` publishes nothing itself; `mfa relay auth` publishes its events."""
+    from services.common.apikeys import create_key
+
+    name = f"mfa_relay_{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = env_for(settings, MFA_DATABASE_URL=_db_url(name), MFA_RELAY="separate", MFA_AUTH_PORT=str(port))
+    channel = await runtime.broker.channel()
+    tap = await channel.declare_queue(runtime.queue(f"relay-tap-{uuid.uuid4().hex[:6]}"), exclusive=True)
+    await tap.bind(settings.exchange, "LoginChallengeIssued")
+    seen: list[str] = []
+
+    async def on_message(message):
+        async with message.process():
+            seen.append(json.loads(message.body)["data"]["login_id"])
+
+    await tap.consume(on_message)
+    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
+    procs = [await asyncio.create_subprocess_exec(mfa, "run", "auth", env=env, stdout=asyncio.subprocess.PIPE,
+                                                  stderr=asyncio.subprocess.PIPE)]
+    try:
+        await asyncio.wait_for(procs[0].stdout.readline(), 30)
+        db = await asyncpg.connect(_db_url(name))
+        try:
+            key = await create_key(db, "service", label="relay-test")
+            company, account = f"co-{uuid.uuid4().hex[:8]}", f"acct-{uuid.uuid4().hex[:8]}"
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}",
+                                             headers={"Authorization": f"Bearer {key}"}) as http:
+                async with http.put(f"/v1/companies/{company}", json={"name": "Relay Co", "mfa_required": False}) as r:
+                    assert r.status == 201
+                body = {"company_id": company, "email": f"{account}@example.com", "first_name": "A", "last_name": "B",
+                        "role": "employee", "mfa_required": False}
+                async with http.put(f"/v1/accounts/{account}", json=body) as r:
+                    assert r.status == 201
+                async with http.post("/v1/logins", json={"account_id": account}) as r:
+                    assert r.status == 201
+                    login_id = (await r.json())["login_id"]
+            # No relay in the service process: it holds none of the outbox partitions' locks.
+            relay_locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = " \
+                          "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            assert await db.fetchval(relay_locks) == 0
+            assert await db.fetchval("SELECT count(*) FROM auth.outbox WHERE event_type = 'LoginChallengeIssued'") == 1
+            procs.append(await asyncio.create_subprocess_exec(mfa, "relay", "auth", env=env,
+                                                              stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE))
+            await wait_for(lambda: login_id in seen, timeout=15, message="the login's event published by mfa relay")
+            assert await db.fetchval("SELECT count(*) FROM auth.outbox") == 0
+            assert await db.fetchval(relay_locks) == 16  # the relay process holds every partition
+        finally:
+            await db.close()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        assert [await asyncio.wait_for(proc.wait(), 10) for proc in procs] == [0, 0]
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await channel.close()
+        admin = await asyncpg.connect(_db_url("postgres"))
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 async def test_api_key_create_prints_the_key_last_and_revoke_disables_it(settings, runtime):
     from services.common.apikeys import KeyCache
 

@@ -23,4 +23,4 @@ def create_app(runtime: Runtime) -> web.Application:
     return app
 
 
-SERVICE = ServiceSpec("audit", SCHEMA, Path(__file__).parent / "migrations", "audit_port", create_app)
+SERVICE = ServiceSpec("audit", SCHEMA, Path(__file__).parent / "migrations", "audit_port", create_app, publishes=False)

@@ -53,6 +53,7 @@ class Settings:
     exchange: str = "mfa.events"
     queue_prefix: str = ""
     issuer_url: str = "mfa"
+    relay_mode: str = "inline"  # inline: `mfa run` publishes its outboxes; separate: `mfa relay` does
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +77,9 @@ class Settings:
         log_format = get("MFA_LOG_FORMAT", "json").lower()
         if log_format not in ("json", "console"):
             raise ConfigError("MFA_LOG_FORMAT must be json or console")
+        relay_mode = get("MFA_RELAY", "inline").lower()
+        if relay_mode not in ("inline", "separate"):
+            raise ConfigError("MFA_RELAY must be inline or separate")
         return cls(
             database_url=get("MFA_DATABASE_URL", DEFAULT_DATABASE_URL),
             amqp_url=get("MFA_AMQP_URL", DEFAULT_AMQP_URL),
@@ -103,6 +107,7 @@ class Settings:
             exchange=get("MFA_EXCHANGE", "mfa.events"),
             queue_prefix=get("MFA_QUEUE_PREFIX", ""),
             issuer_url=get("MFA_ISSUER", "mfa"),
+            relay_mode=relay_mode,
         )
 
     @property

@@ -29,6 +29,7 @@ class ServiceSpec:
     port_setting: str
     create_app: Callable[[Runtime], web.Application]
     pool_size: int = 10  # this service's share of the process's one database pool
+    publishes: bool = True  # has an outbox for `mfa relay` to publish
 
     @property
     def migration_set(self) -> MigrationSet:
@@ -45,7 +46,8 @@ def workers_ctx(schema: str, consumers: Callable[[Runtime], list[Consumer]], *, 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         runtime = app[RUNTIME]
         assert runtime.pool is not None and runtime.broker is not None
-        relay_worker = OutboxRelay(runtime.pool, runtime.broker, schema, signal=runtime.signal) if relay else None
+        inline = relay and runtime.settings.relay_mode == "inline"  # else `mfa relay` publishes this outbox
+        relay_worker = OutboxRelay(runtime.pool, runtime.broker, schema, signal=runtime.signal) if inline else None
         relay_task = asyncio.create_task(relay_worker.run(), name=f"{schema}-relay") if relay_worker else None
         started: list[Consumer] = []
         try:

@@ -1,4 +1,4 @@
-"""The process's connection pool lends connections in the order they were asked for."""
+"""Process plumbing: the pool lends connections in the order they were asked for; the relay setting."""
 
 from __future__ import annotations
 
@@ -53,3 +53,12 @@ async def test_permits_come_back_after_errors_timeouts_and_double_release(settin
         await pool.release(first)
     finally:
         pool.terminate()
+
+
+def test_relay_mode_setting():
+    from services.common.config import ConfigError, Settings
+
+    assert Settings.from_env({}).relay_mode == "inline"
+    assert Settings.from_env({"MFA_RELAY": "Separate"}).relay_mode == "separate"
+    with pytest.raises(ConfigError, match="MFA_RELAY must be inline or separate"):
+        Settings.from_env({"MFA_RELAY": "elsewhere"})
