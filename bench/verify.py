@@ -125,16 +125,22 @@ async def fire(port: int, requests: list[bytes], concurrency: int) -> tuple[list
     return latencies, failures
 
 
-async def main(accounts: int, concurrency: int, profile: str | None) -> None:
+async def main(accounts: int, concurrency: int, profile: str | None, relay_mode: str) -> None:
     configure_logging("WARNING", "console")
     async with bench_runtime() as runtime:
         port = free_port()
         env = {**os.environ, "MFA_DATABASE_URL": runtime.settings.database_url, "MFA_EXCHANGE": runtime.settings.exchange,
                "MFA_QUEUE_PREFIX": runtime.settings.queue_prefix, "MFA_AUTH_PORT": str(port), "MFA_LOG_LEVEL": "WARNING"}
         mfa = str(Path(sys.executable).with_name("mfa"))
+        env["MFA_RELAY"] = relay_mode
         server = await asyncio.create_subprocess_exec(mfa, "run", "auth", env=env, stdout=asyncio.subprocess.PIPE)
+        relayer = None
+        if relay_mode == "separate":
+            relayer = await asyncio.create_subprocess_exec(mfa, "relay", "auth", env=env, stdout=asyncio.subprocess.PIPE)
         try:
             await asyncio.wait_for(server.stdout.readline(), 30)
+            if relayer is not None:
+                await asyncio.wait_for(relayer.stdout.readline(), 30)
             key = await create_key(runtime.pool, "service", label="bench")
             base = f"http://127.0.0.1:{port}"
             headers = {"Authorization": f"Bearer {key}"}
@@ -184,6 +190,12 @@ async def main(accounts: int, concurrency: int, profile: str | None) -> None:
                 started = time.perf_counter()
                 latencies, failures = await fire(port, requests, concurrency)
                 elapsed = time.perf_counter() - started
+                backlog = await runtime.pool.fetchval("SELECT count(*) FROM auth.outbox")
+                # A verification is done when its LoginSucceeded is on the broker: wait for the
+                # outbox to empty, and count the CPU of publishing too.
+                while await runtime.pool.fetchval("SELECT count(*) FROM auth.outbox"):  # noqa: ASYNC110 (polls the database)
+                    await asyncio.sleep(0.01)
+                drained = time.perf_counter() - started
                 cpu_after = cpu_times()
                 if os.environ.get("BENCH_DEBUG"):
                     async with http.get("/metrics") as r:
@@ -192,21 +204,28 @@ async def main(accounts: int, concurrency: int, profile: str | None) -> None:
                     spy.send_signal(2)
                     await spy.wait()
             succeeded = len(latencies) - failures
+            print(f"relay: {relay_mode}")
             print(f"verify: {succeeded} successful verifications in {elapsed:.2f} s = {succeeded / elapsed:,.0f}/s "
                   f"at concurrency {concurrency} ({failures} failed); latency p50 {percentile(latencies, 50):.1f} ms, "
                   f"p99 {percentile(latencies, 99):.1f} ms")
+            print(f"events: {backlog} LoginSucceeded still in the outbox when the last answer came; all published after "
+                  f"{drained:.2f} s = {succeeded / drained:,.0f} verifications/s with their events on the broker")
             print(cpu_report(cpu_before, cpu_after, len(latencies), "verification"))
         finally:
-            server.terminate()
-            await server.wait()
+            for process in (server, relayer):
+                if process is not None:
+                    process.terminate()
+                    await process.wait()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--accounts", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--relay", choices=["separate", "inline"], default="separate",
+                        help="publish the outbox from its own `mfa relay` process (default) or inside the auth process")
     parser.add_argument("--profile", help="write a py-spy profile of the server to this file (collapsed stacks if it ends in .txt, else speedscope)")
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(main(args.accounts, args.concurrency, args.profile))
+    uvloop.run(main(args.accounts, args.concurrency, args.profile, args.relay))
