@@ -124,3 +124,22 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, mes
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+async def parked_messages(runtime, queue: str, count: int, timeout: float = 15) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take `count` messages off the parked queue `queue` (its full name), waiting up to `timeout`."""
+    channel = await runtime.broker.channel()
+    got: list = []
+    try:
+        q = await channel.get_queue(queue)
+
+        async def fetch():
+            message = await q.get(fail=False, no_ack=True)
+            if message is not None:
+                got.append(message)
+            return len(got) >= count
+
+        await wait_for(fetch, timeout=timeout, message=f"{count} parked in {queue}")
+    finally:
+        await channel.close()
+    return got

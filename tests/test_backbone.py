@@ -16,7 +16,7 @@ from services.common.events import EventError, new_event, parse_event
 from services.common.outbox import PARTITIONS, OutboxRelay, add_events
 from services.common.runtime import Runtime
 
-from .conftest import wait_for
+from .conftest import parked_messages, wait_for
 
 SCHEMA = "bbtest"
 
@@ -142,24 +142,6 @@ async def test_handler_failing_twice_then_succeeding_has_one_effect(runtime, rel
     assert await runtime.pool.fetchval("SELECT count FROM bbtest.failures WHERE event_id = $1", event["id"]) == 3
 
 
-async def _parked(runtime, queue: str, count: int, timeout: float = 15) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    channel = await runtime.broker.channel()
-    got: list = []
-    try:
-        q = await channel.get_queue(queue)
-
-        async def fetch():
-            message = await q.get(fail=False, no_ack=True)
-            if message is not None:
-                got.append(message)
-            return len(got) >= count
-
-        await wait_for(fetch, timeout=timeout, message=f"{count} parked in {queue}")
-    finally:
-        await channel.close()
-    return got
-
-
 async def test_always_failing_handler_parks_the_message(runtime, relay):
     run = uuid.uuid4().hex
 
@@ -171,7 +153,7 @@ async def test_always_failing_handler_parks_the_message(runtime, relay):
     try:
         event = ping(run, "acct-broken", 1)
         await write(runtime.pool, [event])
-        parked = await _parked(runtime, consumer.parked_queue, 1)
+        parked = await parked_messages(runtime, consumer.parked_queue, 1)
     finally:
         await consumer.stop()
     assert parked[0].message_id == event["id"]
@@ -192,7 +174,7 @@ async def test_permanent_error_parks_at_once(runtime, relay):
     await consumer.start()
     try:
         await write(runtime.pool, [ping(run, "acct-perm", 1)])
-        parked = await _parked(runtime, consumer.parked_queue, 1)
+        parked = await parked_messages(runtime, consumer.parked_queue, 1)
     finally:
         await consumer.stop()
     assert parked[0].headers["x-parked-reason"] == "rejected"
@@ -209,7 +191,7 @@ async def test_garbage_and_schema_invalid_messages_are_parked_and_worker_keeps_s
         bad = ping(run, "acct-bad", 1)
         bad["data"]["n"] = "not a number"
         await exchange.publish(aio_pika.Message(json.dumps(bad).encode()), routing_key="TestPing")
-        parked = await _parked(runtime, consumer.parked_queue, 2)
+        parked = await parked_messages(runtime, consumer.parked_queue, 2)
         good = ping(run, "acct-good", 2)
         await write(runtime.pool, [good])
         rows = await wait_for(lambda: effects(runtime.pool, run), message="good event after garbage")
@@ -299,7 +281,7 @@ async def test_batched_mode_runs_each_handler_in_order_and_parks_only_the_bad_ev
     try:
         await write(runtime.pool, [ping(run, "acct-b", n) for n in range(30)])
         rows = await wait_for(lambda: _count_at_least(runtime.pool, run, 29), timeout=15, message="29 effects")
-        parked = await _parked(runtime, consumer.parked_queue, 1)
+        parked = await parked_messages(runtime, consumer.parked_queue, 1)
     finally:
         await consumer.stop()
     assert [r["n"] for r in rows] == [n for n in range(30) if n != 13]

@@ -11,7 +11,7 @@ import pytest
 from services.common.consumer import Consumer
 from services.common.events import EventError, encode, new_event, parse_event
 
-from .conftest import wait_for
+from .conftest import parked_messages, wait_for
 
 # The backbone tests' scratch schema (tests/backbone_migrations): each handled TestPing leaves a row.
 SCHEMA = "bbtest"
@@ -84,24 +84,6 @@ async def effects(pool, run: str) -> list:
     return await pool.fetch("SELECT account_id, n, event_id FROM bbtest.effects WHERE run = $1 ORDER BY id", run)
 
 
-async def _drain_parked(runtime, queue: str, count: int) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    channel = await runtime.broker.channel()
-    got: list = []
-    try:
-        q = await channel.get_queue(queue)
-
-        async def fetch():
-            message = await q.get(fail=False, no_ack=True)
-            if message is not None:
-                got.append(message)
-            return len(got) >= count
-
-        await wait_for(fetch, timeout=15, message=f"{count} parked in {queue}")
-    finally:
-        await channel.close()
-    return got
-
-
 @pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batched"])
 async def test_deep_and_unstorable_messages_are_parked_and_the_worker_keeps_serving(runtime, batched):
     run = uuid.uuid4().hex
@@ -118,7 +100,7 @@ async def test_deep_and_unstorable_messages_are_parked_and_the_worker_keeps_serv
         ]
         for body in bad:
             await exchange.publish(aio_pika.Message(body), routing_key="TestPing")
-        parked = await _drain_parked(runtime, consumer.parked_queue, len(bad))
+        parked = await parked_messages(runtime, consumer.parked_queue, len(bad))
         good = ping(run, "acct-good", 2)
         await exchange.publish(aio_pika.Message(encode(good), message_id=good["id"]), routing_key="TestPing")
         rows = await wait_for(lambda: effects(runtime.pool, run), message="the good event after the bad ones")

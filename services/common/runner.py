@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -49,30 +51,44 @@ async def relay(settings: Settings, specs: list[ServiceSpec], *, ready_message: 
         print(f"mfa: {exc}", file=sys.stderr)
         return 2
     assert runtime.pool is not None and runtime.broker is not None
+    relays = [OutboxRelay(runtime.pool, runtime.broker, schema, signal=runtime.signal) for schema in schemas]
+    tasks = [asyncio.create_task(r.run(), name=f"{r.schema}-relay") for r in relays]
+    async with _stop_signals() as stop:
+        try:
+            log.info("relay_running", schemas=schemas)
+            if ready_message:
+                print(f"relay    publishing the outboxes of {', '.join(schemas)}", flush=True)
+            await _until(stop)
+        finally:
+            for r in relays:
+                r.stop()
+            _, late = await asyncio.wait(tasks, timeout=5)
+            for task in late:  # a publish stuck on a dead broker: its rows stay in the outbox
+                await cancel_and_wait(task)
+            await runtime.close()
+    log.info("shutdown_complete")
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _stop_signals() -> AsyncIterator[asyncio.Event]:
+    """An event that SIGTERM or SIGINT sets while the block runs."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    relays = [OutboxRelay(runtime.pool, runtime.broker, schema, signal=runtime.signal) for schema in schemas]
-    tasks = [asyncio.create_task(r.run(), name=f"{r.schema}-relay") for r in relays]
     try:
-        log.info("relay_running", schemas=schemas)
-        if ready_message:
-            print(f"relay    publishing the outboxes of {', '.join(schemas)}", flush=True)
-        settle_garbage_collector()
-        await stop.wait()
-        log.info("shutdown_requested")
+        yield stop
     finally:
-        for r in relays:
-            r.stop()
-        _, late = await asyncio.wait(tasks, timeout=5)
-        for task in late:  # a publish stuck on a dead broker: its rows stay in the outbox
-            await cancel_and_wait(task)
-        await runtime.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    log.info("shutdown_complete")
-    return 0
+
+
+async def _until(stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, with the collector settled for the long run."""
+    settle_garbage_collector()
+    await stop.wait()
+    log.info("shutdown_requested")
 
 
 # SIGTERM to exit within 10 s: in-flight HTTP requests get 3 s, then (in each app's cleanup
@@ -130,28 +146,21 @@ async def serve(settings: Settings, specs: list[ServiceSpec], *, ready_message: 
         return 2
     if settings.uses_dev_secret_key:
         log.warning("dev_secret_key", detail="MFA_SECRET_KEYS is not set: secrets are sealed with the public development key")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []
-    try:
-        for spec in specs:
-            app = spec.create_app(runtime)
-            runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=HTTP_DRAIN_SECONDS, access_log=None)
-            await runner.setup()
-            runners.append(runner)
-            port = getattr(settings, spec.port_setting)
-            await web.TCPSite(runner, settings.host, port).start()
-            log.info("service_listening", service=spec.name, url=f"http://{settings.host}:{port}")
-            if ready_message:
-                print(f"{spec.name:9s} listening on http://{settings.host}:{port}", flush=True)
-        settle_garbage_collector()
-        await stop.wait()
-        log.info("shutdown_requested")
-    finally:
-        await _shut_down(runners, runtime)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    async with _stop_signals() as stop:
+        try:
+            for spec in specs:
+                app = spec.create_app(runtime)
+                runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=HTTP_DRAIN_SECONDS, access_log=None)
+                await runner.setup()
+                runners.append(runner)
+                port = getattr(settings, spec.port_setting)
+                await web.TCPSite(runner, settings.host, port).start()
+                log.info("service_listening", service=spec.name, url=f"http://{settings.host}:{port}")
+                if ready_message:
+                    print(f"{spec.name:9s} listening on http://{settings.host}:{port}", flush=True)
+            await _until(stop)
+        finally:
+            await _shut_down(runners, runtime)
     log.info("shutdown_complete")
     return 0

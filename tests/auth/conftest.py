@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.auth.app import create_app
 from services.common.apikeys import create_key
+from services.common.crypto import Keyring
 from services.common.events import parse_event
 
 from ..conftest import wait_for
@@ -121,6 +122,29 @@ class Api:
             body["login_id"] = login_id
         _, confirmed = await self.call("POST", f"/v1/accounts/{account_id}/mfa/enrollment/confirm", body, expect=201)
         return secret, confirmed["backup_codes"], confirmed
+
+
+async def backup_email_token(api: Api, tap: EventTap, runtime, account: str, address: str, nth: int = 1) -> str:
+    """Set the account's backup e-mail; the confirmation token as the notifier would mail it."""
+    await api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": address}, expect=202)
+    changed = (await tap.wait(account, "BackupEmailChanged", nth))[nth - 1]["data"]
+    return Keyring(runtime.settings.secret_keys).open(
+        changed["confirm_token"], aad=f"BackupEmailChanged:{account}".encode()
+    ).decode()
+
+
+async def login_link(api: Api, tap: EventTap, runtime, account: str, address: str) -> tuple[dict, str]:
+    """Confirm a backup e-mail, enrol, open a login and ask for its link: (the login, the link's token)."""
+    confirm = await backup_email_token(api, tap, runtime, account, address)
+    await api.call("POST", "/v1/backup-email/confirm", {"token": confirm}, expect=200)
+    await api.enroll(account)
+    _, login = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
+    await api.call("POST", f"/v1/logins/{login['login_id']}/backup-email", expect=202)
+    requested = (await tap.wait(account, "BackupEmailRequested"))[0]["data"]
+    token = Keyring(runtime.settings.secret_keys).open(
+        requested["link_token"], aad=f"BackupEmailRequested:{account}".encode()
+    ).decode()
+    return login, token
 
 
 def oathtool(secret: str, offset: int = 0, digest: str = "sha1", digits: int = 6) -> str:

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 from services.auth.tokens import verify_assertion
 from services.common.crypto import Keyring
 
-from .conftest import oathtool, zbarimg
+from .conftest import login_link, oathtool, zbarimg
 
 
 async def test_enrol_like_a_person_with_the_qr_code(api, tap):
@@ -303,7 +303,6 @@ async def test_a_full_flow_emits_each_event_once(api, tap):
 
 
 async def test_expired_enrolment_and_expired_login_link_are_refused(api, tap, runtime):
-    from services.common.crypto import Keyring
 
     account = await api.account(await api.company())
     _, started = await api.call("POST", f"/v1/accounts/{account}/mfa/enrollment", expect=201)
@@ -317,16 +316,7 @@ async def test_expired_enrolment_and_expired_login_link_are_refused(api, tap, ru
     _, status = await api.call("GET", f"/v1/accounts/{account}/mfa")
     assert status["enabled"] is False
 
-    keyring = Keyring(runtime.settings.secret_keys)
-    await api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": f"{account}@other.example"}, expect=202)
-    changed = (await tap.wait(account, "BackupEmailChanged"))[0]["data"]
-    confirm = keyring.open(changed["confirm_token"], aad=f"BackupEmailChanged:{account}".encode()).decode()
-    await api.call("POST", "/v1/backup-email/confirm", {"token": confirm}, expect=200)
-    await api.enroll(account)
-    _, login = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
-    await api.call("POST", f"/v1/logins/{login['login_id']}/backup-email", expect=202)
-    requested = (await tap.wait(account, "BackupEmailRequested"))[0]["data"]
-    token = keyring.open(requested["link_token"], aad=f"BackupEmailRequested:{account}".encode()).decode()
+    login, token = await login_link(api, tap, runtime, account, f"{account}@other.example")
     await runtime.pool.execute(
         "UPDATE auth.login_links SET expires_at = now() - interval '1 second' WHERE login_id = $1", login["login_id"]
     )

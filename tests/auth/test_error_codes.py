@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from services.common.crypto import Keyring
-
-
-async def _backup_email(api, tap, runtime, account: str) -> str:
-    """Set a backup e-mail; the confirmation token as the notifier would mail it."""
-    await api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": f"{account}@backup.example"}, expect=202)
-    changed = (await tap.wait(account, "BackupEmailChanged"))[0]["data"]
-    return Keyring(runtime.settings.secret_keys).open(
-        changed["confirm_token"], aad=f"BackupEmailChanged:{account}".encode()
-    ).decode()
+from .conftest import backup_email_token
 
 
 async def test_enrolling_an_enrolled_account_is_already_enrolled(api, runtime):
@@ -51,7 +42,7 @@ async def test_a_login_id_of_another_account_is_login_id_conflict(api, runtime):
 async def test_a_link_without_a_confirmed_backup_email_is_no_backup_email(api, tap, runtime):
     account = await api.account(await api.company())
     await api.enroll(account)
-    await _backup_email(api, tap, runtime, account)  # set, but not confirmed
+    await backup_email_token(api, tap, runtime, account, f"{account}@backup.example")  # set, but not confirmed
     _, login = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
     assert "backup_email" not in login["methods"]
     _, refused = await api.call("POST", f"/v1/logins/{login['login_id']}/backup-email", expect=409)
@@ -62,7 +53,7 @@ async def test_a_link_without_a_confirmed_backup_email_is_no_backup_email(api, t
 async def test_a_fourth_link_for_one_login_is_too_many_links(api, tap, runtime):
     account = await api.account(await api.company())
     await api.enroll(account)
-    token = await _backup_email(api, tap, runtime, account)
+    token = await backup_email_token(api, tap, runtime, account, f"{account}@backup.example")
     await api.call("POST", "/v1/backup-email/confirm", {"token": token}, expect=200)
     _, login = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
     for _ in range(3):
@@ -74,7 +65,7 @@ async def test_a_fourth_link_for_one_login_is_too_many_links(api, tap, runtime):
 
 async def test_backup_email_confirmation_expired_and_used(api, tap, runtime):
     expired_account = await api.account(await api.company())
-    expired = await _backup_email(api, tap, runtime, expired_account)
+    expired = await backup_email_token(api, tap, runtime, expired_account, f"{expired_account}@backup.example")
     await runtime.pool.execute(
         "UPDATE auth.backup_emails SET confirm_expires_at = now() - interval '1 second' WHERE account_id = $1",
         expired_account,
@@ -85,7 +76,7 @@ async def test_backup_email_confirmation_expired_and_used(api, tap, runtime):
     assert status["backup_email"]["verified"] is False
 
     account = await api.account(await api.company())
-    token = await _backup_email(api, tap, runtime, account)
+    token = await backup_email_token(api, tap, runtime, account, f"{account}@backup.example")
     await api.call("POST", "/v1/backup-email/confirm", {"token": token}, expect=200)
     _, reused = await api.call("POST", "/v1/backup-email/confirm", {"token": token}, expect=410)
     assert reused["code"] == "token_used"

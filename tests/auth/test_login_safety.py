@@ -12,7 +12,7 @@ from pathlib import Path
 from services.auth import handlers, store
 from services.common.crypto import Keyring
 
-from .conftest import oathtool
+from .conftest import login_link, oathtool
 
 
 async def test_a_replayed_login_id_gets_an_assertion_only_while_its_decision_still_holds(api, runtime):
@@ -57,17 +57,8 @@ async def test_right_and_wrong_codes_sent_together_on_one_login_never_deadlock(a
 
 
 async def test_a_login_link_does_not_complete_a_login_while_the_account_is_locked(api, tap, runtime):
-    keyring = Keyring(runtime.settings.secret_keys)
     account = await api.account(await api.company())
-    await api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": f"{account}@backup.example"}, expect=202)
-    changed = (await tap.wait(account, "BackupEmailChanged"))[0]["data"]
-    confirm = keyring.open(changed["confirm_token"], aad=f"BackupEmailChanged:{account}".encode()).decode()
-    await api.call("POST", "/v1/backup-email/confirm", {"token": confirm}, expect=200)
-    await api.enroll(account)
-    _, login = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
-    await api.call("POST", f"/v1/logins/{login['login_id']}/backup-email", expect=202)
-    requested = (await tap.wait(account, "BackupEmailRequested"))[0]["data"]
-    token = keyring.open(requested["link_token"], aad=f"BackupEmailRequested:{account}".encode()).decode()
+    login, token = await login_link(api, tap, runtime, account, f"{account}@backup.example")
     # Locked meanwhile (as ten wrong codes from another login would do).
     await runtime.pool.execute(
         "UPDATE auth.accounts SET locked_until = now() + interval '5 minutes' WHERE account_id = $1", account

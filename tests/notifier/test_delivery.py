@@ -6,11 +6,9 @@ import re
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
-import aio_pika
-
 from services.common.crypto import Keyring
 
-from ..conftest import wait_for
+from ..conftest import parked_messages, wait_for
 from .conftest import event, ids, journal, plain, processed, publish, sample, seal
 from .smtp_server import Received, TestSmtpServer
 
@@ -31,24 +29,6 @@ def link_in(mail: Received) -> tuple[str, str]:
     (url,) = re.findall(r"https?://\S+", text_of(mail))
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}", parse_qs(parts.query)["token"][0]
-
-
-async def parked_messages(runtime, queue: str, count: int) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    channel = await runtime.broker.channel()
-    got: list = []
-    try:
-        q = await channel.get_queue(f"{queue}.parked")
-
-        async def fetch():
-            message = await q.get(fail=False, no_ack=True)
-            if message is not None:
-                got.append(message)
-            return len(got) >= count
-
-        await wait_for(fetch, timeout=10, message=f"{count} parked")
-    finally:
-        await channel.close()
-    return got
 
 
 async def test_each_event_type_produces_the_right_mail(runtime, smtp, start_notifier):
@@ -267,7 +247,7 @@ async def test_bad_events_are_recorded_failed_and_parked_and_the_worker_goes_on(
                                                    "first_name": "Ann", "company_name": "Acme", "status": "open",
                                                    "channel": "email", "missing": []})
     await publish(runtime, injection, wrong_token, bad_requester)
-    parked = await parked_messages(runtime, running.queue, 3)
+    parked = await parked_messages(runtime, f"{running.queue}.parked", 3, timeout=10)
     assert {m.message_id for m in parked} == {injection["id"], wrong_token["id"], bad_requester["id"]}
     assert {m.headers["x-parked-reason"] for m in parked} == {"rejected"}
 
