@@ -38,7 +38,11 @@ PROBLEM_FIELD = {
     "unreadable_mail": None,  # explains whatever is missing
 }
 
-_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
+# The local part excludes control characters (C0, DEL, C1): \s alone lets NUL and most of them through.
+_EMAIL = re.compile(
+    r"\A[^@\s\x00-\x1f\x7f-\x9f<>()\[\],;:\"\\]{1,64}"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+\Z"
+)
 # Letters (any script), then letters, spaces, apostrophes, hyphens and dots: nothing a mail header
 # or an HTML page could interpret.
 _NAME = re.compile(r"^[^\W\d_](?:[^\W\d_]|[ '\u2019.\-])*$")

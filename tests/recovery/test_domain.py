@@ -263,3 +263,13 @@ def test_bounces_and_auto_replies_are_recognised():
     assert is_automatic(b"Auto-Submitted: auto-replied\r\n" + normal, "a@x.example")
     assert is_automatic(b"Precedence: bulk\r\n" + normal, "a@x.example")
     assert is_automatic(b"From: a@x.example\r\nSubject: Automatic reply: Resetting MFA\r\n\r\nhi", "a@x.example")
+
+
+@pytest.mark.parametrize("address", ["ada\x00@example.com", "ada\x07x@example.com", "a\x85b@example.com",
+                                     "ada@example.com\n", "ada lovelace@example.com", "ada@example"])
+def test_an_address_with_control_characters_or_no_domain_is_not_valid(address):
+    assert not domain.valid_email(address)
+
+
+def test_a_plain_address_is_valid():
+    assert domain.valid_email("ada.lovelace+mfa@example.co.uk")
