@@ -83,18 +83,18 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
             name = part.name or ""
             if name == "photo":
                 if photo is not None:
-                    raise BadRequest("Send one photo.", code="validation_failed")
+                    raise BadRequest("Send one photo.", code="duplicate_field", field="photo")
                 photo = await _read_part(part, MAX_PHOTO_BYTES, PayloadTooLarge(
                     "The photo is larger than 10 MB.", code="photo_too_large"))
             elif name in TEXT_FIELDS:
                 if name in fields:
-                    raise BadRequest(f"The field {name} is sent twice.", code="validation_failed")
+                    raise BadRequest(f"The field {name} is sent twice.", code="duplicate_field", field=name)
                 raw = await _read_part(part, MAX_TEXT_FIELD_BYTES, BadRequest(
-                    f"The field {name} is too long.", code="validation_failed", field=name))
+                    f"The field {name} is too long.", code="field_too_long", field=name))
                 try:
                     fields[name] = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise BadRequest(f"The field {name} is not UTF-8.", code="validation_failed", field=name) from exc
+                    raise BadRequest(f"The field {name} is not UTF-8.", code="invalid_characters", field=name) from exc
             else:
                 other += len(await _read_part(part, MAX_OTHER_PART_BYTES, PayloadTooLarge(
                     f"Unexpected part {name[:50]!r} is too large.", code="payload_too_large")))
@@ -111,7 +111,7 @@ def form_request(fields: dict[str, str], photo: bytes | None, remote: str | None
     if not photo:
         missing.append("photo")
     if missing:
-        raise BadRequest(f"Missing fields: {', '.join(missing)}.", code="validation_failed", missing=missing)
+        raise BadRequest(f"Missing fields: {', '.join(missing)}.", code="missing_field", missing=missing)
     email = fields["email"].strip()
     if not valid_email(email):
         raise BadRequest("The email is not a valid address.", code="invalid_email", field="email")

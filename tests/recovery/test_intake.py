@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 
@@ -9,6 +10,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 
+from services.recovery.api import MAX_TEXT_FIELD_BYTES
 from services.recovery.domain import MAX_MAIL_BYTES, MAX_PHOTO_BYTES
 
 from .mails import (
@@ -126,14 +128,18 @@ async def test_repeated_requests_join_the_open_ticket_then_the_rate_limit_applie
 @pytest.mark.parametrize(
     ("case", "status", "code"),
     [
-        ("missing_photo", 400, "validation_failed"),
-        ("missing_names", 400, "validation_failed"),
+        ("missing_photo", 400, "missing_field"),
+        ("missing_names", 400, "missing_field"),
         ("pdf_photo", 415, "unsupported_photo_type"),
         ("header_injection", 400, "invalid_name"),
         ("bad_email", 400, "invalid_email"),
         ("json_body", 415, "multipart_required"),
         ("broken_multipart", 400, "invalid_multipart"),
         ("oversized_photo", 413, "photo_too_large"),
+        ("email_twice", 400, "duplicate_field"),
+        ("two_photos", 400, "duplicate_field"),
+        ("long_name", 400, "field_too_long"),
+        ("name_not_utf8", 400, "invalid_characters"),
     ],
 )
 async def test_bad_form_gets_a_clear_error_and_stores_nothing(recovery, case, status, code):
@@ -156,6 +162,20 @@ async def test_bad_form_gets_a_clear_error_and_stores_nothing(recovery, case, st
         resp = await recovery.client.post(
             "/v1/recovery-requests", data=b"--xyz\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\nx\r\n--wrong",
             headers={**headers, "Content-Type": "multipart/form-data; boundary=xyz"})
+    elif case == "email_twice":
+        data = form(email, company)
+        data.add_field("email", email)
+        resp = await post_form(recovery, data)
+    elif case == "two_photos":
+        data = form(email, company)
+        data.add_field("photo", jpeg(20_000), filename="again.jpg", content_type="image/jpeg")
+        resp = await post_form(recovery, data)
+    elif case == "long_name":
+        resp = await post_form(recovery, form(email, company, first="J" * (MAX_TEXT_FIELD_BYTES + 1)))
+    elif case == "name_not_utf8":
+        data = form(email, company, skip=("first_name",))
+        data.add_field("first_name", io.BytesIO(b"J\xffane"))
+        resp = await post_form(recovery, data)
     else:
         resp = await post_form(recovery, form(email, company, photo=jpeg(MAX_PHOTO_BYTES + 1)))
     assert resp.status == status, await resp.text()
