@@ -290,3 +290,37 @@ async def test_one_connection_is_reused_and_reopened_after_the_server_drops_it(r
     assert smtp.connections == 2 and running.mailer.connections_opened == 2
     (row,) = await journal(running.notifier.journal, last["id"])
     assert row["status"] == "sent" and row["attempts"] == 1  # the drop cost no retry
+
+
+async def test_mailed_tokens_never_reach_the_logs(runtime, smtp, start_notifier):
+    """The notifier opens sealed link and confirmation tokens to mail them; its log lines carry neither."""
+    import io
+
+    from services.common.logs import configure_logging
+
+    settings = runtime.settings
+    acct, co = ids()
+    backup = f"{acct}@backup.example"
+    login_token, confirm_token = f"login-{uuid.uuid4().hex}", f"confirm-{uuid.uuid4().hex}"
+    events = [
+        event("BackupEmailRequested", {"login_id": "l1", "account_id": acct, "company_id": co, "backup_email": backup,
+                                       "first_name": "Ann", "expires_at": T1,
+                                       "link_token": seal(settings, "BackupEmailRequested", acct, login_token)}),
+        event("BackupEmailChanged", {"account_id": acct, "company_id": co, "email": f"{acct}@example.com",
+                                     "first_name": "Ann", "backup_email": backup, "expires_at": T1,
+                                     "confirm_token": seal(settings, "BackupEmailChanged", acct, confirm_token)}),
+    ]
+    buffer = io.StringIO()
+    configure_logging("DEBUG", "json", stream=buffer)
+    try:
+        running = await start_notifier(plain(smtp))
+        await publish(runtime, *events)
+        await wait_for(lambda: all_processed(runtime, running.queue, events), message="events acknowledged")
+    finally:
+        configure_logging("WARNING", "console")
+    ours = [m for m in smtp.recorder.mails if m.message["Message-ID"].split(".")[0][1:] in {e["id"] for e in events}]
+    mailed = {link_in(m)[1] for m in ours if "token=" in text_of(m)}
+    assert mailed == {login_token, confirm_token}  # both were opened and mailed
+    logs = buffer.getvalue()
+    assert events[0]["id"] in logs and "event_consumed" in logs  # the capture worked
+    assert login_token not in logs and confirm_token not in logs
