@@ -133,6 +133,7 @@ async def main(accounts: int, concurrency: int, profile: str | None, relay_mode:
                "MFA_QUEUE_PREFIX": runtime.settings.queue_prefix, "MFA_AUTH_PORT": str(port), "MFA_LOG_LEVEL": "WARNING"}
         mfa = str(Path(sys.executable).with_name("mfa"))
         env["MFA_RELAY"] = relay_mode
+        env["MFA_RELAY_PORT"] = str(free_port())
         server = await asyncio.create_subprocess_exec(mfa, "run", "auth", env=env, stdout=asyncio.subprocess.PIPE)
         relayer = None
         if relay_mode == "separate":

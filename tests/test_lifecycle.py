@@ -236,8 +236,9 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
     from services.common.apikeys import create_key
 
     name = f"mfa_relay_{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    env = env_for(settings, MFA_DATABASE_URL=_db_url(name), MFA_RELAY="separate", MFA_AUTH_PORT=str(port))
+    port, relay_port = free_port(), free_port()
+    env = env_for(settings, MFA_DATABASE_URL=_db_url(name), MFA_RELAY="separate", MFA_AUTH_PORT=str(port),
+                  MFA_RELAY_PORT=str(relay_port))
     channel = await runtime.broker.channel()
     tap = await channel.declare_queue(runtime.queue(f"relay-tap-{uuid.uuid4().hex[:6]}"), exclusive=True)
     await tap.bind(settings.exchange, "LoginChallengeIssued")
@@ -278,6 +279,13 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
             await wait_for(lambda: login_id in seen, timeout=15, message="the login's event published by mfa relay")
             assert await db.fetchval("SELECT count(*) FROM auth.outbox") == 0
             assert await db.fetchval(relay_locks) == 16  # the relay process holds every partition
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{relay_port}") as http:
+                async with http.get("/readyz") as r:
+                    assert r.status == 200 and (await r.json())["status"] == "ready"
+                async with http.get("/metrics") as r:
+                    text = await r.text()
+            assert 'mfa_outbox_backlog{service="auth"} 0.0' in text
+            assert 'mfa_events_published_total{service="auth",type="LoginChallengeIssued"} 1.0' in text
         finally:
             await db.close()
         for proc in procs:

@@ -46,6 +46,7 @@ class Settings:
     recovery_port: int = 8082
     audit_port: int = 8083
     notifier_port: int = 8084
+    relay_port: int = 8085  # /healthz, /readyz and /metrics of `mfa relay`
     inbound_smtp_port: int = 2525
     mail_dir: str = "var/mail"
     recovery_rate_per_sender: int = 5  # recovery requests per sender address per hour
@@ -100,6 +101,7 @@ class Settings:
             recovery_port=get_int("MFA_RECOVERY_PORT", 8082),
             audit_port=get_int("MFA_AUDIT_PORT", 8083),
             notifier_port=get_int("MFA_NOTIFIER_PORT", 8084),
+            relay_port=get_int("MFA_RELAY_PORT", 8085),
             inbound_smtp_port=get_int("MFA_INBOUND_SMTP_PORT", 2525),
             mail_dir=get("MFA_MAIL_DIR", "var/mail"),
             recovery_rate_per_sender=get_int("MFA_RECOVERY_RATE_PER_SENDER", 5),

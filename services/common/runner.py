@@ -19,6 +19,7 @@ from .logs import get_logger
 from .outbox import OutboxRelay
 from .runtime import Runtime, cancel_and_wait
 from .service import ServiceSpec
+from .web import create_base_app
 
 log = get_logger("runner")
 
@@ -53,13 +54,19 @@ async def relay(settings: Settings, specs: list[ServiceSpec], *, ready_message: 
     assert runtime.pool is not None and runtime.broker is not None
     relays = [OutboxRelay(runtime.pool, runtime.broker, schema, signal=runtime.signal) for schema in schemas]
     tasks = [asyncio.create_task(r.run(), name=f"{r.schema}-relay") for r in relays]
+    # Health and metrics like a service's (the outbox backlogs, events published), nothing else.
+    runner = web.AppRunner(create_base_app(runtime, "relay", *schemas), handle_signals=False, access_log=None)
     async with _stop_signals() as stop:
         try:
-            log.info("relay_running", schemas=schemas)
+            await runner.setup()
+            await web.TCPSite(runner, settings.host, settings.relay_port).start()
+            url = f"http://{settings.host}:{settings.relay_port}"
+            log.info("relay_running", schemas=schemas, url=url)
             if ready_message:
-                print(f"relay    publishing the outboxes of {', '.join(schemas)}", flush=True)
+                print(f"relay     publishing the outboxes of {', '.join(schemas)}; health on {url}", flush=True)
             await _until(stop)
         finally:
+            await runner.cleanup()
             for r in relays:
                 r.stop()
             _, late = await asyncio.wait(tasks, timeout=5)

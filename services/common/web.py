@@ -224,12 +224,13 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503)
 
 
-def metrics_handler(schema: str):
+def metrics_handler(*schemas: str):
     async def metrics(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
         try:
             assert runtime.pool is not None
-            await backlog(runtime.pool, schema)
+            for schema in schemas:
+                await backlog(runtime.pool, schema)
         except Exception as exc:
             log.warning("backlog_unavailable", error=str(exc))
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -237,14 +238,17 @@ def metrics_handler(schema: str):
     return metrics
 
 
-def create_base_app(runtime: Runtime, service: str, schema: str, *, client_max_size: int = MAX_BODY) -> web.Application:
-    """An app with the shared middleware and /healthz, /readyz, /metrics; services add their routes."""
+def create_base_app(runtime: Runtime, service: str, *schemas: str, client_max_size: int = MAX_BODY) -> web.Application:
+    """An app with the shared middleware and /healthz, /readyz, /metrics; services add their routes.
+
+    /metrics reports the outbox backlog of each of `schemas` (a service's own; `mfa relay`'s several).
+    """
     app = web.Application(middlewares=[edge_middleware], client_max_size=client_max_size)
     app[RUNTIME] = runtime
     app[SERVICE_NAME] = service
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler(schema))
+    app.router.add_get("/metrics", metrics_handler(*schemas))
     return app
 
 
