@@ -93,7 +93,7 @@ async def open_ticket(pool: asyncpg.Pool, req: IntakeRequest, *, actor: Actor, c
     email_key, company_key = req.email_key, req.company_key
     account_id = company_id = None
     async with pool.acquire() as conn, conn.transaction():
-        existing = None
+        existing = replaced = None
         if email_key and company_key:
             await store.lock_person(conn, email_key, company_key)
             matches = await store.find_accounts(conn, email_key, company_key, scope_company_id)
@@ -107,7 +107,7 @@ async def open_ticket(pool: asyncpg.Pool, req: IntakeRequest, *, actor: Actor, c
             account_id = account_id or existing["account_id"]
             company_id = company_id or existing["company_id"]
             if fields.replace_photo:
-                await store.delete_photo(conn, ticket_id, "replaced")
+                replaced = await store.delete_photo(conn, ticket_id, "replaced")
         else:
             ticket_id = str(uuid.uuid4())
             fields = domain.new_ticket_fields(req)
@@ -128,9 +128,26 @@ async def open_ticket(pool: asyncpg.Pool, req: IntakeRequest, *, actor: Actor, c
             correlation_id=correlation_id,
             actor=actor,
         )
-        await add_events(conn, SCHEMA, [event])
+        events = [event]
+        if replaced is not None:
+            events.insert(0, _photo_deleted(replaced, account_id, company_id, correlation_id, actor))
+        await add_events(conn, SCHEMA, events)
     structlog.contextvars.bind_contextvars(ticket_id=ticket_id, ticket_status=fields.status)
     return IntakeResult(ticket_id, fields.status, existing is not None, fields.missing)
+
+
+def _photo_deleted(deleted: asyncpg.Record, account_id: str | None, company_id: str | None,
+                   correlation_id: str | None = None, actor: Actor | None = None) -> dict[str, Any]:
+    """The event of a photo's deletion (the row `store.delete_photo` returned): what, why, when; never the photo."""
+    return new_event(
+        "RecoveryPhotoDeleted",
+        {"ticket_id": deleted["ticket_id"], "account_id": account_id, "company_id": company_id,
+         "reason": deleted["reason"], "content_type": deleted["content_type"], "size": deleted["size"],
+         "sha256": bytes(deleted["sha256"]).hex(), "received_at": _iso(deleted["received_at"]),
+         "deleted_at": _iso(deleted["deleted_at"])},
+        source=SOURCE, subject=account_id or deleted["ticket_id"], company_id=company_id, correlation_id=correlation_id,
+        **({"actor": actor} if actor is not None else {}),
+    )
 
 
 def _opened_data(ticket_id: str, channel: str, fields: TicketFields, account_id: str | None,
@@ -337,7 +354,10 @@ async def decide(pool: asyncpg.Pool, ticket_id: str, principal: Principal, *, ac
             event_type = "RecoveryTicketRejected"
         event = new_event(event_type, data, source=SOURCE, subject=account_id or ticket_id, company_id=company_id,
                           correlation_id=correlation_id, actor=actor)
-        await add_events(conn, SCHEMA, [event])
+        events = [event]
+        if deleted is not None:
+            events.append(_photo_deleted(deleted, data["account_id"], company_id, correlation_id, actor))
+        await add_events(conn, SCHEMA, events)
         view = await _view(conn, ticket_id)
     structlog.contextvars.bind_contextvars(ticket_id=ticket_id, agent=agent, decision=status)
     log.info("recovery_ticket_decided", photo_deleted=deleted is not None)
@@ -354,12 +374,16 @@ async def purge_expired_photos(pool: asyncpg.Pool, *, now: datetime | None = Non
     total = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            ticket_ids = await store.expired_photo_tickets(conn, cutoff, batch)
-            for ticket_id in ticket_ids:
-                await store.delete_photo(conn, ticket_id, "expired")
-                await store.mark_photo_expired(conn, ticket_id)
-        total += len(ticket_ids)
-        if len(ticket_ids) < batch:
+            tickets = await store.expired_photo_tickets(conn, cutoff, batch)
+            events = []
+            for ticket in tickets:
+                deleted = await store.delete_photo(conn, ticket["ticket_id"], "expired")
+                await store.mark_photo_expired(conn, ticket["ticket_id"])
+                if deleted is not None:
+                    events.append(_photo_deleted(deleted, ticket["account_id"], ticket["company_id"]))
+            await add_events(conn, SCHEMA, events)
+        total += len(tickets)
+        if len(tickets) < batch:
             break
     if total:
         log.info("recovery_photos_expired", count=total)

@@ -263,7 +263,7 @@ async def delete_photo(conn: asyncpg.Connection, ticket_id: str, reason: str) ->
                          RETURNING ticket_id, content_type, size, sha256, received_at)
            INSERT INTO recovery.photo_deletions (ticket_id, reason, content_type, size, sha256, received_at)
            SELECT ticket_id, $2, content_type, size, sha256, received_at FROM gone
-           RETURNING id, reason, size, deleted_at""",
+           RETURNING id, ticket_id, reason, content_type, size, sha256, received_at, deleted_at""",
         ticket_id, reason,
     )
 
@@ -276,14 +276,14 @@ async def last_photo_deletion(conn: asyncpg.Connection, ticket_id: str) -> async
     )
 
 
-async def expired_photo_tickets(conn: asyncpg.Connection, cutoff: datetime, limit: int) -> list[str]:
-    """Tickets whose photo was received before `cutoff`, locked for the purge."""
-    rows = await conn.fetch(
-        """SELECT t.ticket_id FROM recovery.photos p JOIN recovery.tickets t ON t.ticket_id = p.ticket_id
+async def expired_photo_tickets(conn: asyncpg.Connection, cutoff: datetime, limit: int) -> list[asyncpg.Record]:
+    """Tickets (id, account, company) whose photo was received before `cutoff`, locked for the purge."""
+    return await conn.fetch(
+        """SELECT t.ticket_id, t.account_id, t.company_id
+           FROM recovery.photos p JOIN recovery.tickets t ON t.ticket_id = p.ticket_id
            WHERE p.received_at < $1 ORDER BY p.received_at LIMIT $2 FOR UPDATE OF t SKIP LOCKED""",
         cutoff, limit,
     )
-    return [r["ticket_id"] for r in rows]
 
 
 # ---- rate limits

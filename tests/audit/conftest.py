@@ -62,6 +62,10 @@ def sample_data(settings, company: str, account: str, tokens: dict[str, str]) ->
                                  "photo_ref": "photo-1"},
         "RecoveryTicketApproved": {**ticket, "agent": "agent smith", "note": "ID matches"},
         "RecoveryTicketRejected": {**ticket, "agent": "agent smith", "reason": "photo unreadable"},
+        "RecoveryPhotoDeleted": {"ticket_id": ticket["ticket_id"], "account_id": account, "company_id": company,
+                                 "reason": "decided", "content_type": "image/jpeg", "size": 30_000,
+                                 "sha256": "ab" * 32, "received_at": NOW.isoformat().replace("+00:00", "Z"),
+                                 "deleted_at": later},
         "TestPing": {"n": 1, "account_id": account},
     }
 

@@ -131,7 +131,7 @@ async def recovery(runtime):
     tap = EventTap()
     channel = await runtime.broker.channel()
     queue = await channel.declare_queue(runtime.queue(f"recovery-tap-{uuid.uuid4().hex[:8]}"), exclusive=True)
-    for event_type in ("RecoveryTicketOpened", "RecoveryTicketApproved", "RecoveryTicketRejected"):
+    for event_type in ("RecoveryTicketOpened", "RecoveryTicketApproved", "RecoveryTicketRejected", "RecoveryPhotoDeleted"):
         await queue.bind(runtime.settings.exchange, event_type)
     await queue.consume(tap.on_message)
     keys = {

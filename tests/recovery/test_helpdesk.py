@@ -65,8 +65,13 @@ async def test_approve_publishes_the_event_deletes_the_photo_and_decides_once(re
     status, problem = await call(recovery, "GET", f"/v1/recovery-tickets/{ticket_id}/photo")
     assert status == 410 and problem["code"] == "photo_deleted"
     deletions = await recovery.runtime.pool.fetch(
-        "SELECT reason, size FROM recovery.photo_deletions WHERE ticket_id = $1", ticket_id)
+        "SELECT reason, size, sha256 FROM recovery.photo_deletions WHERE ticket_id = $1", ticket_id)
     assert [(r["reason"], r["size"]) for r in deletions] == [("decided", 30_000)]
+    # The deletion is announced (to the audit log): what and why, never the photo.
+    [gone] = await recovery.tap.wait("RecoveryPhotoDeleted", ticket_id)
+    assert gone["data"]["reason"] == "decided" and gone["data"]["size"] == 30_000
+    assert gone["data"]["sha256"] == bytes(deletions[0]["sha256"]).hex()
+    assert (gone["data"]["account_id"], gone["data"]["company_id"]) == (person["account_id"], person["company_id"])
     assert await recovery.runtime.pool.fetchval("SELECT count(*) FROM recovery.photos WHERE ticket_id = $1",
                                                 ticket_id) == 0
 
@@ -74,8 +79,9 @@ async def test_approve_publishes_the_event_deletes_the_photo_and_decides_once(re
                        ("claim", {"agent": "ann"})):
         status, problem = await call(recovery, "POST", f"/v1/recovery-tickets/{ticket_id}/{path}", json=body)
         assert status == 409 and problem["code"] == "already_decided", (path, problem)
-    assert len([e for e in recovery.tap.seen if e["data"]["ticket_id"] == ticket_id
-                and e["type"] != "RecoveryTicketOpened"]) == 1
+    decided = [e["type"] for e in recovery.tap.seen if e["data"]["ticket_id"] == ticket_id
+               and e["type"] != "RecoveryTicketOpened"]
+    assert sorted(decided) == ["RecoveryPhotoDeleted", "RecoveryTicketApproved"]  # once each
 
 
 async def test_reject_publishes_the_reason_and_deletes_the_photo(recovery):
@@ -203,6 +209,8 @@ async def test_photos_of_tickets_open_30_days_are_purged_and_the_deletion_record
     assert view["status"] == "incomplete" and view["missing"] == ["photo"] and view["problems"] == ["photo_expired"]
     assert view["photo"]["deletion_reason"] == "expired"
     assert (await call(recovery, "GET", f"/v1/recovery-tickets/{ticket_id}/photo"))[0] == 410
+    [gone] = await recovery.tap.wait("RecoveryPhotoDeleted", ticket_id)
+    assert gone["data"]["reason"] == "expired" and gone["data"]["size"] == len(jpeg(1000))
     status, problem = await call(recovery, "POST", f"/v1/recovery-tickets/{ticket_id}/approve", json={"agent": "ann"})
     assert status == 409 and problem["code"] == "ticket_incomplete"
     # A fresh photo brings the ticket back.

@@ -117,6 +117,8 @@ async def test_repeated_requests_join_the_open_ticket_then_the_rate_limit_applie
     assert row["request_count"] == 3 and row["first_name"] == "Jane"
     opened = await recovery.tap.wait("RecoveryTicketOpened", ids[0], count=3)
     assert [e["data"]["joined"] for e in opened] == [False, True, True]
+    replaced = await recovery.tap.wait("RecoveryPhotoDeleted", ids[0], count=2)  # each newer photo replaced one
+    assert [e["data"]["reason"] for e in replaced] == ["replaced", "replaced"]
     # The test app allows 3 requests per sender and window: the fourth is refused, nothing stored.
     resp = await post_form(recovery, form(person["email"], person["company_name"]))
     assert resp.status == 429
