@@ -7,8 +7,10 @@ import dataclasses
 import platform
 import socket
 import subprocess
+import sys
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 
@@ -31,6 +33,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def start_profiler(pid: int, path: str, rate: int = 100) -> asyncio.subprocess.Process:
+    """py-spy sampling process `pid` into `path` (collapsed stacks if it ends in .txt, else speedscope)."""
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid), "-o", path, "-r", str(rate),
+        "-f", "raw" if path.endswith(".txt") else "speedscope", "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
 
 
 def machine() -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_runtime, cpu_report, cpu_times, machine, percentile  # noqa: E402
+from bench.common import bench_runtime, cpu_report, cpu_times, machine, percentile, start_profiler  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from services.common.consumer import Consumer  # noqa: E402
 from services.common.db import MigrationSet  # noqa: E402
@@ -72,10 +72,7 @@ async def start_consumer(runtime: Runtime, expected: int, batched: bool, profile
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert line.strip() == b"ready", line
     if profile and os.environ.get("BENCH_PROFILE"):  # a py-spy profile of the consumer in the sustained run
-        spy = str(Path(sys.executable).with_name("py-spy"))
-        await asyncio.create_subprocess_exec(spy, "record", "-p", str(proc.pid), "-o", os.environ["BENCH_PROFILE"],
-                                             "-f", "raw" if os.environ["BENCH_PROFILE"].endswith(".txt") else "speedscope", stdout=asyncio.subprocess.DEVNULL,
-                                             stderr=asyncio.subprocess.DEVNULL)
+        await start_profiler(proc.pid, os.environ["BENCH_PROFILE"])  # stops when the consumer exits
     return proc
 
 

@@ -21,7 +21,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_runtime, cpu_report, cpu_times, free_port, machine, percentile  # noqa: E402
+from bench.common import bench_runtime, cpu_report, cpu_times, free_port, machine, percentile, start_profiler  # noqa: E402
 from services.auth import domain  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
@@ -181,10 +181,7 @@ async def main(accounts: int, concurrency: int, profile: str | None, relay_mode:
 
                 spy = None
                 if profile:
-                    spy = await asyncio.create_subprocess_exec(
-                        str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(server.pid), "-o", profile, "-r", "400", *(["--native"] if os.environ.get("BENCH_NATIVE") else []),
-                        "-f", "raw" if profile.endswith(".txt") else "speedscope", "--nonblocking", stdout=asyncio.subprocess.DEVNULL,
-                        stderr=asyncio.subprocess.DEVNULL)
+                    spy = await start_profiler(server.pid, profile, rate=400)
                     await asyncio.sleep(1)  # py-spy attaches
                 settle_garbage_collector()  # the load generator's own pauses would count as latency
                 cpu_before = cpu_times()

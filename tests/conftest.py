@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -31,6 +32,22 @@ BACKBONE = MigrationSet.for_service("bbtest", Path(__file__).parent / "backbone_
 def _db_url(name: str) -> str:
     head, _, _ = BASE.database_url.rpartition("/")
     return f"{head}/{name}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def drop_database(name: str) -> None:
+    """Drop a throwaway database, whoever is still connected to it."""
+    admin = await asyncpg.connect(_db_url("postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def pytest_configure(config):
@@ -76,11 +93,7 @@ async def settings():
     await migrate(test_settings.database_url, [*migration_sets(list(SERVICES.values())), BACKBONE])
     yield test_settings
     await _cleanup_broker(test_settings)
-    conn = await asyncpg.connect(_db_url("postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(name)
 
 
 async def _cleanup_broker(test_settings: Settings) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import uuid
 
@@ -16,7 +15,7 @@ import asyncpg
 from services.common.consumer import Consumer
 from services.common.outbox import add_events
 
-from .conftest import _db_url, wait_for
+from .conftest import _db_url, drop_database, free_port, wait_for
 from .test_backbone import effects, ping, recording_handler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,12 +32,6 @@ def env_for(settings, **extra) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_two_migrations_at_once_both_succeed_and_apply_each_once(settings):
@@ -62,9 +55,7 @@ async def test_two_migrations_at_once_both_succeed_and_apply_each_once(settings)
         assert sorted(applied)[0] == 0 and sorted(applied)[1] > 0
         assert len(rows) == len({r["version"] for r in rows}) >= 2
     finally:
-        admin = await asyncpg.connect(_db_url("postgres"))
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(name)
 
 
 async def test_sigterm_during_work_loses_nothing(settings, runtime):
@@ -297,9 +288,7 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
                 proc.kill()
                 await proc.wait()
         await channel.close()
-        admin = await asyncpg.connect(_db_url("postgres"))
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(name)
 
 
 async def test_api_key_create_prints_the_key_last_and_revoke_disables_it(settings, runtime):

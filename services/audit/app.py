@@ -19,7 +19,7 @@ def create_app(runtime: Runtime) -> web.Application:
     """The audit app; its consumer runs for the app's lifetime. It publishes nothing: no relay."""
     app = create_base_app(runtime, "audit", SCHEMA)
     add_routes(app)
-    app.cleanup_ctx.append(workers_ctx(SCHEMA, build_consumers, relay=False))
+    app.cleanup_ctx.append(workers_ctx(SCHEMA, build_consumers, relay=SERVICE.publishes))
     return app
 
 

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring as _encode_str
 from typing import Any
 
+from ..common import events
+
 GENESIS = bytes(32)
 HASHED_FIELDS = ("seq", "event_id", "type", "time", "company_id", "subject", "recorded_at", "envelope")
 
@@ -68,21 +70,9 @@ def _js(value: str | None) -> str:
 def parse_time(value: str) -> datetime:
     """An ISO 8601 timestamp as an aware UTC datetime; a value without offset is taken as UTC."""
     try:
-        parsed = datetime.fromisoformat(value)
+        return events.parse_time(value).astimezone(UTC)
     except (TypeError, ValueError) as exc:
         raise AuditRuleError(f"not an ISO 8601 timestamp: {str(value)[:60]!r}") from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def schema_version(event: Mapping[str, Any]) -> int:
-    """The data schema version named by an envelope's `dataschema` (`...:<Type>:v<N>`)."""
-    _, _, ver = str(event.get("dataschema", "")).rpartition(":v")
-    try:
-        return int(ver)
-    except ValueError as exc:
-        raise AuditRuleError(f"dataschema {event.get('dataschema')!r} names no version") from exc
 
 
 def company_of(event: Mapping[str, Any]) -> str | None:

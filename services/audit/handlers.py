@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import asyncpg
 
 from ..common.consumer import PermanentError
 from ..common.crypto import Keyring
-from ..common.events import sensitive_fields
+from ..common.events import data_version, sensitive_fields
 from ..common.logs import get_logger
 from . import store
 from .domain import (
@@ -24,7 +23,6 @@ from .domain import (
     NewRow,
     link,
     prepare,
-    schema_version,
 )
 
 log = get_logger("audit")
@@ -37,16 +35,10 @@ def redaction_key(secret_keys: tuple[tuple[str, bytes], ...]) -> bytes:
     return Keyring(secret_keys).derive(REDACTION_PURPOSE)
 
 
-@cache
-def _sensitive(event_type: str, version: int) -> frozenset[str]:
-    # Schemas are loaded once per process, so their sensitive fields never change under us.
-    return frozenset(sensitive_fields(event_type, version))
-
-
 def prepare_event(event: dict[str, Any], key: bytes) -> NewRow:
     """Redact and normalise one validated envelope; PermanentError when it can never be logged."""
     try:
-        return prepare(event, _sensitive(event["type"], schema_version(event)), key)
+        return prepare(event, sensitive_fields(event["type"], data_version(event)), key)
     except AuditRuleError as exc:
         raise PermanentError(f"cannot log event: {exc}") from exc
 

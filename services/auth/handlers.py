@@ -12,7 +12,7 @@ import asyncpg
 from ..common.apikeys import Principal
 from ..common.crypto import Keyring, keyed_hash
 from ..common.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, TooManyRequests, Unauthorized
-from ..common.events import Actor, new_event
+from ..common.events import Actor, iso, new_event
 from ..common.outbox import add_events
 from . import domain, store
 from .tokens import Signer
@@ -60,10 +60,6 @@ class Caller:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def _event(caller: Caller, event_type: str, data: dict[str, Any], *, subject: str, company_id: str) -> dict[str, Any]:
@@ -515,12 +511,11 @@ async def _lock_pending_login(
     fast path of verify, enrolment, account removal's cascade), so two requests on one login
     wait for each other instead of deadlocking.
     """
-    peek = await store.get_login(conn, login_id)
-    if peek is None or not caller.sees(peek["company_id"]):
-        raise NotFound(f"No login {login_id!r}.", code="login_not_found")
-    account = await store.get_account(conn, peek["account_id"], lock=True)
-    login = await _pending_login(conn, caller, login_id)
-    assert account is not None  # logins cascade with their account, and the login is still here
+    account_id = await store.lock_account_of_login(conn, login_id)
+    login = await _pending_login(conn, caller, login_id)  # not found, not visible, wrong state: raises
+    # Locked already, unless the login was committed between the two statements.
+    account = await store.get_account(conn, login["account_id"], lock=account_id is None)
+    assert account is not None  # logins cascade with their account
     return login, account
 
 

@@ -73,6 +73,15 @@ _ACCOUNT_VIEW = """
 """
 
 
+async def lock_account_of_login(conn: Conn, login_id: str) -> str | None:
+    """Lock the account a login belongs to, by the login's id; None when there is no such login."""
+    return await conn.fetchval(
+        "SELECT account_id FROM auth.accounts"
+        " WHERE account_id = (SELECT account_id FROM auth.logins WHERE login_id = $1) FOR UPDATE",
+        login_id,
+    )
+
+
 async def get_account(conn: Conn, account_id: str, *, lock: bool = False) -> asyncpg.Record | None:
     """The account with its company policy, backup email and backup code count."""
     if lock:

@@ -98,10 +98,22 @@ def latest_version(event_type: str) -> int:
     return max(versions)
 
 
-def sensitive_fields(event_type: str, version: int) -> set[str]:
-    """Top-level `data` properties marked `x-sensitive` in the type's schema."""
+@cache
+def sensitive_fields(event_type: str, version: int) -> frozenset[str]:
+    """Top-level `data` properties marked `x-sensitive` in the type's schema (schemas load once, so cached)."""
     schema = _schemas().get((event_type, version), {})
-    return {k for k, v in schema.get("properties", {}).items() if isinstance(v, dict) and v.get("x-sensitive")}
+    return frozenset(k for k, v in schema.get("properties", {}).items() if isinstance(v, dict) and v.get("x-sensitive"))
+
+
+def data_version(event: dict[str, Any]) -> int:
+    """The version of the `data` schema that a checked envelope's `dataschema` names."""
+    prefix = schema_uri(event["type"], 0)[:-1]
+    if not event["dataschema"].startswith(prefix):
+        raise EventError(f"dataschema {event['dataschema']!r} does not name {event['type']}")
+    try:
+        return int(event["dataschema"][len(prefix):])
+    except ValueError as exc:
+        raise EventError("dataschema has no version") from exc
 
 
 def validate_data(event_type: str, version: int, data: dict) -> None:
@@ -109,6 +121,17 @@ def validate_data(event_type: str, version: int, data: dict) -> None:
         _validator(event_type, version)(data)
     except fastjsonschema.JsonSchemaException as exc:
         raise EventError(f"{event_type} v{version} data: {exc.message}") from exc
+
+
+def iso(value: datetime | None) -> str | None:
+    """A datetime as the events' ISO 8601 UTC text (`2030-01-02T03:04:05Z`); None stays None."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 timestamp as an aware datetime, a value without offset read as UTC; ValueError if none."""
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def new_event(
@@ -160,14 +183,7 @@ def parse_event(body: bytes) -> dict[str, Any]:
         _validate_envelope(event)
     except fastjsonschema.JsonSchemaException as exc:
         raise EventError(f"envelope: {exc.message}") from exc
-    prefix = schema_uri(event["type"], 0)[:-1]
-    if not event["dataschema"].startswith(prefix):
-        raise EventError(f"dataschema {event['dataschema']!r} does not name {event['type']}")
-    try:
-        version = int(event["dataschema"][len(prefix):])
-    except ValueError as exc:
-        raise EventError("dataschema has no version") from exc
-    validate_data(event["type"], version, event["data"])
+    validate_data(event["type"], data_version(event), event["data"])
     return event
 
 

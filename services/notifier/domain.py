@@ -19,6 +19,8 @@ from email.utils import format_datetime, formataddr
 from typing import Any
 from urllib.parse import quote
 
+from ..common import events
+
 HANDLED_TYPES = (
     "BackupEmailRequested",
     "BackupEmailChanged",
@@ -205,10 +207,9 @@ def parse_time(value: Any, what: str) -> datetime:
     if not isinstance(value, str) or not value:
         raise BadMail("missing_data", f"the event has no {what}")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return events.parse_time(value)
     except ValueError as exc:
         raise BadMail("missing_data", f"{what} {value[:40]!r} is not a timestamp") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def format_time(moment: datetime) -> str:

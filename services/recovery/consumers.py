@@ -7,12 +7,13 @@ and loses to a newer one already stored, so duplicates and reordering do no harm
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from ..common.consumer import Consumer, Handler, PermanentError
+from ..common.events import parse_time
 from ..common.runtime import Runtime
 from . import store
 from .domain import company_key, normalize_email
@@ -22,10 +23,9 @@ from .handlers import SCHEMA
 def event_time(event: dict[str, Any]) -> datetime:
     """The event's `time` as an aware datetime (naive times are read as UTC)."""
     try:
-        at = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
+        return parse_time(event["time"])
     except ValueError as exc:
         raise PermanentError(f"event time {event['time']!r} is not ISO 8601") from exc
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 async def on_company_upserted(conn: asyncpg.Connection, event: dict[str, Any]) -> None:

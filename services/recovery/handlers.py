@@ -20,7 +20,7 @@ import structlog
 from ..common.apikeys import Principal
 from ..common.crypto import keyed_hash
 from ..common.errors import BadRequest, Gone, NotFound
-from ..common.events import Actor, new_event
+from ..common.events import Actor, iso, new_event
 from ..common.logs import get_logger
 from ..common.outbox import add_events
 from . import domain, store
@@ -46,10 +46,6 @@ class IntakeResult:
 def photo_path(ticket_id: str) -> str:
     """Where the helpdesk fetches a ticket's photo (the reference events carry instead of bytes)."""
     return f"/v1/recovery-tickets/{ticket_id}/photo"
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 # ---- intake
@@ -143,8 +139,8 @@ def _photo_deleted(deleted: asyncpg.Record, account_id: str | None, company_id: 
         "RecoveryPhotoDeleted",
         {"ticket_id": deleted["ticket_id"], "account_id": account_id, "company_id": company_id,
          "reason": deleted["reason"], "content_type": deleted["content_type"], "size": deleted["size"],
-         "sha256": bytes(deleted["sha256"]).hex(), "received_at": _iso(deleted["received_at"]),
-         "deleted_at": _iso(deleted["deleted_at"])},
+         "sha256": bytes(deleted["sha256"]).hex(), "received_at": iso(deleted["received_at"]),
+         "deleted_at": iso(deleted["deleted_at"])},
         source=SOURCE, subject=account_id or deleted["ticket_id"], company_id=company_id, correlation_id=correlation_id,
         **({"actor": actor} if actor is not None else {}),
     )
@@ -225,17 +221,17 @@ async def _view(conn: asyncpg.Connection, ticket_id: str) -> dict[str, Any]:
         **_summary(row, meta is not None),
         "reply_to": row["reply_to"],
         "problems": list(row["problems"]),
-        "claimed_at": _iso(row["claimed_at"]),
+        "claimed_at": iso(row["claimed_at"]),
         "decided_by": row["decided_by"],
-        "decided_at": _iso(row["decided_at"]),
+        "decided_at": iso(row["decided_at"]),
         "decision_note": row["decision_note"],
         "photo": {
             "available": meta is not None,
             "url": photo_path(ticket_id) if meta else None,
             "content_type": meta["content_type"] if meta else None,
             "size": meta["size"] if meta else None,
-            "received_at": _iso(meta["received_at"]) if meta else None,
-            "deleted_at": _iso(deletion["deleted_at"]) if deletion else None,
+            "received_at": iso(meta["received_at"]) if meta else None,
+            "deleted_at": iso(deletion["deleted_at"]) if deletion else None,
             "deletion_reason": deletion["reason"] if deletion else None,
         },
         "match": match,
@@ -258,8 +254,8 @@ def _summary(row: asyncpg.Record, has_photo: bool) -> dict[str, Any]:
         "has_photo": has_photo,
         "request_count": row["request_count"],
         "claimed_by": row["claimed_by"],
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
     }
 
 

@@ -26,7 +26,7 @@ from services.common.runner import migration_sets
 from services.common.runtime import Runtime
 from services.registry import SERVICES
 
-from ..conftest import _db_url
+from ..conftest import _db_url, drop_database
 from .conftest import event_of, publish, wait_landed
 
 
@@ -56,11 +56,7 @@ async def own(settings):
         except aio_pika.exceptions.AMQPError:
             pass
         await runtime.close()
-        admin = await asyncpg.connect(_db_url("postgres"))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(name)
 
 
 async def attacker(settings) -> asyncpg.Connection:

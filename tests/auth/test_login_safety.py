@@ -111,15 +111,15 @@ async def test_the_rotate_command_reseals_under_the_newest_key(api, runtime):
 
 
 async def test_auth_processes_starting_together_on_an_empty_database_share_one_signing_key(settings):
-    import asyncpg
 
     from services.auth.app import SERVICE
     from services.auth.tokens import Signer
     from services.common.db import create_pool, migrate
 
-    from ..conftest import _db_url
+    from ..conftest import _db_url, drop_database
 
-    url = _db_url(f"mfa_keys_{uuid.uuid4().hex[:8]}")
+    name = f"mfa_keys_{uuid.uuid4().hex[:8]}"
+    url = _db_url(name)
     await migrate(url, [SERVICE.migration_set])
     keyring = Keyring(settings.secret_keys)
     pools = [await create_pool(url, min_size=1, max_size=1) for _ in range(4)]
@@ -131,6 +131,4 @@ async def test_auth_processes_starting_together_on_an_empty_database_share_one_s
     finally:
         for pool in pools:
             await pool.close()
-        admin = await asyncpg.connect(_db_url("postgres"))
-        await admin.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,13 +19,7 @@ from services.common.runtime import Runtime
 from services.recovery.app import create_app
 from services.recovery.domain import RateLimits
 
-from ..conftest import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..conftest import free_port, wait_for
 
 
 @dataclass

@@ -178,8 +178,10 @@ async def test_bad_form_gets_a_clear_error_and_stores_nothing(recovery, case, st
         data = form(email, company, skip=("first_name",))
         data.add_field("first_name", io.BytesIO(b"J\xffane"))
         resp = await post_form(recovery, data)
-    else:
+    elif case == "oversized_photo":
         resp = await post_form(recovery, form(email, company, photo=jpeg(MAX_PHOTO_BYTES + 1)))
+    else:
+        raise AssertionError(f"no request for case {case!r}")
     assert resp.status == status, await resp.text()
     assert resp.content_type == "application/problem+json"
     assert (await resp.json())["code"] == code
@@ -313,7 +315,7 @@ async def test_database_down_answers_451_and_the_server_keeps_serving(runtime):
     from services.recovery.domain import RateLimits
     from services.recovery.inbound import InboundMailbox, MailboxHandler
 
-    from .conftest import free_port
+    from ..conftest import free_port
 
     pool = await create_pool(runtime.settings.database_url, min_size=1, max_size=1)
     await pool.close()  # what the handler sees while PostgreSQL is away
@@ -340,7 +342,7 @@ async def test_the_mailbox_listens_only_while_the_app_runs(runtime):
     from services.common.runtime import Runtime
     from services.recovery.app import create_app
 
-    from .conftest import free_port
+    from ..conftest import free_port
 
     port = free_port()
     rt = Runtime(dataclasses.replace(runtime.settings, inbound_smtp_port=port), pool=runtime.pool,
