@@ -13,6 +13,7 @@ from ..common.web import compile_schema as schema
 from ..common.web import current_correlation_id, json_response, read_json, require_role
 from . import handlers
 from .handlers import Auth, Caller
+from .tokens import JWKS_MAX_AGE
 
 AUTH = web.AppKey("auth", Auth)
 
@@ -163,7 +164,10 @@ async def redeem_link(request: web.Request) -> web.Response:
 
 
 async def jwks(request: web.Request) -> web.Response:
-    return json_response(request.app[AUTH].signer.jwks)
+    response = json_response(request.app[AUTH].signer.jwks)
+    # A new key is published PROPAGATION (longer than this) before it signs, so caches stay right.
+    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
+    return response
 
 
 def add_routes(app: web.Application) -> None:

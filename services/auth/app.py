@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
 from ..common.crypto import Keyring
-from ..common.runtime import Runtime
+from ..common.runtime import Runtime, cancel_and_wait
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
 from . import api, consumers
@@ -22,7 +23,12 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     keyring = Keyring(runtime.settings.secret_keys)
     signer = await Signer(runtime.settings.issuer_url).load(runtime.pool, keyring)
     app[api.AUTH] = Auth(runtime.pool, keyring, signer)
-    yield
+    # Picks up rotated keys (and drops expired ones) in every process; see tokens.py.
+    reload = asyncio.create_task(signer.run(runtime.pool, keyring), name="auth-signing-keys")
+    try:
+        yield
+    finally:
+        await cancel_and_wait(reload)
 
 
 def create_app(runtime: Runtime) -> web.Application:

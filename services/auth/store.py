@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -332,14 +333,45 @@ async def mark_link_used(conn: Conn, token_hash: bytes, at: datetime) -> None:
 
 # ---- signing keys and rotation ---------------------------------------------------------
 
-async def signing_keys(conn: Conn | asyncpg.Pool) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM auth.signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC")
+@dataclass(frozen=True)
+class SigningKey:
+    """A stored signing key: sealed private part, public JWK, when it signs and until when it is published."""
+
+    kid: str
+    private_key: str
+    public_jwk: dict
+    activates_at: datetime
+    published_until: datetime | None
 
 
-async def insert_signing_key(conn: Conn, kid: str, private_key: str, public_jwk: dict) -> None:
-    await conn.execute(
-        "INSERT INTO auth.signing_keys (kid, private_key, public_jwk) VALUES ($1, $2, $3)", kid, private_key, public_jwk
+async def signing_keys(conn: Conn | asyncpg.Pool) -> list[SigningKey]:
+    """The keys the JWKS publishes now, newest activation first."""
+    rows = await conn.fetch(
+        """SELECT kid, private_key, public_jwk, activates_at, published_until FROM auth.signing_keys
+           WHERE published_until IS NULL OR published_until > now() ORDER BY activates_at DESC, created_at DESC"""
     )
+    return [SigningKey(**row) for row in rows]
+
+
+async def insert_signing_key(conn: Conn, kid: str, private_key: str, public_jwk: dict,
+                             activates_at: datetime | None = None) -> None:
+    """Store a new key; it signs from `activates_at` (now when None)."""
+    await conn.execute(
+        """INSERT INTO auth.signing_keys (kid, private_key, public_jwk, activates_at)
+           VALUES ($1, $2, $3, coalesce($4, now()))""",
+        kid, private_key, public_jwk, activates_at,
+    )
+
+
+async def supersede_signing_keys(conn: Conn, new_kid: str, activates_at: datetime,
+                                 published_until: datetime) -> list[tuple[str, datetime]]:
+    """Keys `new_kid` replaces stop signing at `activates_at` and leave the JWKS at `published_until`."""
+    rows = await conn.fetch(
+        """UPDATE auth.signing_keys SET retired_at = $2, published_until = $3
+           WHERE kid <> $1 AND published_until IS NULL RETURNING kid, published_until""",
+        new_kid, activates_at, published_until,
+    )
+    return [(row["kid"], row["published_until"]) for row in rows]
 
 
 async def sealed_secrets(conn: Conn) -> list[asyncpg.Record]:
