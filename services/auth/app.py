@@ -12,7 +12,7 @@ from ..common.crypto import Keyring
 from ..common.runtime import Runtime, cancel_and_wait
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
-from . import api, consumers
+from . import api, consumers, metrics  # noqa: F401 - metrics: its counters count the events written
 from .handlers import SCHEMA, Auth
 from .tokens import Signer
 

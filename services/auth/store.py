@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from ..common.events import encode
+from ..common.metrics import observe_written
 from ..common.outbox import partition_of, wake_relays
 
 Conn = asyncpg.Connection
@@ -309,6 +310,7 @@ async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: 
         )
     )
     if done:
+        observe_written([event])
         await wake_relays(conn, schema)
     return done
 

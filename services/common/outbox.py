@@ -22,7 +22,7 @@ import asyncpg
 from .broker import Broker
 from .events import encode
 from .logs import get_logger
-from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG, observe_written
 
 log = get_logger("outbox")
 
@@ -54,6 +54,7 @@ async def add_events(conn: asyncpg.Connection, schema: str, events: list[dict[st
             for e in events
         ],
     )
+    observe_written(events)
     await wake_relays(conn, schema)
 
 
