@@ -12,7 +12,7 @@ from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
 from . import api, consumers
-from .handlers import SCHEMA, Auth
+from .handlers.context import SCHEMA, Auth
 from .tokens import Signer
 
 
