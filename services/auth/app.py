@@ -13,7 +13,7 @@ from ..common.runtime import Runtime, cancel_and_wait
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
 from . import api, consumers, metrics  # noqa: F401 - metrics: its counters count the events written
-from .handlers import SCHEMA, Auth
+from .handlers.context import SCHEMA, Auth
 from .tokens import Signer
 
 

@@ -8,7 +8,7 @@ from ..common.config import Settings
 from ..common.crypto import Keyring
 from ..common.db import create_pool
 from . import store, tokens
-from .handlers import rotate_secrets
+from .handlers.rotation import rotate_secrets
 
 
 async def rotate_command(settings: Settings) -> int:

@@ -22,7 +22,9 @@ from joserfc import jwt
 from joserfc.jwk import KeySet, OKPKey
 from joserfc.jws import JWSRegistry
 
+from ..common import sealing
 from ..common.crypto import Keyring
+from ..common.errors import DATABASE_UNAVAILABLE
 from ..common.logs import get_logger
 from . import store
 
@@ -52,7 +54,6 @@ JWKS_MAX_AGE = 300  # Cache-Control max-age of /.well-known/jwks.json
 PROPAGATION = timedelta(seconds=JWKS_MAX_AGE + 2 * RELOAD_INTERVAL)
 
 SIGNING_KEY_LOCK = 0x6D666131  # arbitrary: serialises creating signing keys ("mfa1")
-_DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,11 @@ class Rotation:
     retiring: list[tuple[str, datetime]]
 
 
-def _aad(kid: str) -> bytes:
-    return f"signing:{kid}".encode()
-
-
 async def _insert_new_key(conn: asyncpg.Connection, keyring: Keyring, activates_at: datetime | None) -> str:
     key = OKPKey.generate_key("Ed25519", parameters={"kid": uuid.uuid4().hex[:16]}, private=True)
     public = {**key.as_dict(private=False), "alg": ALG, "use": "sig"}
-    await store.insert_signing_key(conn, key.kid, keyring.seal(key.as_pem(private=True), aad=_aad(key.kid)), public,
-                                   activates_at)
+    sealed = keyring.seal(key.as_pem(private=True), aad=sealing.signing_key(key.kid))
+    await store.insert_signing_key(conn, key.kid, sealed, public, activates_at)
     return key.kid
 
 
@@ -133,7 +130,7 @@ class Signer:
         for row in rows:
             known = self.keys.get(row.kid)
             if known is None:
-                pem = keyring.open(row.private_key, aad=_aad(row.kid))
+                pem = keyring.open(row.private_key, aad=sealing.signing_key(row.kid))
                 known = OKPKey.import_key(pem, parameters={"kid": row.kid})
             keys[row.kid] = known
         self.keys = keys
@@ -147,7 +144,7 @@ class Signer:
             await asyncio.sleep(interval)
             try:
                 await self.reload(pool, keyring)
-            except _DB_DOWN as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 log.warning("signing_keys_reload_failed", error=str(exc))
 
     @property

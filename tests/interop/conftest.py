@@ -110,9 +110,13 @@ async def stop_stack(stack: Stack, proc) -> None:
     stack.mail_dir.with_suffix(".log").unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def stack(settings):
-    """`mfa run all` of this checkout on the run's database and exchange, as `make run` starts it."""
+    """`mfa run all` of this checkout on the run's database and exchange, as `make run` starts it.
+
+    Package scope: it consumes the run's queues, so it must be gone before other packages' apps
+    expect to be the only consumers (a notifier test would miss the mails this one sent).
+    """
     mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
     started, proc = await start_stack(mfa, settings)
     yield started
