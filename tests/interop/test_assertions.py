@@ -165,3 +165,12 @@ async def test_an_audience_is_only_for_service_keys(stack):
     )
     out, err = await proc.communicate()
     assert proc.returncode == 2 and b"only service keys" in err and b"mfa_" not in out
+
+
+def test_the_issuer_is_mfa_issuer_else_the_public_url():
+    from services.common.config import Settings
+
+    assert Settings.from_env({}).issuer_url == "http://127.0.0.1:8081"
+    assert Settings.from_env({"MFA_PUBLIC_URL": "https://mfa.example.com/"}).issuer_url == "https://mfa.example.com"
+    assert Settings.from_env({"MFA_PUBLIC_URL": "https://a.example", "MFA_ISSUER": "https://id.example"}).issuer_url \
+        == "https://id.example"

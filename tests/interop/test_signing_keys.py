@@ -113,3 +113,13 @@ async def test_mfa_signing_keys_rotate_and_list(keys_db, stack):
     assert "running services switch within 30 s" in out
     await first.reload(pool, Keyring(settings.secret_keys))
     assert first.current == out.split("new signing key ")[1].split()[0]
+
+
+async def test_a_key_stored_under_the_old_alg_name_is_published_as_eddsa(keys_db):
+    settings, pool = keys_db
+    keyring = Keyring(settings.secret_keys)
+    signer = await Signer("https://mfa.example").load(pool, keyring)
+    await pool.execute("""UPDATE auth.signing_keys SET public_jwk = jsonb_set(public_jwk, '{alg}', '"Ed25519"')""")
+    await signer.reload(pool, keyring)
+    assert [key["alg"] for key in signer.jwks["keys"]] == ["EdDSA"]
+    assert verify_assertion(sign(signer), signer.jwks)["sub"] == "acct-1"
