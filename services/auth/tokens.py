@@ -23,7 +23,7 @@ from joserfc.jwk import KeySet, OKPKey
 from joserfc.jws import JWSRegistry
 
 from ..common import sealing
-from ..common.crypto import Keyring
+from ..common.crypto import CryptoError, Keyring
 from ..common.errors import DATABASE_UNAVAILABLE
 from ..common.logs import get_logger
 from . import store
@@ -146,6 +146,9 @@ class Signer:
                 await self.reload(pool, keyring)
             except DATABASE_UNAVAILABLE as exc:
                 log.warning("signing_keys_reload_failed", error=str(exc))
+            except CryptoError as exc:
+                # A key sealed under a key this process lacks: keep signing with what it has, loudly.
+                log.error("signing_key_unreadable", error=str(exc), hint="MFA_SECRET_KEYS differs between processes")
 
     @property
     def current(self) -> str:
