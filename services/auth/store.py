@@ -416,6 +416,13 @@ async def find_login(conn: Conn, login_id: str, scope: str | None, *, lock: bool
     return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id, scope))
 
 
+async def find_account_login(conn: Conn, account_id: str, login_id: str, *, lock: bool = False) -> Login | None:
+    """The login `login_id` of one account (the newest, whichever company it started in)."""
+    sql = (f"SELECT {_columns(Login)} FROM auth.logins WHERE login_id = $1 AND account_id = $2"
+           " ORDER BY created_at DESC LIMIT 1")
+    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id, account_id))
+
+
 async def get_login(conn: Conn, company_id: str, login_id: str, *, lock: bool = False) -> Login | None:
     """A login by its key."""
     sql = f"SELECT {_columns(Login)} FROM auth.logins WHERE company_id = $1 AND login_id = $2"

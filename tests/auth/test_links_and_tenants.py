@@ -198,3 +198,16 @@ async def test_the_code_accepted_last_sent_again_never_counts_toward_the_lock_no
     assert [e["data"]["reason"] for e in failures] == ["replayed_code"] * 15 + ["wrong_code"]
     assert {e["data"]["consecutive_failures"] for e in failures[:15]} == {0}
     assert not tap.of(account, "MfaLocked") and len(tap.of(account, "LoginSucceeded")) == 1
+
+
+async def test_an_enrol_login_is_not_completed_once_its_account_moved(api):
+    account = await api.account(await api.company(), required=True)
+    _, login = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
+    assert login["decision"] == "enroll"
+    await _put_account(api, account, await api.company(), mfa_required=True)
+    _, started = await api.call("POST", f"/v1/accounts/{account}/mfa/enrollment", expect=201)
+    _, refused = await api.call("POST", f"/v1/accounts/{account}/mfa/enrollment/confirm",
+                                {"code": oathtool(started["secret"]), "login_id": login["login_id"]}, expect=409)
+    assert refused["code"] == "login_state_changed" and "assertion" not in refused
+    _, status = await api.call("GET", f"/v1/accounts/{account}/mfa", expect=200)
+    assert status["enabled"] is False  # nothing of the refused confirmation was kept

@@ -75,8 +75,8 @@ async def _confirm(
         raise Gone("The enrolment expired; start a new one.", code="enrollment_expired")
     login = None
     if login_id is not None:
-        login = await store.find_login(conn, login_id, caller.scope, lock=True)
-        if login is None or login.account_id != account_id:
+        login = await store.find_account_login(conn, account_id, login_id, lock=True)
+        if login is None:
             raise NotFound(f"No login {login_id!r} for this account.", code="login_not_found")
         if login.decision != "enroll" or login.status != "pending":
             raise Conflict("This login is not waiting for an enrolment.", code="wrong_login_state")
