@@ -98,7 +98,8 @@ def test_email_comparison_is_trimmed_and_case_insensitive():
         domain.check_email("a@b.com\r\nBcc: x@y.com")
 
 
-@pytest.mark.parametrize("address", ["jörg@müller.de", "ada@xn--mller-kva.de", "josé.ñ@example.org", "ada+mfa@example.co.uk"])
+@pytest.mark.parametrize("address", ["jörg@müller.de", "ada@xn--mller-kva.de", "josé.ñ@example.org", "ada+mfa@example.co.uk",
+                                     "ada@corp.local", "ada@acme.test"])
 def test_international_addresses_are_valid(address):
     assert domain.check_email(f" {address} ") == address
 
