@@ -122,7 +122,7 @@ def _success(auth: Auth, login: events.LoginRef, method: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Refused:
-    """A code that did not pass, already counted in the committed transaction; raised after it."""
+    """A code that did not pass: what it counted (if anything) commits first, then this is raised."""
 
     reason: str  # wrong_code or replayed_code
     attempts_left: int
