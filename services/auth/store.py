@@ -395,7 +395,7 @@ async def insert_login(conn: Conn, row: dict[str, Any]) -> bool:
         await conn.fetchval(
             """INSERT INTO auth.logins (login_id, account_id, company_id, decision, status, ip, user_agent, expires_at,
                    method, completed_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (company_id, login_id) DO NOTHING RETURNING true""",
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (login_id, company_id) DO NOTHING RETURNING true""",
             row["login_id"],
             row["account_id"],
             row["company_id"],

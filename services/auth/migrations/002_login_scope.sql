@@ -6,11 +6,10 @@ DELETE FROM login_links WHERE company_id IS NULL;
 ALTER TABLE login_links ALTER COLUMN company_id SET NOT NULL;
 ALTER TABLE login_links DROP CONSTRAINT login_links_login_id_fkey;
 ALTER TABLE logins DROP CONSTRAINT logins_pkey;
-ALTER TABLE logins ADD PRIMARY KEY (company_id, login_id);
--- Keys bound to no company look logins up by id alone (the oldest first).
-CREATE INDEX logins_login_id ON logins (login_id, created_at);
-ALTER TABLE login_links ADD CONSTRAINT login_links_login_fkey FOREIGN KEY (company_id, login_id)
-    REFERENCES logins (company_id, login_id) ON DELETE CASCADE;
+-- The id first: keys bound to no company look logins up by id alone, with the same index.
+ALTER TABLE logins ADD PRIMARY KEY (login_id, company_id);
+ALTER TABLE login_links ADD CONSTRAINT login_links_login_fkey FOREIGN KEY (login_id, company_id)
+    REFERENCES logins (login_id, company_id) ON DELETE CASCADE;
 
 -- What a link stood for when it was sent, re-checked when it is redeemed: the backup address it
 -- went to and the enrolment it was a second factor for (a reset or a new enrolment ends it).
