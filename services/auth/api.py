@@ -55,6 +55,13 @@ def _id(request: web.Request, name: str) -> str:
     return value
 
 
+def _private(data: dict, status: int = 200) -> web.Response:
+    """A JSON answer that carries a secret (a TOTP secret, backup codes, an assertion): never cached."""
+    response = json_response(data, status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def _ctx(request: web.Request) -> tuple[Auth, Caller]:
     principal = require_role(request, "service")
     caller = Caller(principal, current_correlation_id(), Actor("api_key", principal.key_id))
@@ -83,7 +90,7 @@ async def get_mfa(request: web.Request) -> web.Response:
 async def start_enrollment(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     await read_json(request, EMPTY)
-    return json_response(await enrolment.start_enrollment(auth, caller, _id(request, "account_id")), 201)
+    return _private(await enrolment.start_enrollment(auth, caller, _id(request, "account_id")), 201)
 
 
 async def qr_svg(request: web.Request) -> web.Response:
@@ -106,13 +113,13 @@ async def confirm_enrollment(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, CONFIRM)
     result = await enrolment.confirm_enrollment(auth, caller, _id(request, "account_id"), body["code"], body.get("login_id"))
-    return json_response(result, 201)
+    return _private(result, 201)
 
 
 async def regenerate_codes(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     await read_json(request, EMPTY)
-    return json_response(await enrolment.regenerate_backup_codes(auth, caller, _id(request, "account_id")), 201)
+    return _private(await enrolment.regenerate_backup_codes(auth, caller, _id(request, "account_id")), 201)
 
 
 async def put_backup_email(request: web.Request) -> web.Response:
@@ -142,13 +149,13 @@ async def admin_disable(request: web.Request) -> web.Response:
 async def create_login(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, LOGIN)
-    return json_response(await logins.start_login(auth, caller, body), 201)
+    return _private(await logins.start_login(auth, caller, body), 201)  # `allow` carries an assertion
 
 
 async def verify_login(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, VERIFY)
-    return json_response(await logins.verify_login(auth, caller, _id(request, "login_id"), body["method"], body["code"]))
+    return _private(await logins.verify_login(auth, caller, _id(request, "login_id"), body["method"], body["code"]))
 
 
 async def login_link(request: web.Request) -> web.Response:
@@ -160,7 +167,7 @@ async def login_link(request: web.Request) -> web.Response:
 async def redeem_link(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, TOKEN)
-    return json_response(await logins.redeem_login_link(auth, caller, body["token"]))
+    return _private(await logins.redeem_login_link(auth, caller, body["token"]))
 
 
 async def jwks(request: web.Request) -> web.Response:

@@ -132,13 +132,16 @@ class VerifyView:
 
 @dataclass(frozen=True, slots=True)
 class Link:
-    """A login link, by the hash of its token."""
+    """A login link, by the hash of its token, with what it stood for when it was sent."""
 
     token_hash: bytes
+    company_id: str
     login_id: str
     account_id: str
     expires_at: datetime
     used_at: datetime | None
+    sent_to: str | None  # the confirmed backup address it was mailed to
+    enrolled_at: datetime | None  # the enrolment it is a second factor for
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +230,19 @@ _ACCOUNT_VIEW = """
     WHERE a.account_id = $1
 """
 
-async def lock_account_of_login(conn: Conn, login_id: str) -> str | None:
+# Login ids are unique per company. A key bound to a company looks in that company only; a
+# key bound to none (and an upstream event) sees every company and takes the oldest login of
+# that id, which is the one it made: it cannot make an id that exists already (`decide_login`).
+_LOGIN_BY_ID = "login_id = $1 AND ($2::text IS NULL OR company_id = $2) ORDER BY created_at, company_id LIMIT 1"
+
+
+async def lock_account_of_login(conn: Conn, login_id: str, scope: str | None) -> str | None:
     """Lock the account a login belongs to, by the login's id; None when there is no such login."""
     return await conn.fetchval(
         "SELECT account_id FROM auth.accounts"
-        " WHERE account_id = (SELECT account_id FROM auth.logins WHERE login_id = $1) FOR UPDATE",
+        f" WHERE account_id = (SELECT account_id FROM auth.logins WHERE {_LOGIN_BY_ID}) FOR UPDATE",
         login_id,
+        scope,
     )
 
 
@@ -390,7 +400,7 @@ async def insert_login(conn: Conn, row: dict[str, Any]) -> bool:
         await conn.fetchval(
             """INSERT INTO auth.logins (login_id, account_id, company_id, decision, status, ip, user_agent, expires_at,
                    method, completed_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (login_id) DO NOTHING RETURNING true""",
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (login_id, company_id) DO NOTHING RETURNING true""",
             row["login_id"],
             row["account_id"],
             row["company_id"],
@@ -405,53 +415,71 @@ async def insert_login(conn: Conn, row: dict[str, Any]) -> bool:
     )
 
 
-async def get_login(conn: Conn, login_id: str, *, lock: bool = False) -> Login | None:
-    sql = f"SELECT {_columns(Login)} FROM auth.logins WHERE login_id = $1"
-    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id))
+async def find_login(conn: Conn, login_id: str, scope: str | None, *, lock: bool = False) -> Login | None:
+    """The login `login_id` as a caller bound to company `scope` (None: to no company) finds it."""
+    sql = f"SELECT {_columns(Login)} FROM auth.logins WHERE {_LOGIN_BY_ID}"
+    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id, scope))
 
 
-async def update_login(conn: Conn, login_id: str, **fields: Any) -> None:
-    allowed = {"decision", "status", "attempts", "links_sent", "method", "completed_at"}
+async def find_account_login(conn: Conn, account_id: str, login_id: str, *, lock: bool = False) -> Login | None:
+    """The login `login_id` of one account (the newest, whichever company it started in)."""
+    sql = (f"SELECT {_columns(Login)} FROM auth.logins WHERE login_id = $1 AND account_id = $2"
+           " ORDER BY created_at DESC LIMIT 1")
+    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id, account_id))
+
+
+async def get_login(conn: Conn, company_id: str, login_id: str, *, lock: bool = False) -> Login | None:
+    """A login by its key."""
+    sql = f"SELECT {_columns(Login)} FROM auth.logins WHERE company_id = $1 AND login_id = $2"
+    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), company_id, login_id))
+
+
+async def update_login(conn: Conn, login: Login, **fields: Any) -> None:
+    allowed = {"decision", "status", "attempts", "links_sent", "method", "completed_at", "expires_at"}
     assert set(fields) <= allowed, fields
     names = list(fields)
-    sets = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
-    await conn.execute(f"UPDATE auth.logins SET {sets} WHERE login_id = $1", login_id, *(fields[n] for n in names))
+    sets = ", ".join(f"{name} = ${i + 3}" for i, name in enumerate(names))
+    await conn.execute(f"UPDATE auth.logins SET {sets} WHERE company_id = $1 AND login_id = $2",
+                       login.company_id, login.login_id, *(fields[n] for n in names))
 
 
-async def get_login_for_verify(conn: Conn, login_id: str) -> VerifyView | None:
+async def get_login_for_verify(conn: Conn, login_id: str, scope: str | None) -> VerifyView | None:
     """A login with what verifying a TOTP code needs of its account, in one read."""
     return _row(VerifyView, await conn.fetchrow(
-        """SELECT l.login_id, l.account_id, l.company_id, l.decision, l.status, l.expires_at,
+        f"""SELECT l.login_id, l.account_id, l.company_id, l.decision, l.status, l.expires_at,
                   a.company_id AS account_company_id, a.totp_secret, a.last_step, a.locked_until
-           FROM auth.logins l JOIN auth.accounts a USING (account_id) WHERE l.login_id = $1""",
+           FROM (SELECT * FROM auth.logins WHERE {_LOGIN_BY_ID}) l JOIN auth.accounts a USING (account_id)""",
         login_id,
+        scope,
     ))
 
 
-async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: int, event: dict, schema: str) -> bool:
+async def complete_totp_login(conn: Conn, login: VerifyView, step: int, event: dict, schema: str) -> bool:
     """Claim `step` and complete the login with its event, atomically in one statement.
 
-    The account update only matches while `step` is newer than every accepted one and the
-    account is not locked; the login and the outbox row are written only if it matched.
+    The account update only matches while `step` is newer than every accepted one, the
+    account is not locked and is still in the login's company; the login and the outbox row
+    are written only if it matched.
     """
-    insert, args = outbox_insert(schema, event, first_param=4)
+    insert, args = outbox_insert(schema, event, first_param=5)
     done = bool(
         await conn.fetchval(
             f"""WITH claimed AS (
                     UPDATE auth.accounts SET last_step = $3, consecutive_failures = 0, lock_count = 0, locked_until = NULL
-                    WHERE account_id = $2 AND last_step < $3 AND totp_secret IS NOT NULL
+                    WHERE account_id = $2 AND company_id = $4 AND last_step < $3 AND totp_secret IS NOT NULL
                       AND (locked_until IS NULL OR locked_until <= now())
                     RETURNING account_id),
                 completed AS (
                     UPDATE auth.logins SET status = 'succeeded', method = 'totp', completed_at = now()
-                    WHERE login_id = $1 AND status = 'pending' AND decision = 'verify' AND expires_at > now()
-                      AND EXISTS (SELECT 1 FROM claimed)
+                    WHERE company_id = $4 AND login_id = $1 AND status = 'pending' AND decision = 'verify'
+                      AND expires_at > now() AND EXISTS (SELECT 1 FROM claimed)
                     RETURNING login_id),
                 queued AS ({insert} WHERE EXISTS (SELECT 1 FROM completed) RETURNING id)
                 SELECT EXISTS (SELECT 1 FROM queued)""",
-            login_id,
-            account_id,
+            login.login_id,
+            login.account_id,
             step,
+            login.company_id,
             *args,
         )
     )
@@ -461,13 +489,18 @@ async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: 
     return done
 
 
-async def insert_link(conn: Conn, token_hash: bytes, login_id: str, account_id: str, expires_at: datetime) -> None:
+async def insert_link(conn: Conn, token_hash: bytes, login: Login, account: Account, expires_at: datetime) -> None:
+    """A link for `login`, noting the backup address it goes to and the enrolment it stands beside."""
     await conn.execute(
-        "INSERT INTO auth.login_links (token_hash, login_id, account_id, expires_at) VALUES ($1, $2, $3, $4)",
+        """INSERT INTO auth.login_links (token_hash, company_id, login_id, account_id, expires_at, sent_to, enrolled_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
         token_hash,
-        login_id,
-        account_id,
+        login.company_id,
+        login.login_id,
+        account.account_id,
         expires_at,
+        account.backup_email,
+        account.enrolled_at,
     )
 
 

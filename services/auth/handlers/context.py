@@ -72,6 +72,11 @@ class Caller:
         """The `aud` its assertions carry: its API key's audience, None for the company id."""
         return self.principal.audience if self.principal else None
 
+    @property
+    def scope(self) -> str | None:
+        """The company whose login ids this caller names (None: a caller bound to no company)."""
+        return self.principal.company_id if self.principal is not None else None
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -108,15 +113,23 @@ async def lock_pending_login(
     fast path of verify, enrolment, account removal's cascade), so two requests on one login
     wait for each other instead of deadlocking.
     """
-    account_id = await store.lock_account_of_login(conn, login_id)
-    login = await store.get_login(conn, login_id, lock=True)
-    if login is None or not caller.sees(login.company_id):
+    account_id = await store.lock_account_of_login(conn, login_id, caller.scope)
+    login = await store.find_login(conn, login_id, caller.scope, lock=True)
+    if login is None:
         raise NotFound(f"No login {login_id!r}.", code="login_not_found")
     check_pending(login, "verify", at)
     # Locked already, unless the login was committed between the two statements.
     account = await store.get_account(conn, login.account_id, lock=account_id is None)
     assert account is not None  # logins cascade with their account
+    check_same_company(login, account)
     return login, account
+
+
+def check_same_company(login: store.Login, account: store.Account) -> None:
+    """409 `login_state_changed` once the account moved to another company than its login's."""
+    if account.company_id != login.company_id:
+        raise Conflict("The account moved to another company since this login started; start a new login.",
+                       code="login_state_changed")
 
 
 def check_pending(login: store.Login, decision: str, at: datetime) -> None:
