@@ -16,7 +16,7 @@ LOGINS = Counter("mfa_logins_total", "Second-step decisions issued (LoginChallen
 VERIFICATIONS = Counter(
     "mfa_verifications_total",
     "Second steps checked, by method (totp, backup_code, backup_email, enrollment) and result"
-    " (success, wrong_code, replayed_code, too_many_attempts, locked)",
+    " (success, or LoginFailed's reason: wrong_code, replayed_code, too_many_attempts)",
     ["method", "result"],
 )
 LOCKOUTS = Counter("mfa_lockouts_total", "Accounts locked after too many wrong codes (MfaLocked)")
