@@ -112,9 +112,9 @@ async def spawn_worker(settings: Settings) -> asyncio.subprocess.Process:
 
 async def worker() -> None:
     """The `--worker` mode: one audit consumer until standard input closes."""
-    runtime = await Runtime(Settings.from_env()).open(pool_size=4)
+    runtime = await Runtime.open(Settings.from_env(), pool_size=4)
     try:
-        consumer = build_consumers(runtime)[0]
+        consumer = build_consumers(create_app(runtime))[0]
         reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -138,7 +138,7 @@ async def _bench(runtime: Runtime, settings: Settings, count: int, workers: int)
     try:
         events = make_events(count, Keyring(settings.secret_keys))
         # Declare the queue and its binding, then fill it while nobody consumes.
-        declare = build_consumers(runtime)[0]
+        declare = build_consumers(create_app(runtime))[0]
         await declare.start()
         await declare.stop()
         t = time.perf_counter()
@@ -147,7 +147,7 @@ async def _bench(runtime: Runtime, settings: Settings, count: int, workers: int)
 
         extra = [await spawn_worker(settings) for _ in range(workers - 1)]
         try:
-            consumer = build_consumers(runtime)[0]
+            consumer = build_consumers(create_app(runtime))[0]
             t = time.perf_counter()
             for proc in extra:
                 proc.stdin.write(b"go\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import platform
 import socket
 import subprocess
@@ -18,6 +19,9 @@ from services.common.config import Settings
 from services.common.db import MigrationSet, migrate
 from services.common.runner import migration_sets
 from services.common.runtime import Runtime
+
+# Benchmarks run services with the development key and one broker user, as `make run` does.
+os.environ.setdefault("MFA_ENV", "development")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -87,7 +91,7 @@ async def bench_runtime(extra: list[MigrationSet] | None = None, pool_size: int 
         log_level="WARNING",
     )
     await migrate(settings.database_url, [*migration_sets(list(SERVICES.values())), *(extra or [])])
-    runtime = await Runtime(settings).open(pool_size=pool_size)
+    runtime = await Runtime.open(settings, pool_size=pool_size)
     try:
         yield runtime
     finally:

@@ -24,6 +24,9 @@ from services.common.runner import migration_sets
 from services.common.runtime import Runtime
 from services.registry import SERVICES
 
+# The suite runs with the development key and one broker user (guest); tests of the separate
+# broker users create their own, per run (tests/test_broker_users.py).
+os.environ.setdefault("MFA_ENV", "development")
 RUN_ID = uuid.uuid4().hex[:10]
 BASE = Settings.from_env()
 BACKBONE = MigrationSet.for_service("bbtest", Path(__file__).parent / "backbone_migrations")
@@ -120,7 +123,7 @@ async def _cleanup_broker(test_settings: Settings) -> None:
 @pytest.fixture(scope="session")
 async def runtime(settings):
     """A Runtime (pool and broker) shared by the tests of a run."""
-    rt = await Runtime(settings).open(pool_size=40)
+    rt = await Runtime.open(settings, pool_size=40)
     yield rt
     await rt.close()
 

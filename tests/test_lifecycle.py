@@ -84,7 +84,7 @@ async def test_sigterm_during_work_loses_nothing(settings, runtime):
         # Nothing half-applied: every effect has its processed record and the other way round.
         assert len(done_at_stop) == processed < 300
         # A fresh consumer picks up exactly what was left.
-        consumer = Consumer(broker=runtime.broker, pool=runtime.pool, schema="bbtest", queue=queue,
+        consumer = Consumer(runtime, party="auth", schema="bbtest", queue=queue,
                             handlers={"TestPing": recording_handler(run)}, prefetch=50)
         await consumer.start()
         try:
