@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import uuid
+import zlib
 
 import aiohttp
 import asyncpg
@@ -262,7 +263,8 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
                     login_id = (await r.json())["login_id"]
             # No relay in the service process: it holds none of the outbox partitions' locks.
             relay_locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = " \
-                          "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                          "(SELECT oid FROM pg_database WHERE datname = current_database())" \
+                          f" AND classid = {zlib.crc32(b'outbox:auth') & 0x7FFFFFFF}"  # the relay's, not the consumer's
             assert await db.fetchval(relay_locks) == 0
             assert await db.fetchval("SELECT count(*) FROM auth.outbox WHERE event_type = 'LoginChallengeIssued'") == 1
             procs.append(await asyncio.create_subprocess_exec(mfa, "relay", "auth", env=env,
