@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+from services.common.brokeradmin import teardown
 from services.common.config import Settings
 from services.common.db import MigrationSet, migrate
 from services.common.runner import migration_sets
@@ -62,17 +63,8 @@ def machine() -> str:
 
 
 async def delete_run_queues(runtime: Runtime, run: str) -> None:
-    """Delete the queues whose names carry `run` (quorum queues left behind cost the broker)."""
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "list_queues", "-q", "name", stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )
-    out, _ = await proc.communicate()
-    channel = await runtime.broker.channel()
-    for name in (line.strip() for line in out.decode().splitlines()):
-        if run in name:
-            await channel.queue_delete(name)
-    await channel.close()
+    """Delete the run's queues and exchanges (quorum queues left behind cost the broker)."""
+    await teardown(runtime.settings, exchange=True)
 
 
 @asynccontextmanager
@@ -96,9 +88,6 @@ async def bench_runtime(extra: list[MigrationSet] | None = None, pool_size: int 
         yield runtime
     finally:
         await delete_run_queues(runtime, run)
-        channel = await runtime.broker.channel()
-        await channel.exchange_delete(settings.exchange)
-        await channel.close()
         await runtime.close()
         admin = await asyncpg.connect(f"{head}/postgres")
         await admin.execute(f'DROP DATABASE IF EXISTS "mfa_bench_{run}" WITH (FORCE)')

@@ -199,7 +199,10 @@ async def teardown(settings: Settings, *, exchange: bool = False, users: bool = 
     if exchange:
         exchanges.append(settings.exchange)
     removed: list[str] = []
-    connection = await aio_pika.connect(settings.amqp_url, timeout=10)
+    try:
+        connection = await aio_pika.connect(settings.amqp_url, timeout=10)
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+        raise AdminError(f"cannot reach RabbitMQ at {redact_url(settings.amqp_url)}: {exc}") from exc
     async with connection:
         channel = await connection.channel()
         for kind, names in (("queue", queues), ("exchange", exchanges)):
