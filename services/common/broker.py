@@ -21,7 +21,7 @@ from .logs import get_logger
 
 log = get_logger("broker")
 SHORTSTR_MAX = 255  # bytes of UTF-8 in an AMQP shortstr, such as the `correlation_id` property
-PARTITION_HEADER = "x-partition"  # the outbox partition of the event's subject; consumers route on it
+PARTITION_HEADER = "mfa-partition"  # the outbox partition of the subject; consumers route on it (headers named x-* match nothing)
 
 
 class BrokerUnreachable(RuntimeError):
@@ -74,7 +74,7 @@ class Broker:
     ) -> None:
         """Publish one encoded event as this connection's user and wait for the broker's confirm.
 
-        `partition` (the outbox partition of its subject) goes into the `x-partition` header, by
+        `partition` (the outbox partition of its subject) goes into the `mfa-partition` header, by
         which partitioned consumer queues keep one account's events on one queue.
         """
         if not self.connected:

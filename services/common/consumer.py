@@ -3,8 +3,8 @@
 For a consumer queue `Q` with N partitions (MFA_QUEUE_PARTITIONS) the topology is:
 
 - `Q.in`: a headers exchange bound to the bus by each handled event type, routing each
-  message by its `x-partition` header (the outbox partition of its subject, 0-15) to
-  partition `x-partition mod N`; a message without the header (published by upstream's own
+  message by its `mfa-partition` header (the outbox partition of its subject, 0-15) to
+  partition `mfa-partition mod N`; a message without the header (published by upstream's own
   means) goes through `Q.in.unpartitioned` to partition 0;
 - `Q.p<i>`: quorum queues with a single active consumer, so one account's events are
   handled by one process at a time, in order, however many replicas run; the replicas share
