@@ -35,10 +35,12 @@ from services.audit.app import create_app  # noqa: E402
 from services.audit.consumers import build_consumers  # noqa: E402
 from services.audit.handlers import verify  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
+from services.common.broker import PARTITION_HEADER  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from services.common.crypto import Keyring  # noqa: E402
 from services.common.events import encode, new_event  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
+from services.common.outbox import partition_of  # noqa: E402
 from services.common.runtime import Runtime  # noqa: E402
 
 
@@ -77,7 +79,8 @@ async def publish_all(runtime: Runtime, events: list[dict]) -> None:
     async def one(event: dict) -> None:
         await exchange.publish(
             aio_pika.Message(encode(event), message_id=event["id"], content_type="application/cloudevents+json",
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                             headers={PARTITION_HEADER: partition_of(event["subject"] or event["id"])}),
             routing_key=event["type"],
         )
 
@@ -128,6 +131,8 @@ async def worker() -> None:
 
 
 async def bench(count: int, workers: int) -> None:
+    # One queue partition per worker (inherited by the worker processes), so that they share the work.
+    os.environ["MFA_QUEUE_PARTITIONS"] = str(workers)
     async with bench_runtime(pool_size=10) as runtime:
         await _bench(runtime, runtime.settings, count, workers)
 

@@ -66,11 +66,13 @@ async def separate(settings):
         amqp_user_prefix=f"mfa-test-{RUN_ID}-{u}-",
         amqp_passwords={party: secrets.token_urlsafe(16) for party in PARTIES},
         queue_prefix=f"{settings.queue_prefix}users.{u}.",
+        exchange=f"{settings.exchange}.users.{u}",  # events of the suite's other apps stay out
     )
     try:
         await brokeradmin.setup(mine)
         yield mine
     finally:
+        await brokeradmin.teardown(mine, exchange=True)
         admin = brokeradmin.admin_for(mine)
         for party in PARTIES:
             await admin.delete_user(mine.amqp_user(party))
@@ -97,6 +99,7 @@ async def test_a_forged_approval_changes_nothing_and_is_parked(separate, runtime
     rt = await Runtime.open(separate, parties=["auth"], pool_size=6)
     # Watches what auth publishes (as the suite's guest user, which may read everything).
     tap_channel = await runtime.broker.channel()
+    await tap_channel.declare_exchange(separate.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     tap = await tap_channel.declare_queue(runtime.queue(f"users-tap-{uuid.uuid4().hex[:6]}"), exclusive=True)
     await tap.bind(separate.exchange, "MfaDisabled")
     disabled: list[dict] = []
@@ -181,3 +184,70 @@ async def test_a_service_user_cannot_publish_another_services_types(separate):
             await channel.declare_queue(separate.queue("auth.stolen"), durable=True)
     finally:
         await notifier.close()
+
+
+async def test_mfa_run_all_runs_each_service_as_its_own_user_in_production(separate):
+    """One process, four services, four broker users; production settings (own key, user prefix)."""
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    import aiohttp
+    import asyncpg
+
+    from services.common.apikeys import create_key
+    from services.common.db import migrate
+    from services.common.runner import migration_sets
+    from services.registry import SERVICES
+
+    from .conftest import _db_url, drop_database, free_port
+    from .test_lifecycle import env_for
+
+    name = f"mfa_users_{uuid.uuid4().hex[:8]}"
+    await migrate(_db_url(name), migration_sets(list(SERVICES.values())))
+    ports = {k: free_port() for k in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER", "INBOUND_SMTP")}
+    env = env_for(separate, **{f"MFA_{k}_PORT": str(v) for k, v in ports.items()},
+                  MFA_DATABASE_URL=_db_url(name), MFA_ENV="production",
+                  MFA_SECRET_KEYS="k1:" + secrets.token_urlsafe(32)[:43], MFA_AMQP_USER_PREFIX=separate.amqp_user_prefix,
+                  MFA_MAIL_DIR=f"/tmp/mfa-mail-{uuid.uuid4().hex[:6]}",
+                  **{f"MFA_AMQP_PASSWORD_{p.upper()}": separate.amqp_passwords[p] for p in PARTIES if p != "upstream"})
+    env.pop("MFA_AMQP_PASSWORD_UPSTREAM", None)  # services never need upstream's password
+    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
+    proc = await asyncio.create_subprocess_exec(mfa, "run", "all", env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    db = await asyncpg.connect(_db_url(name))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def ready(port: int) -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            for k in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER"):
+                await wait_for(lambda p=ports[k]: ready(p), timeout=30, message=f"{k} ready")
+            key = await create_key(db, "service", label="users")
+            company, account = f"co-{uuid.uuid4().hex[:8]}", f"acct-{uuid.uuid4().hex[:8]}"
+            base, headers = f"http://127.0.0.1:{ports['AUTH']}", {"Authorization": f"Bearer {key}"}
+            async with http.put(f"{base}/v1/companies/{company}", json={"name": "Run All Co", "mfa_required": False},
+                                headers=headers) as r:
+                assert r.status == 201
+            async with http.put(f"{base}/v1/accounts/{account}", headers=headers, json={
+                    "company_id": company, "email": f"{account}@example.com", "first_name": "A", "last_name": "B",
+                    "role": "employee", "mfa_required": False}) as r:
+                assert r.status == 201
+        # auth's relay published as auth; recovery and audit consumed as themselves and accepted it.
+        await wait_for(lambda: db.fetchval("SELECT count(*) FROM recovery.accounts WHERE account_id = $1", account),
+                       timeout=20, message="the account in recovery's directory")
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM audit.events WHERE company_id = $1", company),
+                       timeout=20, message="both events in the audit log")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await db.close()
+        await drop_database(name)
