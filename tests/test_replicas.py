@@ -177,3 +177,56 @@ async def test_two_replicas_of_every_worker_handle_each_event_once_and_in_order(
         await db.close()
         await teardown(mine, exchange=True)
         await drop_database(f"mfa_replicas_{u}")
+
+
+async def test_a_replica_killed_leaves_its_partitions_to_the_other(settings, runtime):
+    from services.common.broker import PARTITION_HEADER
+    from services.common.events import encode, new_event
+    from services.common.outbox import partition_of
+
+    u = uuid.uuid4().hex[:8]
+    mine = dataclasses.replace(settings, database_url=_db_url(f"mfa_failover_{u}"),
+                               exchange=f"{settings.exchange}.failover.{u}",
+                               queue_prefix=f"{settings.queue_prefix}failover.{u}", queue_partitions=PARTITIONS)
+    await migrate(mine.database_url, migration_sets(list(SERVICES.values())))
+    env = env_for(mine, MFA_EXCHANGE=mine.exchange, MFA_QUEUE_PREFIX=mine.queue_prefix,
+                  MFA_QUEUE_PARTITIONS=str(PARTITIONS), MFA_DATABASE_URL=mine.database_url)
+    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
+    procs = [await asyncio.create_subprocess_exec(mfa, "run", "audit", env={**env, "MFA_AUDIT_PORT": str(free_port())},
+                                                  stdout=asyncio.subprocess.DEVNULL) for _ in range(2)]
+    db = await asyncpg.connect(mine.database_url)
+    lock = lock_class("partition", mine.queue("audit"))
+
+    async def holders() -> list[int]:
+        rows = await db.fetch("SELECT pid, count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                              " AND classid = $1::int::oid GROUP BY pid", lock)
+        return sorted(r["n"] for r in rows)
+
+    try:
+        await wait_for(lambda: _eq(holders, [2, 2]), timeout=60, message="two partitions each")
+        procs[0].kill()  # no goodbye: its session locks end with its connections
+        await procs[0].wait()
+        await wait_for(lambda: _eq(holders, [PARTITIONS]), timeout=20, message="the survivor holds every partition")
+        channel = await runtime.broker.channel()
+        exchange = await channel.get_exchange(mine.exchange)
+        events = [new_event("TestPing", {"n": n, "account_id": f"acct-{n}"}, source="/tests", subject=f"acct-{n}")
+                  for n in range(32)]
+        for event in events:
+            await exchange.publish(aio_pika.Message(encode(event), message_id=event["id"], user_id="guest",
+                                                    headers={PARTITION_HEADER: partition_of(event["subject"])}),
+                                   routing_key="TestPing")
+        await channel.close()
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 32 FROM audit.events"), timeout=20,
+                       message="every partition's events handled by the survivor")
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 15)
+        await db.close()
+        await teardown(mine, exchange=True)
+        await drop_database(f"mfa_failover_{u}")
+
+
+async def _eq(get, expected) -> bool:
+    return await get() == expected

@@ -246,7 +246,8 @@ class Consumer:
             except asyncio.CancelledError:
                 pass
             self._lease_task = None
-        for part, tag in list(self._tags.items()):
+        for part in list(self._tags):
+            tag = self._tags.pop(part)
             try:
                 await self._queues[part].cancel(tag)
             except Exception as exc:  # the broker may already be gone; unacked messages return to the queue

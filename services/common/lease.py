@@ -95,9 +95,12 @@ class PartitionLease:
             await asyncio.sleep(self.interval)
             try:
                 await self.balance()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:  # the database or the broker away: start over once they are back
                 log.warning("partition_lease_failed", queue=self.name, error=f"{type(exc).__name__}: {exc}")
-                await self._lost()
+                try:
+                    await self._lost()
+                except Exception as lost_exc:
+                    log.warning("partition_lease_reset_failed", queue=self.name, error=str(lost_exc))
 
     async def _lost(self) -> None:
         """The locks went with the connection: stop consuming what they covered."""
