@@ -19,11 +19,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.auth.app import create_app
 from services.common import brokeradmin
 from services.common.config import PARTIES, Settings
+from services.common.db import migrate
 from services.common.events import CONTENT_TYPE, encode, known_types, new_event
 from services.common.producers import PRODUCERS, Publishers, types_of
+from services.common.runner import migration_sets
 from services.common.runtime import Runtime
+from services.registry import SERVICES
 
-from .conftest import RUN_ID, parked_messages, wait_for
+from .conftest import RUN_ID, _db_url, drop_database, parked_messages, wait_for
 
 
 def test_every_event_type_has_its_producers():
@@ -61,8 +64,11 @@ def test_setup_needs_the_prefix_and_every_password():
 async def separate(settings):
     """Settings with a broker user per party (unique to this run), set up like `mfa broker setup`."""
     u = uuid.uuid4().hex[:6]
+    name = f"mfa_users_{u}"  # its own database: the suite's auth relay would publish its outbox elsewhere
+    await migrate(_db_url(name), migration_sets(list(SERVICES.values())))
     mine = dataclasses.replace(
         settings,
+        database_url=_db_url(name),
         amqp_user_prefix=f"mfa-test-{RUN_ID}-{u}-",
         amqp_passwords={party: secrets.token_urlsafe(16) for party in PARTIES},
         queue_prefix=f"{settings.queue_prefix}users.{u}.",
@@ -76,6 +82,7 @@ async def separate(settings):
         admin = brokeradmin.admin_for(mine)
         for party in PARTIES:
             await admin.delete_user(mine.amqp_user(party))
+        await drop_database(name)
     assert not {mine.amqp_user(p) for p in PARTIES} & await brokeradmin.Rabbitmqctl().users()
 
 
@@ -197,11 +204,8 @@ async def test_mfa_run_all_runs_each_service_as_its_own_user_in_production(separ
     import asyncpg
 
     from services.common.apikeys import create_key
-    from services.common.db import migrate
-    from services.common.runner import migration_sets
-    from services.registry import SERVICES
 
-    from .conftest import _db_url, drop_database, free_port
+    from .conftest import free_port
     from .test_lifecycle import env_for
 
     name = f"mfa_users_{uuid.uuid4().hex[:8]}"
