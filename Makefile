@@ -9,6 +9,17 @@ JOSE := tests/interop/node_modules/.package-lock.json
 
 .PHONY: run test test-fast bench lint clean
 
+# `make run` is development: the public development key is allowed, and upstream and each service
+# get a broker user of their own (created by `mfa broker setup` with rabbitmqctl) with these
+# development passwords. Set any of them in the environment to override.
+run: export MFA_ENV ?= development
+run: export MFA_AMQP_USER_PREFIX ?= mfa-dev-
+run: export MFA_AMQP_PASSWORD_UPSTREAM ?= dev-upstream
+run: export MFA_AMQP_PASSWORD_AUTH ?= dev-auth
+run: export MFA_AMQP_PASSWORD_NOTIFIER ?= dev-notifier
+run: export MFA_AMQP_PASSWORD_RECOVERY ?= dev-recovery
+run: export MFA_AMQP_PASSWORD_AUDIT ?= dev-audit
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -26,6 +37,8 @@ $(JOSE): tests/interop/package-lock.json
 
 run: $(STAMP)
 	$(BIN)/mfa migrate
+	$(BIN)/mfa broker setup
+	@echo "Upstream publishes to RabbitMQ as $${MFA_AMQP_USER_PREFIX}upstream (password $$MFA_AMQP_PASSWORD_UPSTREAM)."
 	@echo "Development API keys (shown once; create more with: $(BIN)/mfa api-key create --role ROLE):"
 	@for role in service helpdesk auditor; do \
 	  printf '  %-9s %s\n' "$$role" "$$($(BIN)/mfa api-key create --role $$role --label dev | tail -n 1)"; \

@@ -35,10 +35,12 @@ from services.audit.app import create_app  # noqa: E402
 from services.audit.consumers import build_consumers  # noqa: E402
 from services.audit.handlers import verify  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
+from services.common.broker import PARTITION_HEADER  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from services.common.crypto import Keyring  # noqa: E402
 from services.common.events import encode, new_event  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
+from services.common.outbox import partition_of  # noqa: E402
 from services.common.runtime import Runtime  # noqa: E402
 
 
@@ -77,7 +79,8 @@ async def publish_all(runtime: Runtime, events: list[dict]) -> None:
     async def one(event: dict) -> None:
         await exchange.publish(
             aio_pika.Message(encode(event), message_id=event["id"], content_type="application/cloudevents+json",
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                             headers={PARTITION_HEADER: partition_of(event["subject"] or event["id"])}),
             routing_key=event["type"],
         )
 
@@ -112,9 +115,9 @@ async def spawn_worker(settings: Settings) -> asyncio.subprocess.Process:
 
 async def worker() -> None:
     """The `--worker` mode: one audit consumer until standard input closes."""
-    runtime = await Runtime(Settings.from_env()).open(pool_size=4)
+    runtime = await Runtime.open(Settings.from_env(), pool_size=4)
     try:
-        consumer = build_consumers(runtime)[0]
+        consumer = build_consumers(create_app(runtime))[0]
         reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -128,6 +131,8 @@ async def worker() -> None:
 
 
 async def bench(count: int, workers: int) -> None:
+    # One queue partition per worker (inherited by the worker processes), so that they share the work.
+    os.environ["MFA_QUEUE_PARTITIONS"] = str(workers)
     async with bench_runtime(pool_size=10) as runtime:
         await _bench(runtime, runtime.settings, count, workers)
 
@@ -138,7 +143,7 @@ async def _bench(runtime: Runtime, settings: Settings, count: int, workers: int)
     try:
         events = make_events(count, Keyring(settings.secret_keys))
         # Declare the queue and its binding, then fill it while nobody consumes.
-        declare = build_consumers(runtime)[0]
+        declare = build_consumers(create_app(runtime))[0]
         await declare.start()
         await declare.stop()
         t = time.perf_counter()
@@ -147,7 +152,7 @@ async def _bench(runtime: Runtime, settings: Settings, count: int, workers: int)
 
         extra = [await spawn_worker(settings) for _ in range(workers - 1)]
         try:
-            consumer = build_consumers(runtime)[0]
+            consumer = build_consumers(create_app(runtime))[0]
             t = time.perf_counter()
             for proc in extra:
                 proc.stdin.write(b"go\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import platform
 import socket
 import subprocess
@@ -14,10 +15,14 @@ from pathlib import Path
 
 import asyncpg
 
+from services.common.brokeradmin import teardown
 from services.common.config import Settings
 from services.common.db import MigrationSet, migrate
 from services.common.runner import migration_sets
 from services.common.runtime import Runtime
+
+# Benchmarks run services with the development key and one broker user, as `make run` does.
+os.environ.setdefault("MFA_ENV", "development")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -58,17 +63,8 @@ def machine() -> str:
 
 
 async def delete_run_queues(runtime: Runtime, run: str) -> None:
-    """Delete the queues whose names carry `run` (quorum queues left behind cost the broker)."""
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "list_queues", "-q", "name", stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )
-    out, _ = await proc.communicate()
-    channel = await runtime.broker.channel()
-    for name in (line.strip() for line in out.decode().splitlines()):
-        if run in name:
-            await channel.queue_delete(name)
-    await channel.close()
+    """Delete the run's queues and exchanges (quorum queues left behind cost the broker)."""
+    await teardown(runtime.settings, exchange=True)
 
 
 @asynccontextmanager
@@ -87,14 +83,11 @@ async def bench_runtime(extra: list[MigrationSet] | None = None, pool_size: int 
         log_level="WARNING",
     )
     await migrate(settings.database_url, [*migration_sets(list(SERVICES.values())), *(extra or [])])
-    runtime = await Runtime(settings).open(pool_size=pool_size)
+    runtime = await Runtime.open(settings, pool_size=pool_size)
     try:
         yield runtime
     finally:
         await delete_run_queues(runtime, run)
-        channel = await runtime.broker.channel()
-        await channel.exchange_delete(settings.exchange)
-        await channel.close()
         await runtime.close()
         admin = await asyncpg.connect(f"{head}/postgres")
         await admin.execute(f'DROP DATABASE IF EXISTS "mfa_bench_{run}" WITH (FORCE)')

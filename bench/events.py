@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import bench_runtime, cpu_report, cpu_times, machine, percentile, start_profiler  # noqa: E402
 from services.common.config import Settings  # noqa: E402
-from services.common.consumer import Consumer  # noqa: E402
+from services.common.consumer import BatchConsumer, Consumer  # noqa: E402
 from services.common.db import MigrationSet  # noqa: E402
 from services.common.events import new_event  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
@@ -42,7 +42,7 @@ def ping(n: int) -> dict:
 async def consumer_process(expected: int, batched: bool) -> None:
     """Child: consume until `expected` events were handled, then print their handled times as JSON."""
     configure_logging("WARNING", "console")
-    runtime = await Runtime(Settings.from_env()).open()
+    runtime = await Runtime.open(Settings.from_env())
     handled: dict[str, float] = {}
     done = asyncio.Event()
 
@@ -51,8 +51,8 @@ async def consumer_process(expected: int, batched: bool) -> None:
         if len(handled) >= expected:
             done.set()
 
-    consumer = Consumer(broker=runtime.broker, pool=runtime.pool, schema=SCHEMA, queue=runtime.queue("bench"),
-                        handlers={"TestPing": handler}, prefetch=256, batched=batched)
+    consumer = (BatchConsumer if batched else Consumer)(runtime, party="auth", schema=SCHEMA, queue=runtime.queue("bench"),
+                                                        handlers={"TestPing": handler}, prefetch=256)
     await consumer.start()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     start_cpu = usage.ru_utime + usage.ru_stime  # start-up is not part of the work measured

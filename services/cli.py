@@ -1,4 +1,4 @@
-"""The `mfa` command: migrate, run services, create API keys, verify the audit chain."""
+"""The `mfa` command: migrate, run services, create API keys, set up the broker, verify the audit chain."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 
+from .common.broker import BrokerUnreachable
+from .common.brokeradmin import AdminError
 from .common.config import ConfigError, Settings
 from .common.db import DatabaseUnreachable
 from .common.logs import configure_logging
@@ -32,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="action", required=True)
     audit_sub.add_parser("verify", help="recompute the audit hash chain")
+    broker = sub.add_parser("broker", help="RabbitMQ users, permissions and queues")
+    broker_sub = broker.add_subparsers(dest="action", required=True)
+    broker_sub.add_parser("setup", help="create or update the broker user of upstream and of each service,"
+                          " with only the permissions each needs (MFA_AMQP_USER_PREFIX, MFA_AMQP_PASSWORD_*)")
+    teardown = broker_sub.add_parser("teardown", help="delete the queues and consumer exchanges of MFA_QUEUE_PREFIX")
+    teardown.add_argument("--exchange", action="store_true", help="also delete the MFA_EXCHANGE exchange")
+    teardown.add_argument("--users", action="store_true", help="also delete the users `mfa broker setup` created")
     secrets = sub.add_parser("secrets", help="encryption key tools")
     secrets_sub = secrets.add_subparsers(dest="action", required=True)
     secrets_sub.add_parser("rotate", help="re-encrypt stored TOTP secrets under the newest MFA_SECRET_KEYS key")
@@ -87,6 +96,16 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
         from .audit.cli import verify_command
 
         return await verify_command(settings)
+    if args.command == "broker":
+        from .common import brokeradmin
+
+        if args.action == "setup":
+            for line in await brokeradmin.setup(settings):
+                print(line)
+            return 0
+        removed = await brokeradmin.teardown(settings, exchange=args.exchange, users=args.users)
+        print(f"removed {len(removed)}: " + ", ".join(removed) if removed else "nothing to remove")
+        return 0
     if args.command == "secrets":
         from .auth.cli import rotate_command
 
@@ -119,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return _run(_main(args, settings))
-    except (DatabaseUnreachable, ConfigError) as exc:
+    except (DatabaseUnreachable, ConfigError, BrokerUnreachable, AdminError) as exc:
         print(f"mfa: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import aio_pika
 import asyncpg
 import pytest
 
+from services.common.brokeradmin import teardown
 from services.common.config import Settings
 from services.common.db import MigrationSet, migrate, redact_url
 from services.common.logs import configure_logging
@@ -24,6 +25,9 @@ from services.common.runner import migration_sets
 from services.common.runtime import Runtime
 from services.registry import SERVICES
 
+# The suite runs with the development key and one broker user (guest); tests of the separate
+# broker users create their own, per run (tests/test_broker_users.py).
+os.environ.setdefault("MFA_ENV", "development")
 RUN_ID = uuid.uuid4().hex[:10]
 BASE = Settings.from_env()
 BACKBONE = MigrationSet.for_service("bbtest", Path(__file__).parent / "backbone_migrations")
@@ -97,30 +101,14 @@ async def settings():
 
 
 async def _cleanup_broker(test_settings: Settings) -> None:
-    """Delete this run's exchange and queues (their names all carry RUN_ID)."""
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "list_queues", "name", "-q", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    out, _ = await proc.communicate()
-    names = [line.strip() for line in out.decode().splitlines() if RUN_ID in line]
-    try:
-        conn = await aio_pika.connect(test_settings.amqp_url, timeout=5)
-    except Exception:
-        return
-    async with conn:
-        channel = await conn.channel()
-        for queue in names:
-            try:
-                await channel.queue_delete(queue)
-            except Exception:
-                channel = await conn.channel()
-        await channel.exchange_delete(test_settings.exchange)
+    """Delete this run's queues, consumer exchanges and exchange (their names all carry RUN_ID)."""
+    await teardown(test_settings, exchange=True)
 
 
 @pytest.fixture(scope="session")
 async def runtime(settings):
     """A Runtime (pool and broker) shared by the tests of a run."""
-    rt = await Runtime(settings).open(pool_size=40)
+    rt = await Runtime.open(settings, pool_size=40)
     yield rt
     await rt.close()
 

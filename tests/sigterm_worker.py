@@ -15,7 +15,7 @@ from services.common.runtime import Runtime
 async def main(queue: str, run: str) -> int:
     settings = Settings.from_env()
     configure_logging("WARNING", "console")
-    runtime = await Runtime(settings).open()
+    runtime = await Runtime.open(settings)
 
     async def slow(conn, event):
         await conn.execute(
@@ -24,7 +24,7 @@ async def main(queue: str, run: str) -> int:
         )
         await asyncio.sleep(0.05)  # work in flight inside the transaction when SIGTERM lands
 
-    consumer = Consumer(broker=runtime.broker, pool=runtime.pool, schema="bbtest", queue=queue,
+    consumer = Consumer(runtime, party="auth", schema="bbtest", queue=queue,
                         handlers={"TestPing": slow}, prefetch=20)
     await consumer.start()
     stop = asyncio.Event()

@@ -11,7 +11,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from services.common.consumer import Consumer, PermanentError
+from services.common.consumer import BatchConsumer, Consumer, PermanentError
 from services.common.events import EventError, new_event, parse_event
 from services.common.outbox import PARTITIONS, OutboxRelay, add_events
 from services.common.runtime import Runtime
@@ -55,10 +55,10 @@ async def relay(runtime):
     await asyncio.wait_for(task, 10)
 
 
-def make_consumer(runtime, name: str, handler, **kw) -> Consumer:
-    return Consumer(
-        broker=runtime.broker,
-        pool=runtime.pool,
+def make_consumer(runtime, name: str, handler, *, batched: bool = False, **kw) -> Consumer:
+    return (BatchConsumer if batched else Consumer)(
+        runtime,
+        party="auth",
         schema=SCHEMA,
         queue=runtime.queue(name),
         handlers={"TestPing": handler},
@@ -322,7 +322,7 @@ async def test_commit_wakes_the_relay_without_polling(runtime, writer):
     sent after the commit; a connection outside any such pool notifies in its transaction.
     """
     run = uuid.uuid4().hex
-    other = await Runtime(runtime.settings).open(pool_size=2)
+    other = await Runtime.open(runtime.settings, pool_size=2)
     relay_side = runtime if writer == "same process" else other
     worker = OutboxRelay(relay_side.pool, relay_side.broker, SCHEMA, poll_interval=60, signal=relay_side.signal)
     task = asyncio.create_task(worker.run())

@@ -6,12 +6,17 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import uuid
+import zlib
 
+import aio_pika
 import aiohttp
 import asyncpg
+import pytest
 
+from services.common.config import queue_name
 from services.common.consumer import Consumer
 from services.common.outbox import add_events
 
@@ -84,7 +89,7 @@ async def test_sigterm_during_work_loses_nothing(settings, runtime):
         # Nothing half-applied: every effect has its processed record and the other way round.
         assert len(done_at_stop) == processed < 300
         # A fresh consumer picks up exactly what was left.
-        consumer = Consumer(broker=runtime.broker, pool=runtime.pool, schema="bbtest", queue=queue,
+        consumer = Consumer(runtime, party="auth", schema="bbtest", queue=queue,
                             handlers={"TestPing": recording_handler(run)}, prefetch=50)
         await consumer.start()
         try:
@@ -262,7 +267,8 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
                     login_id = (await r.json())["login_id"]
             # No relay in the service process: it holds none of the outbox partitions' locks.
             relay_locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = " \
-                          "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                          "(SELECT oid FROM pg_database WHERE datname = current_database())" \
+                          f" AND classid = {zlib.crc32(b'outbox:auth') & 0x7FFFFFFF}"  # the relay's, not the consumer's
             assert await db.fetchval(relay_locks) == 0
             assert await db.fetchval("SELECT count(*) FROM auth.outbox WHERE event_type = 'LoginChallengeIssued'") == 1
             procs.append(await asyncio.create_subprocess_exec(mfa, "relay", "auth", env=env,
@@ -319,3 +325,72 @@ async def test_api_key_create_prints_the_key_last_and_revoke_disables_it(setting
     out, _ = await proc.communicate()
     assert proc.returncode == 0 and b"revoked 1" in out
     assert await KeyCache(runtime.pool).resolve(key) is None
+
+
+async def _mfa(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
+    proc = await asyncio.create_subprocess_exec(mfa, *args, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_production_refuses_to_start_with_the_development_key(settings):
+    env = env_for(settings, MFA_ENV="production", MFA_SECRET_KEYS="", MFA_AUTH_PORT=str(free_port()))
+    code, _, err = await _mfa(env, "run", "auth")
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("mfa: MFA_SECRET_KEYS is not set"), err
+
+
+@pytest.mark.parametrize(("command", "setting"), [
+    (["run", "audit"], "MFA_AUDIT_PORT"),
+    (["run", "recovery"], "MFA_INBOUND_SMTP_PORT"),
+    (["relay", "auth"], "MFA_RELAY_PORT"),
+])
+async def test_a_port_in_use_is_one_sentence_naming_the_setting(settings, command, setting):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {f"MFA_{name}_PORT": str(free_port()) for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER",
+                                                                   "INBOUND_SMTP", "RELAY")}
+        env = env_for(settings, **{**ports, setting: str(port)}, MFA_LOG_LEVEL="ERROR")
+        code, _, err = await _mfa(env, *command)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == (f"mfa: port {port} on 127.0.0.1 is already in use by another process:"
+                        f" stop it or choose another port with {setting}")
+
+
+async def test_broker_teardown_removes_the_prefix_queues_and_exchanges(settings, runtime):
+    prefix = f"{settings.queue_prefix}teardown.{uuid.uuid4().hex[:6]}"
+    outside = runtime.queue(f"outside-{uuid.uuid4().hex[:6]}")
+    exchange = f"{settings.exchange}.teardown.{uuid.uuid4().hex[:6]}"
+    channel = await runtime.broker.channel()
+    try:
+        for name in ("auth.p0", "auth.parked", "notifier.retry.1"):
+            await channel.declare_queue(queue_name(prefix, name), durable=True, arguments={"x-queue-type": "quorum"})
+        await channel.declare_exchange(queue_name(prefix, "auth.in"), aio_pika.ExchangeType.HEADERS, durable=True)
+        await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        await channel.declare_queue(outside, durable=True)
+        code, out, err = await _mfa(env_for(settings, MFA_QUEUE_PREFIX=prefix, MFA_EXCHANGE=exchange),
+                                    "broker", "teardown", "--exchange")
+        assert code == 0, err
+        assert out.startswith("removed 5: ")
+        for name in ("auth.p0", "auth.parked", "notifier.retry.1"):
+            with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+                await (await runtime.broker.channel()).declare_queue(queue_name(prefix, name), passive=True)
+        for name in (queue_name(prefix, "auth.in"), exchange):
+            with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+                await (await runtime.broker.channel()).declare_exchange(name, passive=True)
+        assert await (await runtime.broker.channel()).declare_queue(outside, passive=True)  # not the prefix's
+    finally:
+        channel = await runtime.broker.channel()
+        await channel.queue_delete(outside)
+        await channel.close()

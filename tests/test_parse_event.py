@@ -8,7 +8,7 @@ import uuid
 import aio_pika
 import pytest
 
-from services.common.consumer import Consumer
+from services.common.consumer import BatchConsumer, Consumer
 from services.common.events import EventError, encode, new_event, parse_event
 
 from .conftest import parked_messages, wait_for
@@ -76,8 +76,9 @@ def recording_consumer(runtime, run: str, seen: list[dict], *, batched: bool) ->
             run, event["data"]["account_id"], event["data"]["n"], event["id"],
         )
 
-    return Consumer(broker=runtime.broker, pool=runtime.pool, schema=SCHEMA, queue=runtime.queue(f"parse-{run}"),
-                    handlers={"TestPing": handler}, retry_delays=(0.2, 0.4, 0.6), batched=batched)
+    return (BatchConsumer if batched else Consumer)(
+        runtime, party="auth", schema=SCHEMA, queue=runtime.queue(f"parse-{run}"),
+        handlers={"TestPing": handler}, retry_delays=(0.2, 0.4, 0.6))
 
 
 async def effects(pool, run: str) -> list:

@@ -62,3 +62,37 @@ def test_relay_mode_setting():
     assert Settings.from_env({"MFA_RELAY": "Separate"}).relay_mode == "separate"
     with pytest.raises(ConfigError, match="MFA_RELAY must be inline or separate"):
         Settings.from_env({"MFA_RELAY": "elsewhere"})
+
+
+def test_queue_prefix_joins_with_a_dot():
+    from services.common.config import Settings, queue_name
+
+    assert queue_name("", "auth") == "auth"
+    assert queue_name("staging", "auth") == "staging.auth"
+    assert queue_name("staging.", "auth") == "staging.auth"  # no second dot
+    assert Settings.from_env({"MFA_QUEUE_PREFIX": "blue"}).queue("notifier.parked") == "blue.notifier.parked"
+
+
+def test_serving_refuses_the_development_key_outside_development():
+    from services.common.config import DEV_SECRET_KEY, ConfigError, Settings
+
+    own_key = "k1:" + "A" * 43
+    with pytest.raises(ConfigError, match=r"^MFA_SECRET_KEYS is not set and the development key"):
+        Settings.from_env({}).check_safe_to_serve()
+    with pytest.raises(ConfigError, match=r"^MFA_SECRET_KEYS is not set"):
+        Settings.from_env({"MFA_SECRET_KEYS": DEV_SECRET_KEY, "MFA_AMQP_USER_PREFIX": "mfa-"}).check_safe_to_serve()
+    with pytest.raises(ConfigError, match=r"^MFA_AMQP_USER_PREFIX is not set"):
+        Settings.from_env({"MFA_SECRET_KEYS": own_key}).check_safe_to_serve()
+    Settings.from_env({"MFA_SECRET_KEYS": own_key, "MFA_AMQP_USER_PREFIX": "mfa-"}).check_safe_to_serve()
+    Settings.from_env({"MFA_ENV": "development"}).check_safe_to_serve()
+    with pytest.raises(ConfigError, match="MFA_ENV must be production or development"):
+        Settings.from_env({"MFA_ENV": "staging"})
+
+
+def test_queue_partitions_setting():
+    from services.common.config import ConfigError, Settings
+
+    assert Settings.from_env({}).queue_partitions == 1
+    assert Settings.from_env({"MFA_QUEUE_PARTITIONS": "4"}).queue_partitions == 4
+    with pytest.raises(ConfigError, match="MFA_QUEUE_PARTITIONS must be between 1 and 16"):
+        Settings.from_env({"MFA_QUEUE_PARTITIONS": "17"})

@@ -17,10 +17,11 @@ SCHEMA = "audit"
 
 def create_app(runtime: Runtime) -> web.Application:
     """The audit app; its consumer runs for the app's lifetime. It publishes nothing: no relay."""
-    app = create_base_app(runtime, "audit", SCHEMA)
+    app = create_base_app(runtime, SERVICE.name, SCHEMA)
     add_routes(app)
-    app.cleanup_ctx.append(workers_ctx(SCHEMA, build_consumers, relay=SERVICE.publishes))
+    app.cleanup_ctx.append(workers_ctx(SERVICE))
     return app
 
 
-SERVICE = ServiceSpec("audit", SCHEMA, Path(__file__).parent / "migrations", "audit_port", create_app, publishes=False)
+SERVICE = ServiceSpec("audit", SCHEMA, Path(__file__).parent / "migrations", "audit_port", create_app,
+                      consumers=build_consumers, publishes=False)

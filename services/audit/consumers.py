@@ -6,8 +6,10 @@ Appends serialise on the chain head, so the consumer runs in batch mode: one tra
 
 from __future__ import annotations
 
-from ..common.consumer import Consumer
-from ..common.runtime import Runtime
+from aiohttp import web
+
+from ..common.consumer import BatchConsumer, Consumer
+from ..common.web import RUNTIME
 from .handlers import batch_handler, redaction_key
 
 QUEUE = "audit"
@@ -15,13 +17,13 @@ PREFETCH = 512
 MAX_BATCH = 256
 
 
-def build_consumers(runtime: Runtime) -> list[Consumer]:
-    """The audit consumer: every event type, batched, on `<prefix>audit`."""
-    assert runtime.broker is not None and runtime.pool is not None
+def build_consumers(app: web.Application) -> list[Consumer]:
+    """The audit consumer: every event type, batched, on `<prefix>.audit`."""
+    runtime = app[RUNTIME]
     return [
-        Consumer(
-            broker=runtime.broker,
-            pool=runtime.pool,
+        BatchConsumer(
+            runtime,
+            party="audit",
             schema="audit",
             queue=runtime.queue(QUEUE),
             handlers={},

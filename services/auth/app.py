@@ -12,14 +12,14 @@ from ..common.crypto import Keyring
 from ..common.runtime import Runtime, cancel_and_wait
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
-from . import api, consumers, metrics  # noqa: F401 - metrics: its counters count the events written
+from . import api, metrics  # noqa: F401 - metrics: its counters count the events written
+from .consumers import build_consumers
 from .handlers.context import SCHEMA, Auth
 from .tokens import Signer
 
 
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
-    assert runtime.pool is not None
     keyring = Keyring(runtime.settings.secret_keys)
     signer = await Signer(runtime.settings.issuer_url).load(runtime.pool, keyring)
     app[api.AUTH] = Auth(runtime.pool, keyring, signer)
@@ -33,11 +33,12 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(runtime: Runtime) -> web.Application:
     """The auth app; its resources open and close with the app's lifetime."""
-    app = create_base_app(runtime, "auth", SCHEMA)
+    app = create_base_app(runtime, SERVICE.name, SCHEMA)
     app.cleanup_ctx.append(_auth_ctx)
-    app.cleanup_ctx.append(workers_ctx(SCHEMA, lambda rt: consumers.consumers(rt, app[api.AUTH])))
+    app.cleanup_ctx.append(workers_ctx(SERVICE))
     api.add_routes(app)
     return app
 
 
-SERVICE = ServiceSpec("auth", SCHEMA, Path(__file__).parent / "migrations", "auth_port", create_app)
+SERVICE = ServiceSpec("auth", SCHEMA, Path(__file__).parent / "migrations", "auth_port", create_app,
+                      consumers=build_consumers, publishes=True)

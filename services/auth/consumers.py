@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 
-from ..common.consumer import Consumer, PermanentError
+from ..common.consumer import BatchConsumer, Consumer, PermanentError
 from ..common.errors import MfaError
 from ..common.events import Actor
-from ..common.runtime import Runtime
+from ..common.web import RUNTIME
+from .api import AUTH
 from .handlers import directory, disable, logins
 from .handlers.context import SCHEMA, SOURCE, Auth, Caller
 
@@ -59,8 +61,8 @@ def build_handlers(auth: Auth):
     }
 
 
-def consumers(runtime: Runtime, auth: Auth) -> list[Consumer]:
+def build_consumers(app: web.Application) -> list[Consumer]:
     """The auth queue's consumer: database-only handlers, so batched (one transaction per batch)."""
-    assert runtime.pool is not None and runtime.broker is not None
-    return [Consumer(broker=runtime.broker, pool=runtime.pool, schema=SCHEMA,
-                     queue=runtime.queue("auth"), handlers=build_handlers(auth), batched=True)]
+    runtime = app[RUNTIME]
+    return [BatchConsumer(runtime, party="auth", schema=SCHEMA, queue=runtime.queue("auth"),
+                          handlers=build_handlers(app[AUTH]))]

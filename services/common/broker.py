@@ -1,11 +1,15 @@
-"""RabbitMQ: one robust connection per process, the `mfa.events` topic exchange, confirmed publishing.
+"""RabbitMQ: one robust connection per broker user, the `mfa.events` topic exchange, confirmed publishing.
 
 aio-pika's robust connection reconnects by itself and re-declares exchanges, queues and
 consumers on the new channel; publishing while the broker is away raises, and the caller
-(the outbox relay) keeps the events and tries again.
+(the outbox relay) keeps the events and tries again. Every publish carries the AMQP
+`user_id` of the connection's user, which RabbitMQ validates, so consumers know who sent it
+(services/common/producers.py).
 """
 
 from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
@@ -17,6 +21,7 @@ from .logs import get_logger
 
 log = get_logger("broker")
 SHORTSTR_MAX = 255  # bytes of UTF-8 in an AMQP shortstr, such as the `correlation_id` property
+PARTITION_HEADER = "mfa-partition"  # the outbox partition of the subject; consumers route on it (headers named x-* match nothing)
 
 
 class BrokerUnreachable(RuntimeError):
@@ -24,43 +29,55 @@ class BrokerUnreachable(RuntimeError):
 
 
 class Broker:
-    """A robust connection, a confirming publish channel and the topic exchange."""
+    """A robust connection, a confirming publish channel and the topic exchange; build with :meth:`open`."""
 
-    def __init__(self, url: str, exchange_name: str = "mfa.events") -> None:
+    def __init__(
+        self, url: str, exchange_name: str, connection: AbstractRobustConnection,
+        channel: AbstractRobustChannel, exchange: AbstractRobustExchange,
+    ) -> None:
         self.url = url
         self.exchange_name = exchange_name
-        self.connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
-        self.exchange: AbstractRobustExchange | None = None
+        self.user = unquote(urlsplit(url).username or "guest")  # AMQP's default login
+        self.connection = connection
+        self._channel = channel
+        self.exchange = exchange
 
-    async def connect(self, timeout: float = 10) -> None:
+    @classmethod
+    async def open(cls, url: str, exchange_name: str = "mfa.events", timeout: float = 10) -> Broker:
         """Connect and declare the exchange; raises BrokerUnreachable on the first failure."""
         try:
-            self.connection = await aio_pika.connect_robust(self.url, timeout=timeout, reconnect_interval=1)
+            connection = await aio_pika.connect_robust(url, timeout=timeout, reconnect_interval=1)
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-            raise BrokerUnreachable(f"cannot reach RabbitMQ at {redact_url(self.url)}: {exc}") from exc
-        self._channel = await self.connection.channel(publisher_confirms=True)
-        self.exchange = await self._channel.declare_exchange(
-            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+            raise BrokerUnreachable(f"cannot reach RabbitMQ at {redact_url(url)}: {exc}") from exc
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(url, exchange_name, connection, channel, exchange)
 
     @property
     def connected(self) -> bool:
-        return bool(self.connection and not self.connection.is_closed and self._channel and not self._channel.is_closed)
+        return not self.connection.is_closed and not self._channel.is_closed
 
     async def channel(self, prefetch: int | None = None) -> AbstractRobustChannel:
         """A new channel on the shared connection (consumers take one each)."""
-        assert self.connection is not None, "connect() first"
         channel = await self.connection.channel(publisher_confirms=True)
         if prefetch:
             await channel.set_qos(prefetch_count=prefetch)
         return channel
 
     async def publish_event(
-        self, body: bytes, *, event_type: str, event_id: str, correlation_id: str | None = None
+        self, body: bytes, *, event_type: str, event_id: str, correlation_id: str | None = None,
+        partition: int | None = None,
     ) -> None:
-        """Publish one encoded event and wait for the broker's confirm."""
-        if self.exchange is None or not self.connected:
+        """Publish one encoded event as this connection's user and wait for the broker's confirm.
+
+        `partition` (the outbox partition of its subject) goes into the `mfa-partition` header, by
+        which partitioned consumer queues keep one account's events on one queue.
+        """
+        if not self.connected:
             raise ConnectionError("broker not connected")
         # Straight to the underlying aiormq channel with pamqp's properties: building an
         # aio_pika.Message cost about a fifth of each publish and adds nothing to an encoded body.
@@ -70,6 +87,8 @@ class Broker:
             correlation_id=_as_property(correlation_id, event_id),
             delivery_mode=2,  # persistent
             message_type=event_type,
+            user_id=self.user,
+            headers=None if partition is None else {PARTITION_HEADER: partition},
         )
         channel = await self._channel.get_underlay_channel()
         # mandatory=False: an event type nobody consumes yet is dropped by the broker, not returned.
@@ -79,9 +98,8 @@ class Broker:
         )
 
     async def close(self) -> None:
-        if self.connection is not None:
+        if not self.connection.is_closed:
             await self.connection.close()
-            self.connection = None
 
 
 def _as_property(correlation_id: str | None, event_id: str) -> str | None:

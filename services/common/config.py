@@ -10,12 +10,17 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/mfa"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 # A fixed development key: anything encrypted with it is readable by anyone with the source.
 # Production must set MFA_SECRET_KEYS; `make run` prints a warning when it is the default.
 DEV_SECRET_KEY = "dev:" + base64.urlsafe_b64encode(hashlib.sha256(b"mfa-dev-only-key").digest()).decode()
+ENVIRONMENTS = ("production", "development")
+# Who publishes to the bus: upstream (the product this service protects) and each service.
+# Each one is a broker user of its own once MFA_AMQP_USER_PREFIX is set (see services/common/producers.py).
+PARTIES = ("upstream", "auth", "notifier", "recovery", "audit")
 
 
 class ConfigError(ValueError):
@@ -28,6 +33,11 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     amqp_url: str = DEFAULT_AMQP_URL
+    # Empty: every party connects with amqp_url's credentials (development). Else party P is the user <prefix>P.
+    amqp_user_prefix: str = ""
+    amqp_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)  # party -> password
+    amqp_admin_url: str = field(default="", repr=False)  # management API for `mfa broker`; empty: rabbitmqctl
+    env: str = "production"  # production | development (allows the development secret key and one broker user)
     smtp_host: str = ""
     smtp_port: int = 25
     smtp_user: str = ""
@@ -52,7 +62,8 @@ class Settings:
     recovery_rate_per_sender: int = 5  # recovery requests per sender address per hour
     recovery_rate_per_ip: int = 30  # per client IP (behind an MX relay, raise it: the relay is one IP)
     exchange: str = "mfa.events"
-    queue_prefix: str = ""
+    queue_prefix: str = ""  # joined to queue names with a dot (see queue_name)
+    queue_partitions: int = 1  # queues per consumer, each with a single active consumer (see consumer.py)
     issuer_url: str = "http://127.0.0.1:8081"  # `iss` of assertions; MFA_ISSUER, default MFA_PUBLIC_URL
     relay_mode: str = "inline"  # inline: `mfa run` publishes its outboxes; separate: `mfa relay` does
 
@@ -81,9 +92,20 @@ class Settings:
         relay_mode = get("MFA_RELAY", "inline").lower()
         if relay_mode not in ("inline", "separate"):
             raise ConfigError("MFA_RELAY must be inline or separate")
+        environment = get("MFA_ENV", "production").lower()
+        if environment not in ENVIRONMENTS:
+            raise ConfigError("MFA_ENV must be production or development")
+        partitions = get_int("MFA_QUEUE_PARTITIONS", 1)
+        if not 1 <= partitions <= 16:
+            raise ConfigError("MFA_QUEUE_PARTITIONS must be between 1 and 16 (the outbox's partitions)")
         return cls(
             database_url=get("MFA_DATABASE_URL", DEFAULT_DATABASE_URL),
             amqp_url=get("MFA_AMQP_URL", DEFAULT_AMQP_URL),
+            amqp_user_prefix=get("MFA_AMQP_USER_PREFIX", ""),
+            amqp_passwords={p: env[f"MFA_AMQP_PASSWORD_{p.upper()}"] for p in PARTIES
+                            if env.get(f"MFA_AMQP_PASSWORD_{p.upper()}")},
+            amqp_admin_url=get("MFA_AMQP_ADMIN_URL", ""),
+            env=environment,
             smtp_host=get("MFA_SMTP_HOST", ""),
             smtp_port=get_int("MFA_SMTP_PORT", 465 if tls == "tls" else 587 if tls == "starttls" else 25),
             smtp_user=get("MFA_SMTP_USER", ""),
@@ -108,6 +130,7 @@ class Settings:
             recovery_rate_per_ip=get_int("MFA_RECOVERY_RATE_PER_IP", 30),
             exchange=get("MFA_EXCHANGE", "mfa.events"),
             queue_prefix=get("MFA_QUEUE_PREFIX", ""),
+            queue_partitions=partitions,
             issuer_url=get("MFA_ISSUER", get("MFA_PUBLIC_URL", "http://127.0.0.1:8081").rstrip("/")),
             relay_mode=relay_mode,
         )
@@ -115,6 +138,56 @@ class Settings:
     @property
     def uses_dev_secret_key(self) -> bool:
         return bool(self.secret_keys) and self.secret_keys[-1][0] == "dev" and len(self.secret_keys) == 1
+
+    @property
+    def development(self) -> bool:
+        return self.env == "development"
+
+    def check_safe_to_serve(self) -> None:
+        """Refuse what only development may run with: raises ConfigError naming the setting."""
+        if self.development:
+            return
+        if self.uses_dev_secret_key:
+            raise ConfigError(
+                "MFA_SECRET_KEYS is not set and the development key it falls back to is public:"
+                " set MFA_SECRET_KEYS to a key of your own (see the README), or MFA_ENV=development"
+            )
+        if not self.amqp_user_prefix:
+            raise ConfigError(
+                "MFA_AMQP_USER_PREFIX is not set, so upstream and every service would share one broker user"
+                " and anyone who can publish could reset MFA: set it (see `mfa broker setup`), or MFA_ENV=development"
+            )
+
+    def amqp_user(self, party: str) -> str:
+        """The broker user `party` publishes and consumes as."""
+        if self.amqp_user_prefix:
+            return f"{self.amqp_user_prefix}{party}"
+        return unquote(urlsplit(self.amqp_url).username or "guest")
+
+    def amqp_url_for(self, party: str) -> str:
+        """MFA_AMQP_URL with `party`'s own user and password (unchanged while no user prefix is set)."""
+        if not self.amqp_user_prefix:
+            return self.amqp_url
+        password = self.amqp_passwords.get(party)
+        if not password:
+            raise ConfigError(
+                f"MFA_AMQP_PASSWORD_{party.upper()} is not set: {party} connects to RabbitMQ as"
+                f" {self.amqp_user(party)!r} (MFA_AMQP_USER_PREFIX) and needs that user's password"
+            )
+        parts = urlsplit(self.amqp_url)
+        host = parts.netloc.rpartition("@")[2]
+        netloc = f"{quote(self.amqp_user(party), safe='')}:{quote(password, safe='')}@{host}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def queue(self, name: str) -> str:
+        """A queue (or service exchange) name with MFA_QUEUE_PREFIX, joined by a dot."""
+        return queue_name(self.queue_prefix, name)
+
+
+def queue_name(prefix: str, name: str) -> str:
+    """`prefix.name`, or `name` without a prefix; a prefix that already ends in a dot gets no second one."""
+    prefix = prefix.rstrip(".")
+    return f"{prefix}.{name}" if prefix else name
 
 
 def parse_secret_keys(raw: str) -> tuple[tuple[str, bytes], ...]:

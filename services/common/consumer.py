@@ -1,10 +1,17 @@
-"""The consumer loop: durable quorum queues, idempotent handlers, retries with delays, parking.
+"""The consumer loop: partitioned quorum queues, idempotent handlers, retries with delays, parking.
 
-For a queue `Q` the topology is:
+For a consumer queue `Q` with N partitions (MFA_QUEUE_PARTITIONS) the topology is:
 
-- `Q`: quorum queue bound to the exchange by each handled event type;
-- `Q.retry.<n>`: one queue per delay, whose TTL dead-letters the message back to `Q`;
-- `Q.parked`: messages that are malformed, fail their schema or failed every attempt.
+- `Q.in`: a headers exchange bound to the bus by each handled event type, routing each
+  message by its `mfa-partition` header (the outbox partition of its subject, 0-15) to
+  partition `mfa-partition mod N`; a message without the header (published by upstream's own
+  means) goes through `Q.in.unpartitioned` to partition 0;
+- `Q.p<i>`: quorum queues with a single active consumer, so one account's events are
+  handled by one process at a time, in order, however many replicas run; the replicas share
+  the partitions out among themselves (services/common/lease.py);
+- `Q.retry.<n>`: one queue per delay, whose TTL dead-letters the message back through `Q.in`;
+- `Q.parked`: messages that are malformed, fail their schema, come from a party that may not
+  publish their type (services/common/producers.py) or failed every attempt.
 
 A handler runs inside one database transaction together with the insert of the event id
 into `<schema>.processed_events`; the message is acknowledged only after that commit, so a
@@ -13,42 +20,50 @@ are handled in arrival order; different subjects run concurrently up to the pref
 A lost database connection uses up no attempt: the message is handed back to the queue
 after a pause, so a PostgreSQL restart delays events and parks none.
 
-Batch mode (optional, `batch_handler=`): events are handed to one handler in batches, in
-arrival order, each batch in ONE transaction with the ids of its events; the messages are
-acknowledged after that commit. A batch that fails is replayed one event at a time through
-the normal path, so a bad event is retried or parked alone and the others still land.
-It suits appenders that serialise on a lock (the audit hash chain): one commit per batch
+:class:`BatchConsumer` hands events over in batches, in arrival order, each batch in ONE
+transaction with the ids of its events; the messages are acknowledged after that commit. A
+batch that fails is replayed one event at a time through the normal path, so a bad event is
+retried or parked alone and the others still land. It suits handlers that only touch the
+database, and appenders that serialise on a lock (the audit hash chain): one commit per batch
 instead of one per event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import asyncpg
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
 from . import inbox
-from .broker import Broker
+from .broker import PARTITION_HEADER
 from .errors import DATABASE_UNAVAILABLE
 from .events import EventError, parse_event
+from .lease import PartitionLease
 from .logs import get_logger
 from .metrics import EVENTS_CONSUMED, EVENTS_PARKED, EVENTS_RETRIED
+from .outbox import PARTITIONS
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 log = get_logger("consumer")
 
 Handler = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
 BatchHandler = Callable[[asyncpg.Connection, list[dict[str, Any]]], Awaitable[None]]
 DEFAULT_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0)
+PUBLISHER_HEADER = "x-publisher"  # on our own retry copies: the user who published the original
 
 
 UNAVAILABLE_PAUSE = 0.5
+SETTLE_SECONDS = 3.0  # in-flight messages of a partition given back to another replica
 
 
 def _database_unavailable(exc: BaseException) -> bool:
@@ -62,7 +77,7 @@ class PermanentError(Exception):
 
 @dataclass
 class _Pending:
-    """A parsed message waiting for its batch (batch mode only)."""
+    """A parsed message waiting for its batch (BatchConsumer only)."""
 
     message: AbstractIncomingMessage
     event: dict[str, Any]
@@ -71,99 +86,171 @@ class _Pending:
 
 
 class Consumer:
-    """Consumes one queue and dispatches each event type to its handler."""
+    """Consumes one queue's partitions and dispatches each event, one by one, to its type's handler."""
 
     def __init__(
         self,
+        runtime: Runtime,
         *,
-        broker: Broker,
-        pool: asyncpg.Pool,
+        party: str,
         schema: str,
         queue: str,
         handlers: dict[str, Handler],
         prefetch: int = 64,
         retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
         bind_all: bool = False,
-        batch_handler: BatchHandler | None = None,
-        batched: bool = False,
-        max_batch: int = 256,
+        pool: asyncpg.Pool | None = None,
     ) -> None:
         """`handlers` maps event types to handlers; `"*"` handles any type (with `bind_all`).
 
-        With `batch_handler`, every event goes to it instead, in batches of at most
-        `max_batch` (see the module docstring); `handlers` then only names the bound types.
-        `batched=True` runs the per-type `handlers` that way: one by one, in arrival order,
-        inside each batch's transaction. It suits handlers that only touch the database.
+        `party` is whose broker user it consumes as (and whose retry copies it trusts);
+        `pool` replaces the runtime's pool for the handlers' transactions.
         """
-        if batched and batch_handler is None:
-            batch_handler = self._each_in_order
-        self.broker = broker
-        self.pool = pool
+        self.broker = runtime.broker_for(party)
+        self.publishers = runtime.publishers
+        self.pool = pool or runtime.pool
         self.schema = schema
         self.queue_name = queue
         self.handlers = handlers
+        self.partitions = runtime.settings.queue_partitions
         self.prefetch = prefetch
         self.retry_delays = retry_delays
         self.bind_all = bind_all
-        self.batch_handler = batch_handler
-        self.max_batch = max(1, max_batch)
-        self._pending: list[_Pending] = []
-        self._draining = False
-        self._unsettled: set[AbstractIncomingMessage] = set()
-        self._channel: aio_pika.abc.AbstractRobustChannel | None = None
-        self._queue: aio_pika.abc.AbstractRobustQueue | None = None
-        self._tag: str | None = None
+        self._lease = PartitionLease(runtime.settings.database_url, queue, self.partitions,
+                                     take=self._take, give_back=self._give_back)
+        self._lease_task: asyncio.Task | None = None
+        # Delivered and not yet acked, parked or sent to retry, with the partition each came from.
+        self._unsettled: dict[AbstractIncomingMessage, int] = {}
+        self._settled = asyncio.Event()
+        self._channel: AbstractRobustChannel | None = None
+        self._queues: dict[int, AbstractRobustQueue] = {}
+        self._tags: dict[int, str] = {}
         self._subject_locks: dict[str, asyncio.Lock] = {}
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def parked_queue(self) -> str:
         return f"{self.queue_name}.parked"
 
+    @property
+    def exchange_name(self) -> str:
+        """The consumer's own headers exchange, bound into the bus."""
+        return f"{self.queue_name}.in"
+
+    def partition_queue(self, part: int) -> str:
+        return f"{self.queue_name}.p{part}"
+
     def retry_queue(self, attempt: int) -> str:
         return f"{self.queue_name}.retry.{attempt}"
 
+    @property
+    def consuming(self) -> set[int]:
+        """The partitions this replica consumes now."""
+        return set(self._tags)
+
     async def start(self) -> None:
-        """Declare the topology and start consuming."""
-        self._channel = await self.broker.channel(prefetch=self.prefetch)
-        exchange = await self._channel.get_exchange(self.broker.exchange_name)
-        self._queue = await self._channel.declare_queue(
-            self.queue_name, durable=True, arguments={"x-queue-type": "quorum"}
+        """Declare the topology, take this replica's share of the partitions and start consuming."""
+        # Quorum queues count the prefetch per consumer: a replica holding every partition has
+        # about `prefetch` messages in flight in all.
+        self._channel = await self.broker.channel(prefetch=math.ceil(self.prefetch / self.partitions))
+        await self._declare(self._channel)
+        await self._lease.balance()
+        self._lease_task = asyncio.create_task(self._lease.run(), name=f"{self.queue_name}-lease")
+        log.info("consumer_started", queue=self.queue_name, types=sorted(self.handlers) or ["#"],
+                 partitions=sorted(self.consuming))
+
+    async def _declare(self, channel: AbstractRobustChannel) -> None:
+        bus = await channel.get_exchange(self.broker.exchange_name)
+        unpartitioned = await channel.declare_exchange(
+            f"{self.exchange_name}.unpartitioned", aio_pika.ExchangeType.FANOUT, durable=True
         )
-        if self.bind_all:
-            await self._queue.bind(exchange, "#")
-        else:
-            for event_type in self.handlers:
-                if event_type != "*":
-                    await self._queue.bind(exchange, event_type)
-        await self._channel.declare_queue(self.parked_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        inbound = await channel.declare_exchange(
+            self.exchange_name, aio_pika.ExchangeType.HEADERS, durable=True,
+            arguments={"alternate-exchange": unpartitioned.name},
+        )
+        for key in ["#"] if self.bind_all else [t for t in self.handlers if t != "*"]:
+            await inbound.bind(bus, key)
+        for part in range(self.partitions):
+            queue = await channel.declare_queue(
+                self.partition_queue(part), durable=True,
+                arguments={"x-queue-type": "quorum", "x-single-active-consumer": True},
+            )
+            self._queues[part] = queue
+            for origin in range(PARTITIONS):
+                # Unbinding too: a binding left by an earlier partition count would copy messages.
+                args = {"x-match": "all", PARTITION_HEADER: origin}
+                if origin % self.partitions == part:
+                    await queue.bind(inbound, arguments=args)
+                else:
+                    await queue.unbind(inbound, arguments=args)
+        await self._queues[0].bind(unpartitioned)
+        await channel.declare_queue(self.parked_queue, durable=True, arguments={"x-queue-type": "quorum"})
         for attempt, delay in enumerate(self.retry_delays, start=1):
-            await self._channel.declare_queue(
+            await channel.declare_queue(
                 self.retry_queue(attempt),
                 durable=True,
                 arguments={
                     "x-message-ttl": int(delay * 1000),
-                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-exchange": self.exchange_name,
                     "x-dead-letter-routing-key": self.queue_name,
                 },
             )
-        self._tag = await self._queue.consume(self._on_message)
-        log.info("consumer_started", queue=self.queue_name, types=sorted(self.handlers) or ["#"])
+
+    async def _take(self, part: int) -> None:
+        """Start consuming partition `part` (the lease holds its lock)."""
+        if part in self._tags:
+            return
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            self._unsettled[message] = part  # before any await: deliveries are recorded in tag order
+            await self._deliver(message)
+
+        self._tags[part] = await self._queues[part].consume(on_message)
+        log.info("partition_taken", queue=self.queue_name, partition=part)
+
+    async def _give_back(self, part: int) -> None:
+        """Stop consuming `part` and let its messages in flight settle, before the lease unlocks it."""
+        tag = self._tags.pop(part, None)
+        if tag is not None:
+            try:
+                await self._queues[part].cancel(tag)
+            except Exception as exc:  # the broker may already be gone; unacked messages return to the queue
+                log.warning("consumer_cancel_failed", queue=self.queue_name, partition=part, error=str(exc))
+        try:
+            await self._wait_settled(lambda: part not in self._unsettled.values(), SETTLE_SECONDS)
+        except TimeoutError:
+            log.warning("partition_settle_timeout", queue=self.queue_name, partition=part)
+        log.info("partition_given_back", queue=self.queue_name, partition=part)
+
+    async def _wait_settled(self, done: Callable[[], bool], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():
+                self._settled.clear()
+                await self._settled.wait()
+
+    def _settle(self, message: AbstractIncomingMessage) -> None:
+        if self._unsettled.pop(message, None) is not None:
+            self._settled.set()
 
     async def stop(self, timeout: float = 8.0) -> None:
-        """Stop taking messages, let the ones in flight finish, close the channel."""
-        if self._queue is not None and self._tag is not None:
+        """Stop taking messages, let the ones in flight finish, give the partitions back, close the channel."""
+        if self._lease_task is not None:
+            self._lease_task.cancel()
             try:
-                await self._queue.cancel(self._tag)
+                await self._lease_task
+            except asyncio.CancelledError:
+                pass
+            self._lease_task = None
+        for part in list(self._tags):
+            tag = self._tags.pop(part)
+            try:
+                await self._queues[part].cancel(tag)
             except Exception as exc:  # the broker may already be gone; unacked messages return to the queue
                 log.warning("consumer_cancel_failed", queue=self.queue_name, error=str(exc))
-            self._tag = None
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await self._wait_settled(lambda: not self._unsettled, timeout)
         except TimeoutError:
-            log.warning("consumer_stop_timeout", queue=self.queue_name, in_flight=self._in_flight)
+            log.warning("consumer_stop_timeout", queue=self.queue_name, in_flight=len(self._unsettled))
+        await self._lease.close()  # cancelled consumers: nothing left to wait for
         if self._channel is not None:
             try:
                 await self._channel.close()
@@ -171,18 +258,25 @@ class Consumer:
                 log.warning("consumer_close_failed", queue=self.queue_name, error=str(exc))
             self._channel = None
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._in_flight += 1
-        self._idle.clear()
+    def _refusal(self, message: AbstractIncomingMessage, event_type: str) -> str | None:
+        """Why the party that published `message` may not publish `event_type`; None when it may.
+
+        A copy this consumer sent to its own retry queue carries our user id and, in a
+        header, the original publisher's: only we can publish as ourselves, so the header is
+        believed on such copies and on no other message.
+        """
+        user_id = message.user_id
+        headers = message.headers or {}
+        if user_id == self.broker.user and PUBLISHER_HEADER in headers:
+            original = headers[PUBLISHER_HEADER]
+            user_id = original.decode() if isinstance(original, bytes) else (str(original) if original else None)
+        return self.publishers.refusal(event_type, user_id)
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
         try:
-            if self.batch_handler is not None:
-                await self._enqueue(message)
-            else:
-                await self._process(message)
+            await self._process(message)
         finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+            self._settle(message)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
@@ -198,6 +292,10 @@ class Consumer:
         structlog.contextvars.bind_contextvars(
             event_id=event["id"], event_type=event_type, correlation_id=event.get("correlationid")
         )
+        refusal = self._refusal(message, event_type)
+        if refusal is not None:
+            await self._park(message, "forbidden", refusal, event_type=event_type)
+            return
         handler = self.handlers.get(event_type) or self.handlers.get("*")
         subject = event.get("subject") or event["id"]
         lock = self._subject_locks.setdefault(subject, asyncio.Lock())
@@ -216,13 +314,115 @@ class Consumer:
         await message.ack()
         self._consumed(event_type, outcome, attempt, started)
 
-    async def _enqueue(self, message: AbstractIncomingMessage) -> None:
-        """Batch mode: park what does not parse, queue the rest; the first caller drains the queue.
+    def _bind_message(self, item: _Pending) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            queue=self.queue_name,
+            message_id=item.message.message_id,
+            event_id=item.event["id"],
+            event_type=item.event["type"],
+            correlation_id=item.event.get("correlationid"),
+        )
+
+    def _consumed(self, event_type: str, outcome: str, attempt: int, started: float) -> None:
+        EVENTS_CONSUMED.labels(self.queue_name, event_type, outcome).inc()
+        log.info(
+            "event_consumed",
+            outcome=outcome,
+            attempt=attempt,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _handle(self, handler: Handler | None, event: dict[str, Any]) -> str:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await inbox.claim(conn, self.schema, self.queue_name, event):
+                return "duplicate"
+            if handler is not None:
+                await handler(conn, event)
+            return "handled"
+
+    async def _republish(self, message: AbstractIncomingMessage, routing_key: str, headers: dict[str, Any]) -> None:
+        """A copy, as our own user, on the default exchange; the original publisher travels in a header."""
+        if self._channel is None:
+            raise ConnectionError("consumer stopped")
+        publisher = (message.headers or {}).get(PUBLISHER_HEADER) if message.user_id == self.broker.user else None
+        copy = aio_pika.Message(
+            message.body,
+            headers={**(message.headers or {}), **headers, PUBLISHER_HEADER: publisher or message.user_id or ""},
+            content_type=message.content_type,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            type=message.type,
+            user_id=self.broker.user,
+        )
+        await self._channel.default_exchange.publish(copy, routing_key=routing_key, timeout=10)
+
+    async def _retry(self, message: AbstractIncomingMessage, attempt: int, event_type: str, exc: Exception) -> None:
+        if _database_unavailable(exc):
+            # Not the event's fault: it must not use up its attempts and end parked because
+            # PostgreSQL restarted. Hold the delivery a moment (backpressure), then hand it back.
+            log.warning("database_unavailable_requeue", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(UNAVAILABLE_PAUSE)
+            try:
+                await message.nack(requeue=True)
+            except Exception as nack_exc:  # channel gone: the broker redelivers anyway
+                log.warning("requeue_failed", error=str(nack_exc))
+            return
+        next_attempt = attempt + 1
+        if next_attempt > len(self.retry_delays):
+            await self._park(message, "exhausted", f"{type(exc).__name__}: {exc}", event_type=event_type)
+            return
+        try:
+            await self._republish(message, self.retry_queue(next_attempt), {"x-attempt": next_attempt})
+        except Exception as pub_exc:
+            # Could not schedule the retry: leave it to the broker to redeliver.
+            log.warning("retry_publish_failed", error=str(pub_exc))
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        EVENTS_RETRIED.labels(self.queue_name, event_type).inc()
+        log.warning(
+            "event_retry_scheduled",
+            attempt=next_attempt,
+            delay_s=self.retry_delays[next_attempt - 1],
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    async def _park(self, message: AbstractIncomingMessage, reason: str, detail: str, *, event_type: str) -> None:
+        try:
+            await self._republish(message, self.parked_queue, {"x-parked-reason": reason, "x-parked-detail": detail[:500]})
+        except Exception as pub_exc:
+            log.warning("park_publish_failed", error=str(pub_exc))
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        EVENTS_PARKED.labels(self.queue_name, event_type, reason).inc()
+        EVENTS_CONSUMED.labels(self.queue_name, event_type, "parked").inc()
+        log.error("event_parked", reason=reason, detail=detail[:500])
+
+
+class BatchConsumer(Consumer):
+    """A consumer that handles the deliveries that piled up while the previous batch committed as one batch."""
+
+    def __init__(self, runtime: Runtime, *, batch_handler: BatchHandler | None = None, max_batch: int = 256,
+                 **kwargs: Any) -> None:
+        """`batch_handler` gets each batch (default: every event's own handler, in arrival order).
+
+        With a `batch_handler`, `handlers` only names the bound types.
+        """
+        super().__init__(runtime, **kwargs)
+        self.batch_handler: BatchHandler = batch_handler or self._each_in_order
+        self.max_batch = max(1, max_batch)
+        self._pending: list[_Pending] = []
+        self._draining = False
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        """Park what does not parse or comes from the wrong party, queue the rest; the first caller drains.
 
         A message stays in `_unsettled` until it is acked, parked or sent to retry, so a batch
         never acks (with `multiple`) past a delivery it has not settled.
         """
-        self._unsettled.add(message)  # before any await: deliveries are recorded in tag order
         started = time.perf_counter()
         attempt = int((message.headers or {}).get("x-attempt", 0) or 0)
         try:
@@ -233,7 +433,15 @@ class Consumer:
             try:
                 await self._park(message, "invalid", str(exc), event_type=message.routing_key or "?")
             finally:
-                self._unsettled.discard(message)
+                self._settle(message)
+            return
+        refusal = self._refusal(message, event["type"])
+        if refusal is not None:
+            self._bind_message(_Pending(message, event, attempt, started))
+            try:
+                await self._park(message, "forbidden", refusal, event_type=event["type"])
+            finally:
+                self._settle(message)
             return
         self._pending.append(_Pending(message, event, attempt, started))
         if self._draining:
@@ -259,7 +467,7 @@ class Consumer:
         finally:
             self._draining = False
             for left in self._pending:  # only when this drain was cancelled: unacked, the broker redelivers
-                self._unsettled.discard(left.message)
+                self._settle(left.message)
             self._pending.clear()
 
     async def _run_batch(self, conn: asyncpg.Connection, batch: list[_Pending]) -> None:
@@ -318,18 +526,18 @@ class Consumer:
         except Exception as exc:  # channel gone: the broker redelivers, the ids are already recorded
             log.warning("ack_failed", queue=self.queue_name, error=str(exc))
         finally:
-            self._unsettled.difference_update(messages)
+            for message in messages:
+                self._settle(message)
         return acked
 
     async def _each_in_order(self, conn: asyncpg.Connection, events: list[dict[str, Any]]) -> None:
-        """The batch handler behind `batched=True`: each event's own handler, in arrival order."""
+        """The default batch handler: each event's own handler, in arrival order."""
         for event in events:
             handler = self.handlers.get(event["type"]) or self.handlers.get("*")
             if handler is not None:
                 await handler(conn, event)
 
     async def _handle_batch(self, conn: asyncpg.Connection, events: list[dict[str, Any]]) -> list[str]:
-        assert self.batch_handler is not None
         async with conn.transaction():
             new_ids = await inbox.claim_many(conn, self.schema, self.queue_name, events)
             fresh: list[dict[str, Any]] = []
@@ -346,7 +554,6 @@ class Consumer:
             return outcomes
 
     async def _replay_one_by_one(self, batch: list[_Pending]) -> None:
-        assert self.batch_handler is not None
         batch_handler = self.batch_handler
 
         async def single(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
@@ -369,88 +576,6 @@ class Consumer:
                 log.warning("settle_failed", queue=self.queue_name, error=f"{type(exc).__name__}: {exc}")
                 continue
             finally:
-                self._unsettled.discard(item.message)
+                self._settle(item.message)
             self._consumed(event_type, outcome, item.attempt, item.started)
 
-    def _bind_message(self, item: _Pending) -> None:
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            queue=self.queue_name,
-            message_id=item.message.message_id,
-            event_id=item.event["id"],
-            event_type=item.event["type"],
-            correlation_id=item.event.get("correlationid"),
-        )
-
-    def _consumed(self, event_type: str, outcome: str, attempt: int, started: float) -> None:
-        EVENTS_CONSUMED.labels(self.queue_name, event_type, outcome).inc()
-        log.info(
-            "event_consumed",
-            outcome=outcome,
-            attempt=attempt,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-
-    async def _handle(self, handler: Handler | None, event: dict[str, Any]) -> str:
-        async with self.pool.acquire() as conn, conn.transaction():
-            if not await inbox.claim(conn, self.schema, self.queue_name, event):
-                return "duplicate"
-            if handler is not None:
-                await handler(conn, event)
-            return "handled"
-
-    async def _republish(self, message: AbstractIncomingMessage, routing_key: str, headers: dict[str, Any]) -> None:
-        assert self._channel is not None
-        copy = aio_pika.Message(
-            message.body,
-            headers={**(message.headers or {}), **headers},
-            content_type=message.content_type,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            type=message.type,
-        )
-        await self._channel.default_exchange.publish(copy, routing_key=routing_key, timeout=10)
-
-    async def _retry(self, message: AbstractIncomingMessage, attempt: int, event_type: str, exc: Exception) -> None:
-        if _database_unavailable(exc):
-            # Not the event's fault: it must not use up its attempts and end parked because
-            # PostgreSQL restarted. Hold the delivery a moment (backpressure), then hand it back.
-            log.warning("database_unavailable_requeue", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(UNAVAILABLE_PAUSE)
-            try:
-                await message.nack(requeue=True)
-            except Exception as nack_exc:  # channel gone: the broker redelivers anyway
-                log.warning("requeue_failed", error=str(nack_exc))
-            return
-        next_attempt = attempt + 1
-        if next_attempt > len(self.retry_delays):
-            await self._park(message, "exhausted", f"{type(exc).__name__}: {exc}", event_type=event_type)
-            return
-        try:
-            await self._republish(message, self.retry_queue(next_attempt), {"x-attempt": next_attempt})
-        except Exception as pub_exc:
-            # Could not schedule the retry: leave it to the broker to redeliver.
-            log.warning("retry_publish_failed", error=str(pub_exc))
-            await message.nack(requeue=True)
-            return
-        await message.ack()
-        EVENTS_RETRIED.labels(self.queue_name, event_type).inc()
-        log.warning(
-            "event_retry_scheduled",
-            attempt=next_attempt,
-            delay_s=self.retry_delays[next_attempt - 1],
-            error=f"{type(exc).__name__}: {exc}",
-        )
-
-    async def _park(self, message: AbstractIncomingMessage, reason: str, detail: str, *, event_type: str) -> None:
-        try:
-            await self._republish(message, self.parked_queue, {"x-parked-reason": reason, "x-parked-detail": detail[:500]})
-        except Exception as pub_exc:
-            log.warning("park_publish_failed", error=str(pub_exc))
-            await message.nack(requeue=True)
-            return
-        await message.ack()
-        EVENTS_PARKED.labels(self.queue_name, event_type, reason).inc()
-        EVENTS_CONSUMED.labels(self.queue_name, event_type, "parked").inc()
-        log.error("event_parked", reason=reason, detail=detail[:500])

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -81,23 +82,27 @@ class PooledConnection(asyncpg.Connection):
         self.wakes: set[str] | None = None
 
 
-class FairPool(asyncpg.Pool):
-    """asyncpg's pool, lending connections strictly in the order they were asked for.
+class FairPool:
+    """asyncpg's pool behind a FIFO semaphore, lending connections strictly in the order they were asked for.
 
     asyncpg hands a returned connection to whoever asks next, not to the oldest waiter: a
     coroutine that asks at the right moment takes it, and the woken waiter goes to the back
     of the line again. Under load (more requests in flight than connections) that left a few
     requests waiting four times as long as the rest. A FIFO semaphore (asyncio's is fair
-    since 3.11) with one permit per connection now decides who goes next, so asyncpg's own
-    queue never has a waiter.
+    since 3.11) with one permit per connection decides who goes next, so asyncpg's own
+    queue never has a waiter. Only asyncpg's public pool API is used.
     """
 
-    def __init__(self, *args, max_size: int, **kwargs) -> None:
-        super().__init__(*args, max_size=max_size, **kwargs)
+    def __init__(self, pool: asyncpg.Pool, max_size: int) -> None:
+        self._pool = pool
         self._turns = asyncio.Semaphore(max_size)
-        self._lent: set[int] = set()  # id() of the proxies that hold a permit
+        self._lent: set[int] = set()  # id() of the connections that hold a permit
 
-    async def _acquire(self, timeout: float | None):  # type: ignore[override]
+    def acquire(self, *, timeout: float | None = None) -> _Lending:
+        """A connection, awaited (give it back with :meth:`release`) or as `async with`."""
+        return _Lending(self, timeout)
+
+    async def _lend(self, timeout: float | None) -> asyncpg.Connection:
         started = time.monotonic()
         if timeout is None:
             await self._turns.acquire()
@@ -105,27 +110,73 @@ class FairPool(asyncpg.Pool):
             await asyncio.wait_for(self._turns.acquire(), timeout)
             timeout = max(0.0, timeout - (time.monotonic() - started))
         try:
-            proxy = await super()._acquire(timeout)
+            conn = await self._pool.acquire(timeout=timeout)
         except BaseException:
             self._turns.release()
             raise
-        self._lent.add(id(proxy))
-        return proxy
+        self._lent.add(id(conn))
+        return conn
 
-    async def release(self, connection, *, timeout: float | None = None) -> None:  # type: ignore[override]
+    async def release(self, connection: asyncpg.Connection, *, timeout: float | None = None) -> None:
         """Give the connection back; its permit goes to the oldest waiter."""
         held = id(connection) in self._lent
-        self._lent.discard(id(connection))  # a second release of the same proxy frees nothing
+        self._lent.discard(id(connection))  # a second release of the same connection frees nothing
         try:
-            await super().release(connection, timeout=timeout)
+            await self._pool.release(connection, timeout=timeout)
         finally:
             if held:
                 self._turns.release()
 
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        async with self.acquire() as conn:
+            return await conn.execute(query, *args, timeout=timeout)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
+        async with self.acquire() as conn:
+            return await conn.fetch(query, *args, timeout=timeout)
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> asyncpg.Record | None:
+        async with self.acquire() as conn:
+            return await conn.fetchrow(query, *args, timeout=timeout)
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:
+        async with self.acquire() as conn:
+            return await conn.fetchval(query, *args, column=column, timeout=timeout)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    def terminate(self) -> None:
+        self._pool.terminate()
+
+    def get_size(self) -> int:
+        return self._pool.get_size()
+
+
+class _Lending:
+    """What :meth:`FairPool.acquire` returns: awaitable, and an async context manager that gives back."""
+
+    def __init__(self, pool: FairPool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: asyncpg.Connection | None = None
+
+    def __await__(self):
+        return self._pool._lend(self._timeout).__await__()
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self._conn = await self._pool._lend(self._timeout)
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.release(conn)
+
 
 async def create_pool(
     url: str, *, min_size: int = 2, max_size: int = 10, on_release: Callable[[set[str]], None] | None = None
-) -> asyncpg.Pool:
+) -> FairPool:
     """Open the process's pool; JSON columns come back as Python objects.
 
     With `on_release`, each connection collects channels in `wakes` while it is lent out, and
@@ -143,13 +194,13 @@ async def create_pool(
             on_release(channels)  # type: ignore[misc]
 
     try:
-        return await FairPool(
+        pool = await asyncpg.create_pool(
             url, min_size=min_size, max_size=max_size, init=init, reset=reset if on_release else _keep_session,
-            connection_class=PooledConnection, record_class=asyncpg.Record, max_queries=50000,
-            max_inactive_connection_lifetime=300.0, connect=None, setup=None, loop=None,
+            connection_class=PooledConnection, max_queries=50000, max_inactive_connection_lifetime=300.0,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnreachable(f"cannot reach PostgreSQL at {redact_url(url)}: {exc}") from exc
+    return FairPool(pool, max_size)
 
 
 def redact_url(url: str) -> str:

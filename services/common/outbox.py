@@ -276,6 +276,7 @@ class OutboxRelay:
                         event_type=row["event_type"],
                         event_id=row["event_id"],
                         correlation_id=row["correlation_id"],
+                        partition=row["partition"],
                     )
                 )
                 for row in rows

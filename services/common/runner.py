@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -13,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .broker import BrokerUnreachable
-from .config import Settings
+from .config import ConfigError, Settings
 from .db import DatabaseUnreachable, MigrationSet, migrate
 from .logs import get_logger
 from .outbox import OutboxRelay
@@ -44,22 +46,33 @@ async def relay(settings: Settings, specs: list[ServiceSpec], *, ready_message: 
     verified). The services' commits wake it through NOTIFY; several may run (partitions are
     shared out by advisory locks).
     """
-    schemas = [spec.schema for spec in specs if spec.publishes]
+    publishing = [spec for spec in specs if spec.publishes]
+    schemas = [spec.schema for spec in publishing]
     try:
+        settings.check_safe_to_serve()
         await run_migrations(settings, specs)
-        runtime = await Runtime(settings).open(pool_size=len(schemas) + 2)
-    except (DatabaseUnreachable, BrokerUnreachable) as exc:
+        # Each outbox is published as the user of the service that wrote it.
+        runtime = await Runtime.open(settings, parties=[spec.name for spec in publishing], pool_size=len(schemas) + 2)
+    except (DatabaseUnreachable, BrokerUnreachable, ConfigError) as exc:
         print(f"mfa: {exc}", file=sys.stderr)
         return 2
-    assert runtime.pool is not None and runtime.broker is not None
-    relays = [OutboxRelay(runtime.pool, runtime.broker, schema, signal=runtime.signal) for schema in schemas]
+    relays = [
+        OutboxRelay(runtime.pool, runtime.broker_for(spec.name), spec.schema, signal=runtime.signal)
+        for spec in publishing
+    ]
     tasks = [asyncio.create_task(r.run(), name=f"{r.schema}-relay") for r in relays]
     # Health and metrics like a service's (the outbox backlogs, events published), nothing else.
     runner = web.AppRunner(create_base_app(runtime, "relay", *schemas), handle_signals=False, access_log=None)
     async with _stop_signals() as stop:
         try:
             await runner.setup()
-            await web.TCPSite(runner, settings.host, settings.relay_port).start()
+            try:
+                await web.TCPSite(runner, settings.host, settings.relay_port).start()
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                print(f"mfa: {_port_taken(settings, ('relay_port',), exc)}", file=sys.stderr)
+                return 2
             url = f"http://{settings.host}:{settings.relay_port}"
             log.info("relay_running", schemas=schemas, url=url)
             if ready_message:
@@ -129,6 +142,15 @@ async def _shut_down(runners: list[web.AppRunner], runtime: Runtime) -> None:
             runtime.pool.terminate()
 
 
+def _port_taken(settings: Settings, port_settings: tuple[str, ...], exc: OSError) -> str:
+    """One sentence naming the setting whose port is taken (the first one when the error does not say)."""
+    found = re.search(r"(\d+)\)?: address already in use", str(exc), re.IGNORECASE)
+    taken = [name for name in port_settings if found and str(getattr(settings, name)) == found.group(1)]
+    name = (taken or list(port_settings))[0]
+    return (f"port {getattr(settings, name)} on {settings.host} is already in use by another process:"
+            f" stop it or choose another port with MFA_{name.upper()}")
+
+
 def settle_garbage_collector() -> None:
     """Keep full garbage collections short and rare once the process is serving.
 
@@ -146,23 +168,36 @@ def settle_garbage_collector() -> None:
 async def serve(settings: Settings, specs: list[ServiceSpec], *, ready_message: bool = True) -> int:
     """Serve `specs` in this process until SIGTERM or SIGINT; returns the exit code."""
     try:
+        settings.check_safe_to_serve()
         await run_migrations(settings, specs)
-        runtime = await Runtime(settings).open(pool_size=sum(spec.pool_size for spec in specs))
-    except (DatabaseUnreachable, BrokerUnreachable) as exc:
+        # One broker connection per service user: each consumes and publishes as itself.
+        runtime = await Runtime.open(settings, parties=[spec.name for spec in specs],
+                                     pool_size=sum(spec.pool_size for spec in specs))
+    except (DatabaseUnreachable, BrokerUnreachable, ConfigError) as exc:
         print(f"mfa: {exc}", file=sys.stderr)
         return 2
     if settings.uses_dev_secret_key:
         log.warning("dev_secret_key", detail="MFA_SECRET_KEYS is not set: secrets are sealed with the public development key")
+    if runtime.publishers.shared:
+        log.warning("shared_broker_user", detail="MFA_AMQP_USER_PREFIX is not set: consumers cannot tell publishers apart")
     runners: list[web.AppRunner] = []
     async with _stop_signals() as stop:
         try:
             for spec in specs:
                 app = spec.create_app(runtime)
                 runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=HTTP_DRAIN_SECONDS, access_log=None)
-                await runner.setup()
-                runners.append(runner)
                 port = getattr(settings, spec.port_setting)
-                await web.TCPSite(runner, settings.host, port).start()
+                try:
+                    await runner.setup()
+                    runners.append(runner)
+                    await web.TCPSite(runner, settings.host, port).start()
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                    if runner not in runners:
+                        runners.append(runner)  # its half-started contexts are cleaned up below
+                    print(f"mfa: {_port_taken(settings, spec.port_settings, exc)}", file=sys.stderr)
+                    return 2
                 log.info("service_listening", service=spec.name, url=f"http://{settings.host}:{port}")
                 if ready_message:
                     print(f"{spec.name:9s} listening on http://{settings.host}:{port}", flush=True)

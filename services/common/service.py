@@ -18,26 +18,39 @@ from .web import RUNTIME
 
 log = get_logger("service")
 
+# Every service's consumers come from one kind of factory: its app (runtime and app keys inside).
+ConsumerFactory = Callable[[web.Application], list[Consumer]]
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """A service: its name, schema, migrations, port setting and app factory."""
+    """A service: its name, schema, migrations, port settings, app and consumer factories, and whether it publishes.
+
+    `publishes` (the service writes an outbox) decides whether a relay runs for it, inline or
+    in `mfa relay`; the service's broker user is its `name`.
+    """
 
     name: str
     schema: str
     migrations: Path
     port_setting: str
     create_app: Callable[[Runtime], web.Application]
+    consumers: ConsumerFactory
+    publishes: bool
     pool_size: int = 10  # this service's share of the process's one database pool
-    publishes: bool = True  # has an outbox for `mfa relay` to publish
+    extra_port_settings: tuple[str, ...] = ()  # other ports it listens on (named when one is taken)
 
     @property
     def migration_set(self) -> MigrationSet:
         return MigrationSet.for_service(self.schema, self.migrations)
 
+    @property
+    def port_settings(self) -> tuple[str, ...]:
+        return (self.port_setting, *self.extra_port_settings)
 
-def workers_ctx(schema: str, consumers: Callable[[Runtime], list[Consumer]], *, relay: bool = True):
-    """A cleanup_ctx that runs the schema's outbox relay and the given consumers for the app's lifetime.
+
+def workers_ctx(spec: ServiceSpec):
+    """A cleanup_ctx that runs the service's consumers, and its outbox relay when it publishes inline.
 
     On shutdown consumers stop first (no new messages, in-flight ones finish and are acked),
     then the relay publishes what those handlers committed and stops.
@@ -45,13 +58,15 @@ def workers_ctx(schema: str, consumers: Callable[[Runtime], list[Consumer]], *, 
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         runtime = app[RUNTIME]
-        assert runtime.pool is not None and runtime.broker is not None
-        inline = relay and runtime.settings.relay_mode == "inline"  # else `mfa relay` publishes this outbox
-        relay_worker = OutboxRelay(runtime.pool, runtime.broker, schema, signal=runtime.signal) if inline else None
-        relay_task = asyncio.create_task(relay_worker.run(), name=f"{schema}-relay") if relay_worker else None
+        inline = spec.publishes and runtime.settings.relay_mode == "inline"  # else `mfa relay` publishes it
+        relay_worker = (
+            OutboxRelay(runtime.pool, runtime.broker_for(spec.name), spec.schema, signal=runtime.signal)
+            if inline else None
+        )
+        relay_task = asyncio.create_task(relay_worker.run(), name=f"{spec.schema}-relay") if relay_worker else None
         started: list[Consumer] = []
         try:
-            for consumer in consumers(runtime):
+            for consumer in spec.consumers(app):
                 await consumer.start()
                 started.append(consumer)
             yield
@@ -62,6 +77,6 @@ def workers_ctx(schema: str, consumers: Callable[[Runtime], list[Consumer]], *, 
                 try:
                     await asyncio.wait_for(relay_task, 2)
                 except TimeoutError:
-                    log.warning("relay_stop_timeout", schema=schema)
+                    log.warning("relay_stop_timeout", schema=spec.schema)
 
     return ctx

@@ -213,11 +213,10 @@ async def readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     checks = {"database": "ok", "broker": "ok"}
     try:
-        assert runtime.pool is not None
         await runtime.pool.fetchval("SELECT 1", timeout=2)
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
-    if runtime.broker is None or not runtime.broker.connected:
+    if not runtime.broker_connected:
         checks["broker"] = "unreachable"
     ready = all(v == "ok" for v in checks.values())
     return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503)
@@ -227,7 +226,6 @@ def metrics_handler(*schemas: str):
     async def metrics(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
         try:
-            assert runtime.pool is not None
             for schema in schemas:
                 await backlog(runtime.pool, schema)
         except Exception as exc:

@@ -13,19 +13,17 @@ from ..common.logs import get_logger
 from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
-from .consumers import POOL_SPARE, PREFETCH, notifier_consumer
+from .consumers import POOL_SPARE, build_consumers
 from .domain import TEMPLATE_KINDS
 from .handlers import Notifier
+from .keys import CONSUMER_OPTIONS, MAILER, NOTIFIER, PREFETCH, SINK, ConsumerOptions
 from .mailer import Mailer, SmtpConfig
 from .sink import MailSink
 from .store import SCHEMA
 from .templates import Catalog
 
 log = get_logger("notifier")
-
-NOTIFIER = web.AppKey("notifier", Notifier)
-MAILER = web.AppKey("notifier_mailer", Mailer)
-SINK = web.AppKey("notifier_sink", MailSink)  # only when no MFA_SMTP_HOST is set
+__all__ = ["MAILER", "NOTIFIER", "SERVICE", "SINK", "create_app"]
 
 
 def delivery_ctx(prefetch: int = PREFETCH):
@@ -63,19 +61,14 @@ def create_app(
     prefetch: int = PREFETCH,
 ) -> web.Application:
     """The notifier app: /healthz, /readyz, /metrics, and its consumer for the app's lifetime."""
-    app = create_base_app(runtime, "notifier", SCHEMA)
+    app = create_base_app(runtime, SERVICE.name, SCHEMA)
+    app[CONSUMER_OPTIONS] = ConsumerOptions(queue, retry_delays, prefetch)
     app.cleanup_ctx.append(delivery_ctx(prefetch))
-    # The notifier writes no events, so it runs no outbox relay.
-    app.cleanup_ctx.append(
-        workers_ctx(
-            SCHEMA,
-            lambda rt: [notifier_consumer(rt, app[NOTIFIER], queue=queue, retry_delays=retry_delays, prefetch=prefetch)],
-            relay=False,
-        )
-    )
+    app.cleanup_ctx.append(workers_ctx(SERVICE))  # it writes no events: SERVICE.publishes is False, no relay
     return app
+
 
 SERVICE = ServiceSpec(
     "notifier", SCHEMA, Path(__file__).parent / "migrations", "notifier_port", create_app,
-    pool_size=PREFETCH + POOL_SPARE,
+    consumers=build_consumers, publishes=False, pool_size=PREFETCH + POOL_SPARE,
 )

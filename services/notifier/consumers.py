@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncpg
+from aiohttp import web
 
 from ..common.consumer import DEFAULT_RETRY_DELAYS, Consumer
 from ..common.runtime import Runtime
+from ..common.web import RUNTIME
 from .domain import HANDLED_TYPES
 from .handlers import Notifier
+from .keys import CONSUMER_OPTIONS, NOTIFIER, PREFETCH
 from .store import SCHEMA
 
-# In-flight events, each holding a database connection while its mail goes out; the notifier's
-# own pool has POOL_SPARE more, so journal writes (on their own connection) never wait long.
-PREFETCH = 16
+# PREFETCH in-flight events, each holding a database connection while its mail goes out; the
+# notifier's own pool has POOL_SPARE more, so journal writes (on their own connection) never wait long.
 POOL_SPARE = 4
 
 
@@ -27,7 +29,8 @@ def notifier_consumer(
 ) -> Consumer:
     """The notifier's consumer; tests pass their own queue name and shorter retry delays."""
     return Consumer(
-        broker=runtime.broker,
+        runtime,
+        party="notifier",
         pool=pool or notifier.journal,
         schema=SCHEMA,
         queue=queue or runtime.queue("notifier"),
@@ -35,3 +38,10 @@ def notifier_consumer(
         prefetch=prefetch,
         retry_delays=retry_delays,
     )
+
+
+def build_consumers(app: web.Application) -> list[Consumer]:
+    """The notifier's one consumer, with the app's notifier and consumer options."""
+    options = app[CONSUMER_OPTIONS]
+    return [notifier_consumer(app[RUNTIME], app[NOTIFIER], queue=options.queue, retry_delays=options.retry_delays,
+                              prefetch=options.prefetch)]

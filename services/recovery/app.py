@@ -15,7 +15,7 @@ from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
 from . import handlers, metrics  # noqa: F401 - metrics: its counters count the events written
 from .api import LIMITS, MAX_FORM_BYTES, RATE_KEY, add_routes
-from .consumers import directory_consumer
+from .consumers import build_consumers
 from .domain import RateLimits
 from .handlers import SCHEMA
 from .inbound import InboundMailbox, MailboxHandler
@@ -29,7 +29,6 @@ async def mailbox_ctx(app: web.Application) -> AsyncIterator[None]:
     """The helpdesk mailbox listens on settings.inbound_smtp_port for the app's lifetime."""
     runtime = app[RUNTIME]
     settings = runtime.settings
-    assert runtime.pool is not None
     handler = MailboxHandler(runtime.pool, rate_key=app[RATE_KEY], limits=app[LIMITS],
                              mailbox=(settings.helpdesk_email,))
     hostname = settings.helpdesk_email.rpartition("@")[2] or "mfa.localhost"
@@ -71,15 +70,16 @@ async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(runtime: Runtime, *, limits: RateLimits | None = None) -> web.Application:
     """The recovery app; `limits` overrides the intake rate limits (tests)."""
-    app = create_base_app(runtime, "recovery", SCHEMA, client_max_size=MAX_FORM_BYTES)
+    app = create_base_app(runtime, SERVICE.name, SCHEMA, client_max_size=MAX_FORM_BYTES)
     settings = runtime.settings
     app[LIMITS] = limits or RateLimits(per_sender=settings.recovery_rate_per_sender, per_ip=settings.recovery_rate_per_ip)
     app[RATE_KEY] = Keyring(runtime.settings.secret_keys).derive("recovery-rate-limit")
     add_routes(app)
-    app.cleanup_ctx.append(workers_ctx(SCHEMA, lambda rt: [directory_consumer(rt)]))
+    app.cleanup_ctx.append(workers_ctx(SERVICE))
     app.cleanup_ctx.append(mailbox_ctx)
     app.cleanup_ctx.append(purge_ctx)
     return app
 
 
-SERVICE = ServiceSpec("recovery", SCHEMA, Path(__file__).parent / "migrations", "recovery_port", create_app)
+SERVICE = ServiceSpec("recovery", SCHEMA, Path(__file__).parent / "migrations", "recovery_port", create_app,
+                      consumers=build_consumers, publishes=True, extra_port_settings=("inbound_smtp_port",))

@@ -11,10 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 
-from ..common.consumer import Consumer, Handler, PermanentError
+from ..common.consumer import BatchConsumer, Consumer, Handler, PermanentError
 from ..common.events import parse_time
-from ..common.runtime import Runtime
+from ..common.web import RUNTIME
 from . import store
 from .domain import company_key, normalize_email
 from .handlers import SCHEMA
@@ -92,8 +93,8 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def directory_consumer(runtime: Runtime) -> Consumer:
+def build_consumers(app: web.Application) -> list[Consumer]:
     """The consumer of the `recovery` queue, bound to the directory and MFA state events."""
-    assert runtime.broker is not None and runtime.pool is not None
-    return Consumer(broker=runtime.broker, pool=runtime.pool, schema=SCHEMA, queue=runtime.queue("recovery"),
-                    handlers=HANDLERS, batched=True)
+    runtime = app[RUNTIME]
+    return [BatchConsumer(runtime, party="recovery", schema=SCHEMA, queue=runtime.queue("recovery"),
+                          handlers=HANDLERS)]

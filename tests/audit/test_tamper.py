@@ -42,7 +42,7 @@ async def own(settings):
         queue_prefix=f"{settings.queue_prefix}tamper.{u}.",
     )
     await migrate(mine.database_url, migration_sets([SERVICES["audit"]]))
-    runtime = await Runtime(mine).open(pool_size=4)
+    runtime = await Runtime.open(mine, pool_size=4)
     client = TestClient(TestServer(create_app(runtime)))
     await client.start_server()
     try:

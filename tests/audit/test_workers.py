@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import Counter
 
 from services.audit.handlers import batch_handler, redaction_key, verify
-from services.common.consumer import Consumer
+from services.common.consumer import BatchConsumer
+from services.common.events import encode
+from services.common.outbox import partition_of
 
-from .conftest import event_of, publish, rows_for, wait_landed
+from ..conftest import wait_for
+from .conftest import event_of, rows_for, wait_landed
 
 
 async def test_competing_workers_keep_one_chain(settings, runtime, audit_client):
@@ -24,22 +28,27 @@ async def test_competing_workers_keep_one_chain(settings, runtime, audit_client)
 
         return handle
 
-    # Two workers on one queue (small prefetch, so the broker splits the work between them),
-    # racing the app's own audit consumer, which receives every event through its queue too.
+    # Two workers sharing one queue's two partitions (small prefetch), racing the app's own audit
+    # consumer, which receives every event through its queue too.
+    two = dataclasses.replace(runtime, settings=dataclasses.replace(settings, queue_partitions=2))
     workers = [
-        Consumer(broker=runtime.broker, pool=runtime.pool, schema="audit", queue=queue, handlers={},
-                 bind_all=True, batch_handler=counting(name), prefetch=8, max_batch=4)
+        BatchConsumer(two, party="audit", schema="audit", queue=queue, handlers={},
+                      bind_all=True, batch_handler=counting(name), prefetch=8, max_batch=4)
         for name in ("w1", "w2")
     ]
     for worker in workers:
         await worker.start()
     try:
+        # The first one took both partitions; within a lease round it gives one to the second.
+        await wait_for(lambda: all(len(w.consuming) == 1 for w in workers), message="one partition each")
         events = [
             event_of("TestPing", {"n": n, "account_id": f"acct-{u}-{n % 13}"}, company=f"co-{u}",
                      subject=f"acct-{u}-{n % 13}")
             for n in range(300)
         ]
-        await publish(runtime, *events)
+        for event in events:  # as a relay publishes them: with the partition of their subject
+            await runtime.broker.publish_event(encode(event), event_type=event["type"], event_id=event["id"],
+                                               partition=partition_of(event["subject"]))
         await wait_landed(runtime.pool, [e["id"] for e in events], within=30)
     finally:
         for worker in workers:

@@ -37,7 +37,7 @@ async def stack(settings, mailbox):
     e2e_settings = dataclasses.replace(
         settings, smtp_host="127.0.0.1", smtp_port=mailbox.port
     )
-    runtime = await Runtime(e2e_settings).open(pool_size=40)
+    runtime = await Runtime.open(e2e_settings, pool_size=40)
     clients = {}
     factories = {"auth": auth_app, "notifier": notifier_app}
     try:

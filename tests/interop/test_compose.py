@@ -15,22 +15,24 @@ SERVICES = COMPOSE["services"]
 MFA = {name: spec for name, spec in SERVICES.items() if spec.get("image") == SERVICES["migrate"]["image"]}
 PORTS = {"auth": "auth_port", "notifier": "notifier_port", "recovery": "recovery_port", "audit": "audit_port",
          "relay": "relay_port"}
+ONE_SHOT = {"migrate", "broker-setup"}  # jobs the long-running services wait for
 
 
 def test_every_service_restarts_and_every_long_running_one_has_a_health_check():
     for name, spec in SERVICES.items():
         assert spec.get("restart") in ("unless-stopped", "always", "on-failure"), name
-        if name != "migrate":  # a one-shot job: the others wait for it to complete instead
+        if name not in ONE_SHOT:  # the others wait for a one-shot job to complete instead
             assert spec["healthcheck"]["test"][0] == "CMD", name
 
 
 def test_one_image_built_once_runs_every_mfa_service():
-    assert set(MFA) == {"migrate", *PORTS}
+    assert set(MFA) == {*ONE_SHOT, *PORTS}
     built = [name for name, spec in SERVICES.items() if "build" in spec]
     assert built == ["migrate"]
     for name in PORTS:
         assert SERVICES[name]["pull_policy"] == "never"  # the local image, never a registry's
-        assert SERVICES[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        for job in ONE_SHOT:
+            assert SERVICES[name]["depends_on"][job] == {"condition": "service_completed_successfully"}, name
 
 
 def test_each_health_check_asks_its_own_service_for_readyz():
@@ -53,3 +55,16 @@ def test_secret_keys_come_from_the_users_env_file_and_are_required():
     readme = (ROOT / "README.md").read_text()
     assert "docker compose exec auth mfa api-key create --role service" in readme
     assert "MFA_SECRET_KEYS=" in readme and ".env" in readme
+
+
+def test_each_service_connects_as_its_own_broker_user_with_only_its_own_password():
+    needs = {"auth": {"AUTH"}, "notifier": {"NOTIFIER"}, "recovery": {"RECOVERY"}, "audit": {"AUDIT"},
+             "relay": {"AUTH", "RECOVERY"}, "broker-setup": {"UPSTREAM", "AUTH", "NOTIFIER", "RECOVERY", "AUDIT"},
+             "migrate": set()}
+    for name, spec in MFA.items():
+        env = spec["environment"]
+        assert env["MFA_AMQP_USER_PREFIX"] and "@" not in env["MFA_AMQP_URL"], name
+        passwords = {k.removeprefix("MFA_AMQP_PASSWORD_") for k in env if k.startswith("MFA_AMQP_PASSWORD_")}
+        assert passwords == needs[name], name
+        for key in passwords:
+            assert re.fullmatch(rf"\$\{{MFA_AMQP_PASSWORD_{key}:\?.+\}}", env[f"MFA_AMQP_PASSWORD_{key}"]), name

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import yaml
 
-from services.common.config import Settings
-from services.common.runtime import Runtime
 from services.recovery.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,10 +17,10 @@ def load() -> dict:
     return yaml.safe_load(SPEC.read_text())
 
 
-def test_every_route_is_documented():
+async def test_every_route_is_documented(runtime):
     spec = load()
     assert spec["openapi"].startswith("3.1")
-    app = create_app(Runtime(Settings.from_env({})))
+    app = create_app(runtime)
     routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
     documented = {(method, path) for path, item in spec["paths"].items() for method in item if method != "parameters"}
     assert routes == documented
