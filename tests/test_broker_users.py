@@ -60,6 +60,20 @@ def test_setup_needs_the_prefix_and_every_password():
     assert url == "amqp://mfa-auth:p%40ss@127.0.0.1:5672/"
 
 
+async def test_rabbitmqctl_takes_passwords_that_look_like_options():
+    # token_urlsafe starts one password in 64 with "-": as an argument rabbitmqctl read it as an option.
+    admin, name = brokeradmin.Rabbitmqctl(), f"mfa-test-{RUN_ID}-{uuid.uuid4().hex[:6]}-dash"
+    try:
+        for password in ("-first" + secrets.token_urlsafe(8), "--second=" + secrets.token_urlsafe(8)):
+            await admin.put_user(name, password)  # creates the user, then changes its password
+            assert "Success" in await admin._run("authenticate_user", name, "--", password)
+            with pytest.raises(brokeradmin.AdminError):
+                await admin._run("authenticate_user", name, "--", password + "x")
+    finally:
+        await admin.delete_user(name)
+    assert name not in await admin.users()
+
+
 @pytest.fixture(scope="module")
 async def separate(settings):
     """Settings with a broker user per party (unique to this run), set up like `mfa broker setup`."""

@@ -84,14 +84,15 @@ def grants(settings: Settings) -> list[Grant]:
 class Rabbitmqctl:
     """Administration with `rabbitmqctl` on the broker's own machine."""
 
-    async def _run(self, *args: str) -> str:
+    async def _run(self, *args: str, stdin: str | None = None) -> str:
         try:
             proc = await asyncio.create_subprocess_exec(
-                "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+                "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             )
         except FileNotFoundError as exc:
             raise AdminError("rabbitmqctl is not installed here: set MFA_AMQP_ADMIN_URL to the management API") from exc
-        out, err = await proc.communicate()
+        out, err = await proc.communicate(None if stdin is None else stdin.encode())
         if proc.returncode != 0:
             raise AdminError(f"rabbitmqctl {args[0]} failed: {(err or out).decode().strip()[:300]}")
         return out.decode()
@@ -100,12 +101,14 @@ class Rabbitmqctl:
         return {u["user"] for u in json.loads(await self._run("list_users", "--formatter", "json", "-q") or "[]")}
 
     async def put_user(self, name: str, password: str) -> None:
+        # The password goes on stdin: as an argument, one starting with "-" reads as an option,
+        # and any other process on the machine could read it from the command line.
         try:
-            await self._run("add_user", name, password)
+            await self._run("add_user", name, stdin=password)
         except AdminError as exc:
             if "already exists" not in str(exc):
                 raise
-            await self._run("change_password", name, password)
+            await self._run("change_password", name, stdin=password)
 
     async def delete_user(self, name: str) -> None:
         try:
