@@ -133,6 +133,10 @@ async def test_two_replicas_of_every_worker_handle_each_event_once_and_in_order(
                 ports["relay"].append(port)
                 procs.append(await asyncio.create_subprocess_exec(
                     mfa, "relay", "all", env={**base_env, "MFA_RELAY_PORT": str(port)}, stdout=asyncio.subprocess.DEVNULL))
+            # The first relay may publish the whole burst before the second one has started; a SIGTERM
+            # that came while it was still starting (before its signal handlers) would kill it (-15).
+            for port in ports["relay"]:
+                await wait_for(lambda p=port: _ready(http, p), timeout=60, message=f"relay on {port} ready")
 
             await wait_for(lambda: len(published) >= expected, timeout=60, message=f"{expected} events published")
             await wait_for(lambda: db.fetchval("SELECT count(*) >= $1 FROM audit.events", expected), timeout=60,
