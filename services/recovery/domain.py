@@ -29,6 +29,7 @@ STATUSES = (*UNDECIDED, *DECIDED)
 PROBLEM_FIELD = {
     "photo_too_large": "photo",
     "photo_unsupported_type": "photo",
+    "photo_not_an_image": "photo",
     "photo_expired": "photo",
     "invalid_email": "email",
     "invalid_first_name": "first_name",
