@@ -23,9 +23,12 @@ class PhotoRejected(ValueError):
     """The bytes are not a photo this service keeps; `code` is the stable problem code."""
 
     def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
+        super().__init__(code, detail)  # both in args: the exception crosses the process boundary pickled
         self.code = code
         self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 @cache
