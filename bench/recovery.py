@@ -50,12 +50,12 @@ def jpeg(size: int) -> bytes:
 
     from PIL import Image
 
-    side = max(8, int((size / 3) ** 0.5))
+    side = max(8, int((size / 4) ** 0.5))
     img = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=95)
-    data = out.getvalue()[:size] if len(out.getvalue()) > size else out.getvalue()
-    return data + b"\0" * (size - len(data))
+    data = out.getvalue()
+    return data + b"\0" * max(0, size - len(data))
 
 
 def phone_mail(email: str, company: str, photo: bytes) -> bytes:
