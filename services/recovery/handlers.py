@@ -24,7 +24,7 @@ from ..common.events import Actor, iso, new_event
 from ..common.logs import get_logger
 from ..common.outbox import add_events
 from . import domain, store
-from .domain import IntakeRequest, RateLimits, TicketFields, TicketState
+from .domain import IntakeRequest, RateLimits, TicketFields
 
 log = get_logger("recovery")
 
@@ -35,12 +35,12 @@ MAILBOX_ACTOR = Actor("system", "recovery-mailbox")
 
 @dataclass(frozen=True)
 class IntakeResult:
-    """What an intake did: the ticket it opened or joined."""
+    """What an intake did: the ticket it opened, and the undecided tickets of the same person before it."""
 
     ticket_id: str
     status: str
-    joined: bool
     missing: list[str]
+    related_ticket_ids: list[str]
 
 
 def photo_path(ticket_id: str) -> str:
@@ -72,64 +72,47 @@ async def check_rate_limit(pool: asyncpg.Pool, rate_key: bytes, limits: RateLimi
     return limits.retry_after(now) if over else None
 
 
-def _state(row: asyncpg.Record) -> TicketState:
-    return TicketState(
-        ticket_id=row["ticket_id"], status=row["status"], requester_email=row["requester_email"],
-        first_name=row["first_name"], last_name=row["last_name"], company_name=row["company_name"],
-        has_photo=row["has_photo"], problems=tuple(row["problems"]), reply_to=row["reply_to"],
-    )
-
-
 async def open_ticket(pool: asyncpg.Pool, req: IntakeRequest, *, actor: Actor, correlation_id: str | None,
                       scope_company_id: str | None = None) -> IntakeResult:
-    """Open a ticket for `req`, or join the undecided ticket of the same email and company.
+    """Open a ticket of its own for `req`, linked to the undecided tickets of the same email and company.
 
-    The caller's answer never depends on whether an account matched: only the helpdesk sees that.
+    No request changes another request's ticket: a second request, from another key or a spoofed
+    mail, can neither replace the names, photo or reply address an agent is checking nor unfreeze
+    a claimed ticket. The caller's answer never depends on whether an account matched.
     """
     email_key, company_key = req.email_key, req.company_key
     account_id = company_id = None
+    related: list[str] = []
+    ticket_id = str(uuid.uuid4())
+    fields = domain.new_ticket_fields(req)
     async with pool.acquire() as conn, conn.transaction():
-        existing = replaced = None
         if email_key and company_key:
+            # One person's intakes one after the other, so each sees the tickets opened before it.
             await store.lock_person(conn, email_key, company_key)
             matches = await store.find_accounts(conn, email_key, company_key, scope_company_id)
             if len(matches) == 1:
                 account_id, company_id = matches[0]["account_id"], matches[0]["company_id"]
-            existing = await store.undecided_ticket_for(conn, email_key, company_key)
-        if existing is not None:
-            ticket_id = existing["ticket_id"]
-            fields = domain.join_ticket(_state(existing), req)
-            await store.update_joined_ticket(conn, ticket_id, fields, account_id, company_id)
-            account_id = account_id or existing["account_id"]
-            company_id = company_id or existing["company_id"]
-            if fields.replace_photo:
-                replaced = await store.delete_photo(conn, ticket_id, "replaced")
-        else:
-            ticket_id = str(uuid.uuid4())
-            fields = domain.new_ticket_fields(req)
-            await store.insert_ticket(
-                conn, ticket_id=ticket_id, channel=req.channel, fields=fields, email_key=email_key,
-                company_key=company_key, scope_company_id=scope_company_id, account_id=account_id,
-                company_id=company_id,
-            )
-        if fields.replace_photo and req.photo is not None:
+            related = await store.undecided_ticket_ids_for(conn, email_key, company_key)
+        await store.insert_ticket(
+            conn, ticket_id=ticket_id, channel=req.channel, fields=fields, email_key=email_key,
+            company_key=company_key, scope_company_id=scope_company_id, account_id=account_id,
+            company_id=company_id,
+        )
+        if req.photo is not None:
             await store.put_photo(conn, ticket_id, req.photo, hashlib.sha256(req.photo.data).digest())
-        has_photo = req.photo is not None or (existing is not None and existing["has_photo"])
         event = new_event(
             "RecoveryTicketOpened",
-            _opened_data(ticket_id, req.channel, fields, account_id, company_id, has_photo, existing is not None),
+            _opened_data(ticket_id, req.channel, fields, account_id, company_id, req.photo is not None, related),
             source=SOURCE,
             subject=account_id or ticket_id,
             company_id=company_id,
             correlation_id=correlation_id,
             actor=actor,
         )
-        events = [event]
-        if replaced is not None:
-            events.insert(0, _photo_deleted(replaced, account_id, company_id, correlation_id, actor))
-        await add_events(conn, SCHEMA, events)
-    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, ticket_status=fields.status)
-    return IntakeResult(ticket_id, fields.status, existing is not None, fields.missing)
+        await add_events(conn, SCHEMA, [event])
+    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, ticket_status=fields.status,
+                                           related_tickets=len(related))
+    return IntakeResult(ticket_id, fields.status, fields.missing, related)
 
 
 def _photo_deleted(deleted: asyncpg.Record, account_id: str | None, company_id: str | None,
@@ -147,7 +130,7 @@ def _photo_deleted(deleted: asyncpg.Record, account_id: str | None, company_id: 
 
 
 def _opened_data(ticket_id: str, channel: str, fields: TicketFields, account_id: str | None,
-                 company_id: str | None, has_photo: bool, joined: bool) -> dict[str, Any]:
+                 company_id: str | None, has_photo: bool, related: list[str]) -> dict[str, Any]:
     return {
         "ticket_id": ticket_id,
         "requester_email": fields.requester_email,
@@ -161,7 +144,8 @@ def _opened_data(ticket_id: str, channel: str, fields: TicketFields, account_id:
         "missing": fields.missing,
         "problems": fields.problems,
         "photo_ref": photo_path(ticket_id) if has_photo else None,
-        "joined": joined,
+        "joined": False,  # kept for consumers of v1: requests no longer join tickets
+        "related_ticket_ids": related,
         "reply_to": fields.reply_to,
     }
 
@@ -217,8 +201,10 @@ async def _view(conn: asyncpg.Connection, ticket_id: str) -> dict[str, Any]:
             "names_match": domain.names_match(row["first_name"], row["last_name"], details["first_name"],
                                               details["last_name"]),
         }
+    related = await store.related_ticket_ids(conn, ticket_id, row["email_key"], row["company_key"])
     return {
         **_summary(row, meta is not None),
+        "related_ticket_ids": related,
         "reply_to": row["reply_to"],
         "problems": list(row["problems"]),
         "claimed_at": iso(row["claimed_at"]),
@@ -341,6 +327,9 @@ async def decide(pool: asyncpg.Pool, ticket_id: str, principal: Principal, *, ac
             "company_id": company_id,
             "agent": agent,
             "reply_to": row["reply_to"],
+            # The outcome goes to the account's own addresses, never only to one the request gave.
+            "account_email": live["email"] if live else None,
+            "backup_email": (live["backup_email"] if live and live["backup_email_confirmed"] else None),
         }
         if action == "approve":
             data["note"] = text

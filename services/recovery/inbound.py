@@ -112,8 +112,9 @@ class MailboxHandler:
                 outcome = "rejected_parse_timeout"
                 return "554 5.6.0 The message could not be read; it was not accepted"
             result = await open_ticket(self.pool, request, actor=MAILBOX_ACTOR, correlation_id=correlation_id)
-            outcome = "joined" if result.joined else "opened"
+            outcome = "opened"
             summary.update(ticket_id=result.ticket_id, ticket_status=result.status, missing=result.missing,
+                           related_tickets=len(result.related_ticket_ids),
                            problems=list(request.problems))
             return "250 OK"
         except DB_UNAVAILABLE as exc:

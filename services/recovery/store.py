@@ -88,14 +88,15 @@ async def set_mfa_enabled(conn: asyncpg.Connection, account_id: str, company_id:
     )
 
 
-async def set_backup_confirmed(conn: asyncpg.Connection, account_id: str, company_id: str, at: datetime) -> None:
+async def set_backup_confirmed(conn: asyncpg.Connection, account_id: str, company_id: str, backup_email: str,
+                               at: datetime) -> None:
     await conn.execute(
-        """INSERT INTO recovery.accounts (account_id, company_id, backup_email_confirmed, backup_at)
-           VALUES ($1, $2, true, $3)
-           ON CONFLICT (account_id) DO UPDATE SET backup_email_confirmed = true, backup_at = $3,
+        """INSERT INTO recovery.accounts (account_id, company_id, backup_email_confirmed, backup_email, backup_at)
+           VALUES ($1, $2, true, $3, $4)
+           ON CONFLICT (account_id) DO UPDATE SET backup_email_confirmed = true, backup_email = $3, backup_at = $4,
              company_id = COALESCE(accounts.company_id, $2)
-           WHERE accounts.backup_at IS NULL OR accounts.backup_at <= $3""",
-        account_id, company_id, at,
+           WHERE accounts.backup_at IS NULL OR accounts.backup_at <= $4""",
+        account_id, company_id, backup_email, at,
     )
 
 
@@ -119,7 +120,7 @@ async def account_details(conn: asyncpg.Connection, account_id: str) -> asyncpg.
     """The live account with its company, or None when unknown or removed."""
     return await conn.fetchrow(
         f"""SELECT a.account_id, a.company_id, a.email, a.first_name, a.last_name, a.role,
-                   a.mfa_required AS account_mfa_required, a.mfa_enabled, a.backup_email_confirmed,
+                   a.mfa_required AS account_mfa_required, a.mfa_enabled, a.backup_email_confirmed, a.backup_email,
                    c.name AS company_name, COALESCE(c.mfa_required, false) AS company_mfa_required
             FROM recovery.accounts a LEFT JOIN recovery.companies c ON c.company_id = a.company_id
             WHERE a.account_id = $1 AND {_LIVE}""",
@@ -131,18 +132,34 @@ async def account_details(conn: asyncpg.Connection, account_id: str) -> asyncpg.
 
 
 async def lock_person(conn: asyncpg.Connection, email_key: str, company_key: str) -> None:
-    """Serialise intakes for one person, so concurrent requests join one ticket."""
+    """Serialise intakes for one person, so each sees the tickets opened before it."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"recovery:{email_key}\n{company_key}")
 
 
-async def undecided_ticket_for(conn: asyncpg.Connection, email_key: str, company_key: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"""SELECT {TICKET_COLUMNS}, EXISTS (SELECT 1 FROM recovery.photos p WHERE p.ticket_id = t.ticket_id)
-                   AS has_photo
-            FROM recovery.tickets t
-            WHERE email_key = $1 AND company_key = $2 AND status = ANY($3::text[]) FOR UPDATE""",
-        email_key, company_key, list(UNDECIDED),
+async def undecided_ticket_ids_for(conn: asyncpg.Connection, email_key: str, company_key: str,
+                                   limit: int = 20) -> list[str]:
+    """The undecided tickets of one person (email and company), oldest first."""
+    rows = await conn.fetch(
+        """SELECT ticket_id FROM recovery.tickets
+           WHERE email_key = $1 AND company_key = $2 AND status = ANY($3::text[])
+           ORDER BY created_at, ticket_id LIMIT $4""",
+        email_key, company_key, list(UNDECIDED), limit,
     )
+    return [r["ticket_id"] for r in rows]
+
+
+async def related_ticket_ids(conn: asyncpg.Connection, ticket_id: str, email_key: str | None,
+                             company_key: str | None, limit: int = 20) -> list[str]:
+    """The other tickets of the same person (email and company), whatever their status, oldest first."""
+    if not (email_key and company_key):
+        return []
+    rows = await conn.fetch(
+        """SELECT ticket_id FROM recovery.tickets
+           WHERE email_key = $1 AND company_key = $2 AND ticket_id <> $3
+           ORDER BY created_at, ticket_id LIMIT $4""",
+        email_key, company_key, ticket_id, limit,
+    )
+    return [r["ticket_id"] for r in rows]
 
 
 async def insert_ticket(conn: asyncpg.Connection, *, ticket_id: str, channel: str, fields: TicketFields,
@@ -156,19 +173,6 @@ async def insert_ticket(conn: asyncpg.Connection, *, ticket_id: str, channel: st
         ticket_id, fields.status, channel, fields.requester_email, email_key, fields.first_name, fields.last_name,
         fields.company_name, company_key, fields.reply_to, fields.missing, fields.problems, scope_company_id,
         account_id, company_id,
-    )
-
-
-async def update_joined_ticket(conn: asyncpg.Connection, ticket_id: str, fields: TicketFields,
-                               account_id: str | None, company_id: str | None) -> None:
-    await conn.execute(
-        """UPDATE recovery.tickets SET status = $2, requester_email = $3, first_name = $4, last_name = $5,
-             company_name = $6, reply_to = $7, missing = $8, problems = $9,
-             account_id = COALESCE($10, account_id), company_id = COALESCE($11, company_id),
-             request_count = request_count + 1, updated_at = now()
-           WHERE ticket_id = $1""",
-        ticket_id, fields.status, fields.requester_email, fields.first_name, fields.last_name, fields.company_name,
-        fields.reply_to, fields.missing, fields.problems, account_id, company_id,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +28,7 @@ MAX_WORKERS = 2
 JOB_TIMEOUT = 10.0  # a 15 MB mail with a 10 MB photo parses in well under a second
 # The caller waits this much longer than the worker's own deadline before giving the worker up.
 CALLER_GRACE = 2.0
+WORKER_NICENESS = 10
 
 
 class JobTimeout(Exception):
@@ -42,6 +44,8 @@ def _on_alarm(_signum, _frame) -> None:
 
 
 def _init_worker() -> None:
+    # Parsing yields the CPU to the process that answers logins when both want it.
+    os.nice(WORKER_NICENESS)
     # Ctrl-C in a terminal reaches the whole process group; the service stops its pool itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _on_alarm)

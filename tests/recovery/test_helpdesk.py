@@ -218,6 +218,9 @@ async def test_photos_of_tickets_open_30_days_are_purged_and_the_deletion_record
     assert gone["data"]["reason"] == "expired" and gone["data"]["size"] == kept
     status, problem = await call(recovery, "POST", f"/v1/recovery-tickets/{ticket_id}/approve", json={"agent": "ann"})
     assert status == 409 and problem["code"] == "ticket_incomplete"
-    # A fresh photo brings the ticket back.
-    assert await open_ticket(recovery, person) == ticket_id
-    assert (await call(recovery, "GET", f"/v1/recovery-tickets/{ticket_id}"))[1]["status"] == "open"
+    # A fresh request opens a ticket of its own, linked to this one, which stays as it is.
+    fresh = await open_ticket(recovery, person)
+    assert fresh != ticket_id
+    status, view = await call(recovery, "GET", f"/v1/recovery-tickets/{ticket_id}")
+    assert view["status"] == "incomplete" and view["related_ticket_ids"] == [fresh]
+    assert (await call(recovery, "GET", f"/v1/recovery-tickets/{fresh}"))[1]["status"] == "open"

@@ -114,26 +114,33 @@ async def test_matching_and_unknown_accounts_get_the_same_answer(recovery):
     assert views[1]["match"] is None and views[2]["match"] is None
 
 
-async def test_repeated_requests_join_the_open_ticket_then_the_rate_limit_applies(recovery):
+async def test_repeated_requests_open_tickets_of_their_own_linked_together_then_the_rate_limit_applies(recovery):
     person = await recovery.company_with_account()
     ids = []
     for first in ("Jane", "Janet", "Jane"):
         resp = await post_form(recovery, form(person["email"].upper(), person["company_name"].lower(), first=first))
         assert resp.status == 202
         ids.append((await resp.json())["ticket_id"])
-    assert len(set(ids)) == 1
-    row = await recovery.ticket_row(person["email"], person["company_name"])
-    assert row["request_count"] == 3 and row["first_name"] == "Jane"
-    opened = await recovery.tap.wait("RecoveryTicketOpened", ids[0], count=3)
-    assert [e["data"]["joined"] for e in opened] == [False, True, True]
-    replaced = await recovery.tap.wait("RecoveryPhotoDeleted", ids[0], count=2)  # each newer photo replaced one
-    assert [e["data"]["reason"] for e in replaced] == ["replaced", "replaced"]
+    assert len(set(ids)) == 3
+    rows = await recovery.runtime.pool.fetch(
+        "SELECT ticket_id, first_name, request_count FROM recovery.tickets WHERE ticket_id = ANY($1::text[])"
+        " ORDER BY created_at", ids)
+    assert [(r["first_name"], r["request_count"]) for r in rows] == [("Jane", 1), ("Janet", 1), ("Jane", 1)]
+    opened = [(await recovery.tap.wait("RecoveryTicketOpened", i))[0]["data"] for i in ids]
+    assert [d["related_ticket_ids"] for d in opened] == [[], ids[:1], ids[:2]]
+    assert not any(d["joined"] for d in opened)
+    status_view = await recovery.client.get(f"/v1/recovery-tickets/{ids[0]}", headers=recovery.auth("helpdesk"))
+    assert (await status_view.json())["related_ticket_ids"] == ids[1:]
+    # No photo was replaced: each ticket keeps the one its own request brought.
+    assert await recovery.runtime.pool.fetchval(
+        "SELECT count(*) FROM recovery.photos WHERE ticket_id = ANY($1::text[])", ids) == 3
     # The test app allows 3 requests per sender and window: the fourth is refused, nothing stored.
     resp = await post_form(recovery, form(person["email"], person["company_name"]))
     assert resp.status == 429
     problem = await resp.json()
     assert problem["code"] == "rate_limited" and problem["retry_after"] > 0
-    assert (await recovery.ticket_row(person["email"], person["company_name"]))["request_count"] == 3
+    assert await recovery.runtime.pool.fetchval(
+        "SELECT count(*) FROM recovery.tickets WHERE email_key = $1", person["email"].lower()) == 3
 
 
 @pytest.mark.parametrize(
@@ -261,12 +268,18 @@ async def test_mail_without_a_usable_photo_opens_an_incomplete_ticket(recovery):
     [event] = await recovery.tap.wait("RecoveryTicketOpened", row["ticket_id"])
     assert event["data"]["status"] == "incomplete" and event["data"]["missing"] == ["photo"]
     assert event["data"]["problems"] == ["photo_unsupported_type"] and event["data"]["photo_ref"] is None
-    # The second mail brings the photo: the same ticket becomes complete.
-    raw = iphone_mail(sender=person["email"], subject=f"Re: Resetting MFA authenticator ({person['company_name']})",
+    # The second mail brings the photo: it opens a ticket of its own, linked to the first, which stays as it was.
+    raw = iphone_mail(sender=f"Jane Doe <{person['email']}>",
+                      subject=f"Re: Resetting MFA authenticator ({person['company_name']})",
                       body="Here is the photo.", photo=jpeg(5000))
     assert (await send_mail(recovery, raw, person["email"])).code == 250
     again = await recovery.ticket_row(person["email"], person["company_name"])
-    assert again["ticket_id"] == row["ticket_id"] and again["status"] == "open" and again["missing"] == []
+    assert again["ticket_id"] != row["ticket_id"] and again["status"] == "open" and again["missing"] == []
+    [event] = await recovery.tap.wait("RecoveryTicketOpened", again["ticket_id"])
+    assert event["data"]["related_ticket_ids"] == [row["ticket_id"]]
+    first = await recovery.runtime.pool.fetchrow("SELECT status, missing FROM recovery.tickets WHERE ticket_id = $1",
+                                                 row["ticket_id"])
+    assert first["status"] == "incomplete" and list(first["missing"]) == ["photo"]
 
 
 async def test_unreadable_mail_still_opens_an_incomplete_ticket(recovery):
@@ -310,13 +323,13 @@ async def test_auto_replies_and_flooding_senders_are_dropped_with_250(recovery):
                                 extra_headers={"Auto-Submitted": "auto-replied"})
     assert (await send_mail(recovery, raw, person["email"])).code == 250
     assert await recovery.ticket_row(person["email"], person["company_name"]) is None
-    # Three mails are taken (and join one ticket); the fourth from the same sender is dropped silently.
+    # Three mails are taken (three tickets); the fourth from the same sender is dropped silently.
     raw = plain_with_attachment(sender=person["email"], subject=subject, body=body_for(person), data=jpeg(),
                                 maintype="image", subtype="jpeg", filename="a.jpg")
     for _ in range(4):
         assert (await send_mail(recovery, raw, person["email"])).code == 250
-    row = await recovery.ticket_row(person["email"], person["company_name"])
-    assert row["request_count"] == 3
+    assert await recovery.runtime.pool.fetchval(
+        "SELECT count(*) FROM recovery.tickets WHERE email_key = $1", person["email"].lower()) == 3
 
 
 async def test_database_down_answers_451_and_the_server_keeps_serving(runtime):
@@ -371,17 +384,18 @@ async def test_the_mailbox_listens_only_while_the_app_runs(runtime):
         await smtp_send(port, b"Subject: x\r\n\r\nx\r\n", "a@private.example")
 
 
-async def test_concurrent_requests_for_one_person_join_one_ticket(recovery):
+async def test_concurrent_requests_for_one_person_open_linked_tickets_in_order(recovery):
     import asyncio
 
     person = await recovery.company_with_account()
     responses = await asyncio.gather(*(post_form(recovery, form(person["email"], person["company_name"]))
                                        for _ in range(3)))
     assert [r.status for r in responses] == [202, 202, 202]
-    assert len({(await r.json())["ticket_id"] for r in responses}) == 1
-    count = await recovery.runtime.pool.fetchval(
-        "SELECT count(*) FROM recovery.tickets WHERE email_key = $1", person["email"].lower())
-    assert count == 1
+    ids = [(await r.json())["ticket_id"] for r in responses]
+    # Intakes of one person run one after the other: each names every ticket opened before it.
+    related = sorted([(await recovery.tap.wait("RecoveryTicketOpened", i))[0]["data"]["related_ticket_ids"]
+                      for i in ids], key=len)
+    assert [len(r) for r in related] == [0, 1, 2] and related[1] == related[2][:1]
 
 
 async def test_the_per_ip_limit_counts_across_senders(recovery):
