@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from .errors import BadRequest, MfaError, PayloadTooLarge
 from .web import CONTROL_CHARACTERS, READ_CHUNK
@@ -36,8 +36,15 @@ class _BoundedStream:
 
     async def readline(self, *, max_line_length: int | None = None) -> bytes:
         # A line may not outgrow what is left: the inner stream would buffer all of it first.
-        bound = max(1, min(max_line_length or self._left + 1, self._left + 1))
-        return self._count(await self._inner.readline(max_line_length=bound))
+        budget = self._left + 1
+        bound = max(1, min(max_line_length or budget, budget))
+        try:
+            line = await self._inner.readline(max_line_length=bound)
+        except LineTooLong:
+            if bound == budget:  # the line is too long for what is left of the body, not for a line
+                raise self._too_large from None
+            raise
+        return self._count(line)
 
     def unread_data(self, data: bytes) -> None:
         self._left += len(data)

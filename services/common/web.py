@@ -42,7 +42,7 @@ MAX_BODY = 64 * 1024
 READ_CHUNK = 64 * 1024
 # Query values, path segments and multipart part names may hold no control character: PostgreSQL
 # refuses U+0000 in text, and none of them has a use for the others.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 # The id goes into logs, the outbox, the AMQP `correlation_id` property (at most 255 bytes) and
 # the response header: only plain ASCII that every one of them carries as is.
 _CORRELATION_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,100}")

@@ -20,9 +20,10 @@ import structlog
 from ..common.apikeys import Principal
 from ..common.crypto import keyed_hash
 from ..common.errors import BadRequest, Gone, NotFound
-from ..common.events import Actor, iso, new_event
+from ..common.events import Actor, iso, new_event, parse_time
 from ..common.logs import get_logger
 from ..common.outbox import add_events
+from ..common.web import CONTROL_CHARACTERS
 from . import domain, store
 from .domain import IntakeRequest, RateLimits, TicketFields
 
@@ -257,10 +258,17 @@ def encode_cursor(created_at: datetime, ticket_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, ticket_id) a cursor of `encode_cursor` holds; 400 `invalid_cursor` for anything else.
+
+    A cursor comes back from outside: its text may hold anything the database refuses (U+0000, an
+    out-of-range time), so it is checked as strictly as it was made.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, _, ticket_id = raw.partition("|")
-        return datetime.fromisoformat(stamp), ticket_id
+        if not 1 <= len(ticket_id) <= 128 or CONTROL_CHARACTERS.search(ticket_id):
+            raise ValueError("not a ticket id")
+        return parse_time(stamp), ticket_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise BadRequest("The cursor is not one this API returned.", code="invalid_cursor") from exc
 

@@ -168,8 +168,11 @@ async def insert_ticket(conn: asyncpg.Connection, *, ticket_id: str, channel: st
     await conn.execute(
         """INSERT INTO recovery.tickets (ticket_id, status, channel, requester_email, email_key, first_name, last_name,
                                          company_name, company_key, reply_to, missing, problems, scope_company_id,
-                                         account_id, company_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
+                                         account_id, company_id, created_at, updated_at)
+           -- clock_timestamp(), not now(): taken after the person's lock, so the queue and
+           -- related_ticket_ids follow the order in which the intakes ran, not when they began.
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, clock_timestamp(),
+                   clock_timestamp())""",
         ticket_id, fields.status, channel, fields.requester_email, email_key, fields.first_name, fields.last_name,
         fields.company_name, company_key, fields.reply_to, fields.missing, fields.problems, scope_company_id,
         account_id, company_id,
