@@ -69,9 +69,11 @@ def _ready() -> bool:
 class ParsePool:
     """At most `max_workers` jobs at once, each within `timeout` seconds; started and stopped by the app."""
 
-    def __init__(self, max_workers: int = MAX_WORKERS, timeout: float = JOB_TIMEOUT) -> None:
+    def __init__(self, max_workers: int = MAX_WORKERS, timeout: float = JOB_TIMEOUT,
+                 grace: float = CALLER_GRACE) -> None:
         self.max_workers = max_workers
         self.timeout = timeout
+        self.grace = grace
         self._executor: ProcessPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
 
@@ -99,7 +101,7 @@ class ParsePool:
         loop = asyncio.get_running_loop()
         executor: ProcessPoolExecutor | None = None
         try:
-            async with asyncio.timeout(limit + CALLER_GRACE):
+            async with asyncio.timeout(limit + self.grace):
                 async with self._slots:
                     executor = self._executor
                     return await loop.run_in_executor(executor, _run_with_deadline, limit, fn, args)
@@ -108,7 +110,7 @@ class ParsePool:
             # code): in the second case the pool is given up for a new one.
             log.warning("parse_job_abandoned", job=getattr(fn, "__name__", str(fn)), timeout=limit)
             self._replace(executor)
-            raise JobTimeout(f"no result within {limit + CALLER_GRACE}s") from None
+            raise JobTimeout(f"no result within {limit + self.grace}s") from None
         except BrokenProcessPool:
             log.warning("parse_pool_broken", job=getattr(fn, "__name__", str(fn)))
             self._replace(executor)
