@@ -2,6 +2,13 @@
 
 Each use case loads what it needs, asks domain.py, and writes state and events in one
 transaction (events through the outbox), so nothing is ever half-stored.
+
+Transactions: every use case here is called by an edge that holds no connection (the HTTP api,
+the SMTP intake, the purge loop) and always opens its own, from the pool it is given. The
+directory's use cases (consumers.py) are the other kind: the consumer edge hands them a connection
+already inside the transaction that records the event as processed. No use case is both. Rows
+come from store.py as dataclasses (`store.Ticket`, `store.AccountDetails`, ...), and a statement
+that changes a ticket returns it, so nothing is read twice.
 """
 
 from __future__ import annotations
