@@ -27,7 +27,7 @@ from .conftest import free_port, wait_for
 from .test_lifecycle import env_for
 
 SPECS = Path(__file__).resolve().parent.parent / "schemas" / "openapi"
-EXAMPLES = int(os.environ.get("MFA_FUZZ_EXAMPLES", "50"))
+EXAMPLES = int(os.environ.get("MFA_FUZZ_EXAMPLES", "30"))
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 PORTS = {"auth": "AUTH", "recovery": "RECOVERY", "audit": "AUDIT", "notifier": "NOTIFIER"}
 
