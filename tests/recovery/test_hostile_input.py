@@ -145,9 +145,10 @@ async def test_a_worker_that_ignores_its_deadline_is_given_up_and_replaced():
 async def test_logins_keep_p99_under_100ms_while_hostile_mails_and_forms_are_processed(settings, runtime):
     """p99 of POST /v1/logins while the attack runs stays under 100 ms.
 
-    The machine is shared (2 cores, often a load of 8): when logins alone already have a p99 above
-    50 ms, the bound is twice that baseline instead, so the test still fails on a stall (before the
-    fix: p99 237 ms, max 13 s, median 47 ms) and not on a neighbour's load.
+    The machine is shared (2 cores, often a load of 8): when logins alone (measured before and after
+    the attack, the larger p99 of the two) already have a p99 above 50 ms, the bound is twice that
+    baseline instead, so the test still fails on a stall (before the fix: p99 237 ms, max 13 s,
+    median 47 ms) and not on a neighbour's load.
     """
     ports = {name: free_port() for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER", "INBOUND_SMTP")}
     env = env_for(settings, **{f"MFA_{k}_PORT": str(v) for k, v in ports.items()},
@@ -204,6 +205,9 @@ async def test_logins_keep_p99_under_100ms_while_hostile_mails_and_forms_are_pro
                 latencies.append(await login())
             out, _ = await attack
             results = json.loads(out.decode().strip().splitlines()[-1])
+            # The neighbours' load drifts during the test: the baseline is also taken after the attack.
+            after = sorted([await login() for _ in range(200)])
+            baseline_p99 = max(baseline_p99, after[int(len(after) * 0.99) - 1])
             mail_codes, forms = results[:3], [tuple(f) for f in results[3:]]
         latencies.sort()
         p99 = latencies[int(len(latencies) * 0.99) - 1]
