@@ -16,6 +16,7 @@ import time
 import uuid
 
 import aiohttp
+import aiosmtplib
 import pytest
 
 from services.common.apikeys import create_key
@@ -228,3 +229,29 @@ async def test_logins_keep_p99_under_100ms_while_hostile_mails_and_forms_are_pro
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_a_mail_whose_parsing_times_out_is_refused_with_554_and_nothing_stored(runtime):
+    from services.recovery.domain import RateLimits
+    from services.recovery.inbound import InboundMailbox, MailboxHandler
+
+    # A deadline no mail can meet: the worker interrupts itself and the intake gives the mail up.
+    parsers = ParsePool(max_workers=1, timeout=0.001, grace=10)
+    await parsers.start()
+    port = free_port()
+    sender = f"slow.{uuid.uuid4().hex[:8]}@attacker.example"
+    handler = MailboxHandler(runtime.pool, rate_key=b"k" * 32, limits=RateLimits(per_sender=100, per_ip=10_000),
+                             mailbox=(HELPDESK,), parsers=parsers)
+    mailbox = InboundMailbox(handler, "127.0.0.1", port, "mfa.localhost")
+    await mailbox.start()
+    try:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30) as smtp:
+            await smtp.mail(sender)
+            await smtp.rcpt(HELPDESK)
+            with pytest.raises(aiosmtplib.SMTPResponseException) as err:
+                await smtp.data(long_line_mail("x" * 200_000))
+        assert err.value.code == 554
+        assert await runtime.pool.fetchval("SELECT count(*) FROM recovery.tickets WHERE reply_to = $1", sender) == 0
+    finally:
+        await mailbox.stop()
+        await parsers.stop()
