@@ -359,3 +359,63 @@ async def reseal(conn: Conn, kind: str, key: str, old: str, sealed: str) -> bool
     }[kind]
     status = await conn.execute(f"UPDATE auth.{table} SET {column} = $3 WHERE {id_col} = $1 AND {column} = $2", key, old, sealed)
     return status == "UPDATE 1"
+
+
+# ---- hosted pages ----------------------------------------------------------------------------
+
+async def insert_page_link(conn: Conn, token_hash: bytes, kind: str, account_id: str, login_id: str | None,
+                           return_to: str, state: str | None, expires_at: datetime) -> None:
+    """A single-use URL token; a prompt replaces the unused one of the same login (a retried POST /v1/logins)."""
+    if login_id is not None:
+        await conn.execute(
+            "DELETE FROM auth.page_links WHERE login_id = $1 AND kind = $2 AND used_at IS NULL", login_id, kind
+        )
+    await conn.execute(
+        """INSERT INTO auth.page_links (token_hash, kind, account_id, login_id, return_to, state, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        token_hash, kind, account_id, login_id, return_to, state, expires_at,
+    )
+
+
+async def use_page_link(conn: Conn, token_hash: bytes, kind: str, at: datetime) -> tuple[str, asyncpg.Record | None]:
+    """Mark a URL token used, once: ('ok', row), or ('unknown' | 'used' | 'expired', row or None)."""
+    row = await conn.fetchrow(
+        "UPDATE auth.page_links SET used_at = $3 WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL"
+        " AND expires_at > $3 RETURNING *",
+        token_hash, kind, at,
+    )
+    if row is not None:
+        return "ok", row
+    row = await conn.fetchrow("SELECT * FROM auth.page_links WHERE token_hash = $1 AND kind = $2", token_hash, kind)
+    if row is None:
+        return "unknown", None
+    return ("used" if row["used_at"] is not None else "expired"), row
+
+
+async def insert_page_session(conn: Conn, session_hash: bytes, link: asyncpg.Record, expires_at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO auth.page_sessions (session_hash, kind, account_id, login_id, return_to, state, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        session_hash, link["kind"], link["account_id"], link["login_id"], link["return_to"], link["state"], expires_at,
+    )
+
+
+async def get_page_session(conn: Conn, session_hash: bytes, kind: str, at: datetime) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM auth.page_sessions WHERE session_hash = $1 AND kind = $2 AND expires_at > $3",
+        session_hash, kind, at,
+    )
+
+
+async def prompt_of_login(conn: Conn, login_id: str) -> asyncpg.Record | None:
+    """Where the prompt of a login sends the browser (the newest of its links)."""
+    return await conn.fetchrow(
+        "SELECT return_to, state FROM auth.page_links WHERE login_id = $1 AND kind = 'prompt'"
+        " ORDER BY created_at DESC LIMIT 1",
+        login_id,
+    )
+
+
+async def find_link_by_token(conn: Conn, token_hash: bytes) -> asyncpg.Record | None:
+    """A login link without taking it (the page before the button)."""
+    return await conn.fetchrow("SELECT * FROM auth.login_links WHERE token_hash = $1", token_hash)

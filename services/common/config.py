@@ -55,6 +55,9 @@ class Settings:
     queue_prefix: str = ""
     issuer_url: str = "mfa"
     relay_mode: str = "inline"  # inline: `mfa run` publishes its outboxes; separate: `mfa relay` does
+    # URL prefixes the hosted pages may send a browser back to (loopback too while in development).
+    return_urls: tuple[str, ...] = ()
+    product_name: str = "MFA"  # named in the pages and the emails
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -110,6 +113,8 @@ class Settings:
             queue_prefix=get("MFA_QUEUE_PREFIX", ""),
             issuer_url=get("MFA_ISSUER", "mfa"),
             relay_mode=relay_mode,
+            return_urls=tuple(u.strip() for u in get("MFA_RETURN_URLS", "").split(",") if u.strip()),
+            product_name=get("MFA_PRODUCT_NAME", "MFA"),
         )
 
     @property
