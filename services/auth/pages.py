@@ -13,7 +13,7 @@ import segno
 from aiohttp import web
 
 from ..common.errors import BadRequest, Conflict, Gone, MfaError, TooManyRequests, Unauthorized
-from ..common.events import Actor, parse_time
+from ..common.events import Actor, iso, parse_time
 from ..common.pages import PAGES, PageError, Pages, add_static, origin_of, redirect
 from . import domain, handlers, prompt
 from .api import AUTH
@@ -107,6 +107,9 @@ async def _show_prompt(request: web.Request, session: PageSession, cookie: str, 
     back = {"back_url": session.return_to}
     if login["status"] == "succeeded":
         return redirect(prompt.success_url(session.return_to, session.state, login["login_id"]))
+    if login["status"] == "failed" and view.locked_until:
+        raise PageError(429, "mfa_locked", company_name=account["company_name"], locale=account["locale"],
+                        locked_until=iso(view.locked_until), **back)
     if login["status"] == "failed":
         raise PageError(403, "login_failed", company_name=account["company_name"], locale=account["locale"], **back)
     if view.expired:
@@ -179,6 +182,8 @@ async def prompt_backup(request: web.Request) -> web.StreamResponse:
         account = await prompt.account_view(_auth(request), session.account_id)
         if exc.code in ("wrong_code", "replayed_code"):
             message = _text(request, account, "backup.wrong", left=exc.extra.get("attempts_left", ""))
+        elif exc.code == "invalid_code_format":
+            message = _text(request, account, "backup.format")
         else:
             message = _code_error(request, account, exc)
         return await _backup_page(request, session, cookie, error=message, status=422)
@@ -433,6 +438,7 @@ async def portal_disable(request: web.Request) -> web.StreamResponse:
                                                 form.get("backup_code", ""))
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         message = (_code_error(request, account, exc) if exc.code == "mfa_locked"
+                   else _text(request, account, "backup.format") if exc.code == "invalid_code_format"
                    else _text(request, account, "portal.off_wrong"))
         return await _show_portal(request, session, cookie, error=message, status=422)
     except Conflict:
