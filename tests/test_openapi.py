@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OPENAPI_DIR = ROOT / "schemas" / "openapi"
 AUTH_SPEC = OPENAPI_DIR / "auth.yaml"
 # Where the auth service raises its errors, and the shared HTTP edge in front of it.
-AUTH_SOURCES = [ROOT / "services" / "auth" / "handlers.py", ROOT / "services" / "auth" / "domain.py"]
+AUTH_SOURCES = [*sorted((ROOT / "services" / "auth" / "handlers").glob("*.py")), ROOT / "services" / "auth" / "domain.py"]
 EDGE_SOURCE = ROOT / "services" / "common" / "web.py"
 CODE_RE = re.compile(r'code="([a-z_]+)"')
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}

@@ -144,8 +144,7 @@ async def _export(request: web.Request, filters: Filters, limit: int | None) -> 
     assert pool is not None
     rows = 0
     try:
-        async with pool.acquire() as conn:
-            rows = await handlers.export(conn, filters, limit, write)
+        rows = await handlers.export(pool, filters, limit, write)
         if not response.prepared:
             await response.prepare(request)
         await response.write_eof()
@@ -169,8 +168,7 @@ async def verify(request: web.Request) -> web.Response:
     principal = require_role(request, "auditor")
     pool = request.app[RUNTIME].pool
     assert pool is not None
-    async with pool.acquire() as conn:
-        result = await handlers.verify(conn)
+    result = await handlers.verify(pool)
     broken = None
     if result.broken is not None:
         b = result.broken

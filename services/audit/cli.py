@@ -27,12 +27,11 @@ async def verify_command(settings: Settings) -> int:
     """Print the verification result; 0 when the chain verifies, 1 naming the first broken row."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=1)
     try:
-        async with pool.acquire() as conn:
-            try:
-                result = await verify(conn)
-            except asyncpg.UndefinedTableError:
-                print(f"mfa: no audit log in {redact_url(settings.database_url)}; run `mfa migrate` first", file=sys.stderr)
-                return 2
+        try:
+            result = await verify(pool)
+        except asyncpg.UndefinedTableError:
+            print(f"mfa: no audit log in {redact_url(settings.database_url)}; run `mfa migrate` first", file=sys.stderr)
+            return 2
     finally:
         await pool.close()
     print(describe(result))

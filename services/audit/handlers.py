@@ -1,4 +1,8 @@
-"""Use cases of the audit log: append a batch of events to the chain, read pages, verify the chain."""
+"""Use cases of the audit log: append a batch of events to the chain, read pages, verify the chain.
+
+Transactions: appending runs in the consumer's transaction (`append_events` takes its `conn`);
+reading and verifying take the pool and open their own (a snapshot for the longer reads).
+"""
 
 from __future__ import annotations
 
@@ -83,17 +87,17 @@ async def list_page(pool: asyncpg.Pool, filters: Filters, limit: int) -> tuple[l
 
 
 async def export(
-    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
     filters: Filters,
     limit: int | None,
     write: Callable[[list[Entry]], Awaitable[None]],
 ) -> int:
     """Hand every matching row to `write`, chunk by chunk, from one consistent snapshot.
 
-    Returns how many rows were written; opens (and always closes) its own transaction.
+    Returns how many rows were written; the snapshot is a read-only transaction of its own.
     """
     count = 0
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         async with aclosing(store.stream(conn, filters, limit)) as chunks:
             async for chunk in chunks:
                 await write(chunk)
@@ -112,14 +116,14 @@ class Verification:
     broken: Break | None
 
 
-async def verify(conn: asyncpg.Connection) -> Verification:
+async def verify(pool: asyncpg.Pool) -> Verification:
     """Recompute every hash from row 1, streaming, and name the first broken row.
 
-    Runs in one repeatable-read snapshot, so appends happening meanwhile neither break nor
-    extend what is checked.
+    Runs in one repeatable-read snapshot of its own, so appends happening meanwhile neither
+    break nor extend what is checked.
     """
     verifier = ChainVerifier()
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         head_seq, head_hash = await store.read_head(conn)
         async with aclosing(store.stream(conn, Filters(), chunk=5000)) as chunks:
             async for chunk in chunks:

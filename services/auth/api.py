@@ -11,9 +11,9 @@ from ..common.errors import BadRequest, NotFound
 from ..common.events import Actor
 from ..common.web import compile_schema as schema
 from ..common.web import current_correlation_id, json_response, read_json, require_role
-from . import handlers, prompt
-from .handlers import Auth, Caller
-from .prompt import PageConfig
+from .handlers import backup_email, directory, disable, enrolment, logins, prompt
+from .handlers.context import Auth, Caller
+from .handlers.prompt import PageConfig
 
 AUTH = web.AppKey("auth", Auth)
 PAGE_CONFIG = web.AppKey("page_config", PageConfig)
@@ -68,31 +68,31 @@ def _ctx(request: web.Request) -> tuple[Auth, Caller]:
 async def put_company(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, COMPANY)
-    result = await handlers.upsert_company(auth, caller, {"company_id": _id(request, "company_id"), **body})
+    result = await directory.upsert_company(auth, caller, {"company_id": _id(request, "company_id"), **body})
     return json_response(result, 201 if result.pop("created") else 200)
 
 
 async def put_account(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, ACCOUNT)
-    result = await handlers.upsert_account(auth, caller, {"account_id": _id(request, "account_id"), **body})
+    result = await directory.upsert_account(auth, caller, {"account_id": _id(request, "account_id"), **body})
     return json_response(result, 201 if result.pop("created") else 200)
 
 
 async def get_mfa(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
-    return json_response(await handlers.get_status(auth, caller, _id(request, "account_id")))
+    return json_response(await directory.get_status(auth, caller, _id(request, "account_id")))
 
 
 async def start_enrollment(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     await read_json(request, EMPTY)
-    return json_response(await handlers.start_enrollment(auth, caller, _id(request, "account_id")), 201)
+    return json_response(await enrolment.start_enrollment(auth, caller, _id(request, "account_id")), 201)
 
 
 async def qr_svg(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
-    uri = await handlers.pending_uri(auth, caller, _id(request, "account_id"))
+    uri = await enrolment.pending_uri(auth, caller, _id(request, "account_id"))
     buf = io.BytesIO()
     segno.make(uri, error="m").save(buf, kind="svg", scale=5, border=4, title="Scan with your authenticator app")
     return web.Response(body=buf.getvalue(), content_type="image/svg+xml", headers={"Cache-Control": "no-store"})
@@ -100,7 +100,7 @@ async def qr_svg(request: web.Request) -> web.Response:
 
 async def qr_png(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
-    uri = await handlers.pending_uri(auth, caller, _id(request, "account_id"))
+    uri = await enrolment.pending_uri(auth, caller, _id(request, "account_id"))
     buf = io.BytesIO()
     segno.make(uri, error="m").save(buf, kind="png", scale=6, border=4)
     return web.Response(body=buf.getvalue(), content_type="image/png", headers={"Cache-Control": "no-store"})
@@ -109,38 +109,38 @@ async def qr_png(request: web.Request) -> web.Response:
 async def confirm_enrollment(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, CONFIRM)
-    result = await handlers.confirm_enrollment(auth, caller, _id(request, "account_id"), body["code"], body.get("login_id"))
+    result = await enrolment.confirm_enrollment(auth, caller, _id(request, "account_id"), body["code"], body.get("login_id"))
     return json_response(result, 201)
 
 
 async def regenerate_codes(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     await read_json(request, EMPTY)
-    return json_response(await handlers.regenerate_backup_codes(auth, caller, _id(request, "account_id")), 201)
+    return json_response(await enrolment.regenerate_backup_codes(auth, caller, _id(request, "account_id")), 201)
 
 
 async def put_backup_email(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, BACKUP_EMAIL)
-    return json_response(await handlers.set_backup_email(auth, caller, _id(request, "account_id"), body["email"]), 202)
+    return json_response(await backup_email.set_backup_email(auth, caller, _id(request, "account_id"), body["email"]), 202)
 
 
 async def confirm_backup_email(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, TOKEN)
-    return json_response(await handlers.confirm_backup_email(auth, caller, body["token"]))
+    return json_response(await backup_email.confirm_backup_email(auth, caller, body["token"]))
 
 
 async def disable_with_code(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, DISABLE)
-    return json_response(await handlers.disable_with_backup_code(auth, caller, _id(request, "account_id"), body["backup_code"]))
+    return json_response(await disable.disable_with_backup_code(auth, caller, _id(request, "account_id"), body["backup_code"]))
 
 
 async def admin_disable(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, ADMIN_DISABLE)
-    return json_response(await handlers.admin_disable(auth, caller, _id(request, "account_id"), body["actor_account_id"]))
+    return json_response(await disable.admin_disable(auth, caller, _id(request, "account_id"), body["actor_account_id"]))
 
 
 async def create_login(request: web.Request) -> web.Response:
@@ -152,7 +152,7 @@ async def create_login(request: web.Request) -> web.Response:
         prompt.check_return_to(config, return_to)  # refused before any login is started
     elif state is not None:
         raise BadRequest("state is only sent with return_to.", code="missing_field", field="return_to")
-    result = await handlers.start_login(auth, caller, body)
+    result = await logins.start_login(auth, caller, body)
     if return_to is not None and result["decision"] in ("verify", "enroll") and result["status"] == "pending":
         result["prompt_url"] = await prompt.issue_prompt(auth, config, result, return_to, state)
     return json_response(result, 201)
@@ -174,19 +174,19 @@ async def create_portal_session(request: web.Request) -> web.Response:
 async def verify_login(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, VERIFY)
-    return json_response(await handlers.verify_login(auth, caller, _id(request, "login_id"), body["method"], body["code"]))
+    return json_response(await logins.verify_login(auth, caller, _id(request, "login_id"), body["method"], body["code"]))
 
 
 async def login_link(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     await read_json(request, EMPTY)
-    return json_response(await handlers.send_login_link(auth, caller, _id(request, "login_id")), 202)
+    return json_response(await logins.send_login_link(auth, caller, _id(request, "login_id")), 202)
 
 
 async def redeem_link(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, TOKEN)
-    return json_response(await handlers.redeem_login_link(auth, caller, body["token"]))
+    return json_response(await logins.redeem_login_link(auth, caller, body["token"]))
 
 
 async def jwks(request: web.Request) -> web.Response:

@@ -13,8 +13,8 @@ from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
 from . import api, consumers, pages
-from .handlers import SCHEMA, Auth
-from .prompt import PageConfig
+from .handlers.context import SCHEMA, Auth
+from .handlers.prompt import PageConfig
 from .tokens import Signer
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..common.config import Settings
 from ..common.crypto import Keyring
 from ..common.db import create_pool
-from .handlers import rotate_secrets
+from .handlers.rotation import rotate_secrets
 
 
 async def rotate_command(settings: Settings) -> int:

@@ -10,8 +10,8 @@ from ..common.consumer import Consumer, PermanentError
 from ..common.errors import MfaError
 from ..common.events import Actor
 from ..common.runtime import Runtime
-from . import handlers, store
-from .handlers import SOURCE, Auth, Caller
+from .handlers import directory, disable, logins
+from .handlers.context import SCHEMA, SOURCE, Auth, Caller
 
 
 def _caller(event: dict[str, Any]) -> Caller:
@@ -24,22 +24,22 @@ def build_handlers(auth: Auth):
 
     async def company_upserted(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
         if event["source"] != SOURCE:  # skip our own re-announcement of an HTTP change
-            await handlers.apply_company(conn, _caller(event), event["data"], publish=False)
+            await directory.apply_company(conn, _caller(event), event["data"], publish=False)
 
     async def account_upserted(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
         if event["source"] != SOURCE:
             try:
-                await handlers.apply_account(conn, _caller(event), event["data"], publish=False)
+                await directory.apply_account(conn, _caller(event), event["data"], publish=False)
             except MfaError as exc:
                 raise PermanentError(f"{exc.code}: {exc.detail}") from exc
 
     async def account_removed(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
         if event["source"] != SOURCE:
-            await store.delete_account(conn, event["data"]["account_id"])
+            await directory.remove_account(conn, event["data"])
 
     async def login_attempted(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
         try:
-            await handlers.start_login(auth, _caller(event), event["data"], conn)
+            await logins.decide_login(conn, auth, _caller(event), event["data"])
         except MfaError as exc:
             if exc.code in ("login_expired", "login_state_changed"):
                 return  # a late copy of a login that was decided already: nothing left to do
@@ -47,7 +47,7 @@ def build_handlers(auth: Auth):
             raise PermanentError(f"{exc.code}: {exc.detail}") from exc
 
     async def ticket_approved(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
-        if not await handlers.helpdesk_reset(conn, _caller(event), event["data"]):
+        if not await disable.helpdesk_reset(conn, _caller(event), event["data"]):
             raise PermanentError(f"unknown account {event['data']['account_id']!r}")
 
     return {
@@ -62,5 +62,5 @@ def build_handlers(auth: Auth):
 def consumers(runtime: Runtime, auth: Auth) -> list[Consumer]:
     """The auth queue's consumer: database-only handlers, so batched (one transaction per batch)."""
     assert runtime.pool is not None and runtime.broker is not None
-    return [Consumer(broker=runtime.broker, pool=runtime.pool, schema=handlers.SCHEMA,
+    return [Consumer(broker=runtime.broker, pool=runtime.pool, schema=SCHEMA,
                      queue=runtime.queue("auth"), handlers=build_handlers(auth), batched=True)]

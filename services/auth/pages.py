@@ -15,10 +15,12 @@ from aiohttp import web
 from ..common.errors import BadRequest, Conflict, Gone, MfaError, TooManyRequests, Unauthorized
 from ..common.events import Actor, iso, parse_time
 from ..common.pages import PAGES, PageError, Pages, add_static, origin_of, redirect
-from . import domain, handlers, prompt
+from . import domain
 from .api import AUTH
-from .handlers import Auth, Caller
-from .prompt import PORTAL, PROMPT, PageSession
+from .handlers import backup_email, disable, enrolment, logins, prompt
+from .handlers.context import Auth, Caller, now
+from .handlers.prompt import PORTAL, PROMPT
+from .store import PageSession
 
 PROMPT_COOKIE = "mfa_prompt"
 PORTAL_COOKIE = "mfa_portal"
@@ -43,25 +45,25 @@ def _page(request: web.Request, template: str, account: Any, *, session: str | N
     pages = _pages(request)
     notice = request.query.get("notice")
     context.setdefault("error", None)
-    context.setdefault("notice", pages.catalogue.text(pages.locale(request, account["locale"]), f"notice.{notice}")
+    context.setdefault("notice", pages.catalogue.text(pages.locale(request, account.locale), f"notice.{notice}")
                        if notice in NOTICES else None)
     return pages.render(
-        request, template, status=status, locale=pages.locale(request, account["locale"]),
-        company_name=account["company_name"], session=session,
+        request, template, status=status, locale=pages.locale(request, account.locale),
+        company_name=account.company_name, session=session,
         form_targets=[origin_of(return_to)] if return_to else (), **context,
     )
 
 
 def _text(request: web.Request, account: Any, key: str, **values: Any) -> str:
     pages = _pages(request)
-    return pages.catalogue.text(pages.locale(request, account["locale"]), key, **values)
+    return pages.catalogue.text(pages.locale(request, account.locale), key, **values)
 
 
 def _moment(request: web.Request, account: Any, value: Any) -> str:
     from ..common.i18n import format_moment
 
     moment = parse_time(value) if isinstance(value, str) else value
-    return format_moment(moment, _pages(request).locale(request, account["locale"]))
+    return format_moment(moment, _pages(request).locale(request, account.locale))
 
 
 def _exchange(request: web.Request, kind: str, cookie: str, here: str):
@@ -71,11 +73,24 @@ def _exchange(request: web.Request, kind: str, cookie: str, here: str):
         session, expires = await prompt.open_link(_auth(request), kind, request.query["token"])
         lang = request.query.get("lang")
         response = redirect(here + (f"?lang={lang}" if lang in ("en", "nl") else ""))
-        max_age = max(60, int((expires - handlers.now()).total_seconds()))
+        max_age = max(60, int((expires - now()).total_seconds()))
         _pages(request).set_cookie(response, cookie, session, max_age=max_age)
         return response
 
     return go()
+
+
+async def _enrollment(auth: Auth, session: PageSession) -> str:
+    """The key to show grouped for typing: the pending one on a reload, else a new enrolment's."""
+    secret = await prompt.pending_secret(auth, session.account_id)
+    if secret is None:
+        secret = (await enrolment.start_enrollment(auth, prompt.person(session), session.account_id))["secret"]
+    return domain.group_secret(secret)
+
+
+def _for(account: Any, exc: MfaError) -> PageError:
+    """A use case's refusal as the page of its code, with the account's company and language."""
+    return PageError(exc.status, exc.code, company_name=account.company_name, locale=account.locale, **exc.extra)
 
 
 def _qr(uri: str) -> web.Response:
@@ -105,23 +120,23 @@ async def _show_prompt(request: web.Request, session: PageSession, cookie: str, 
     view = await prompt.prompt_view(auth, session)
     login, account = view.login, view.account
     back = {"back_url": session.return_to}
-    if login["status"] == "succeeded":
-        return redirect(prompt.success_url(session.return_to, session.state, login["login_id"]))
-    if login["status"] == "failed" and view.locked_until:
-        raise PageError(429, "mfa_locked", company_name=account["company_name"], locale=account["locale"],
+    if login.status == "succeeded":
+        return redirect(prompt.success_url(session.return_to, session.state, login.login_id))
+    if login.status == "failed" and view.locked_until:
+        raise PageError(429, "mfa_locked", company_name=account.company_name, locale=account.locale,
                         locked_until=iso(view.locked_until), **back)
-    if login["status"] == "failed":
-        raise PageError(403, "login_failed", company_name=account["company_name"], locale=account["locale"], **back)
+    if login.status == "failed":
+        raise PageError(403, "login_failed", company_name=account.company_name, locale=account.locale, **back)
     if view.expired:
-        raise PageError(410, "login_expired", company_name=account["company_name"], locale=account["locale"], **back)
-    if login["decision"] == "enroll":
-        shown = await prompt.enrollment(auth, prompt.person(session), session.account_id)
+        raise PageError(410, "login_expired", company_name=account.company_name, locale=account.locale, **back)
+    if login.decision == "enroll":
+        shown = await _enrollment(auth, session)
         return _page(request, "enroll.html", account, session=cookie, return_to=session.return_to, status=status,
                      error=error, mandatory=True, qr_url="/mfa/prompt/qr.svg", action="/mfa/prompt/enroll",
-                     secret_grouped=shown["secret_grouped"], back_url=None)
-    if login["decision"] != "verify":
-        raise PageError(403, "login_failed", company_name=account["company_name"], locale=account["locale"], **back)
-    backup_email = domain.mask_email(account["backup_address"]) if account["backup_verified_at"] else None
+                     secret_grouped=shown, back_url=None)
+    if login.decision != "verify":
+        raise PageError(403, "login_failed", company_name=account.company_name, locale=account.locale, **back)
+    backup_email = domain.mask_email(account.backup_address) if account.backup_verified_at else None
     return _page(request, "verify.html", account, session=cookie, return_to=session.return_to, status=status,
                  error=error, locked_until=view.locked_until, backup_email=backup_email)
 
@@ -144,11 +159,11 @@ async def prompt_code(request: web.Request) -> web.StreamResponse:
     form = await _pages(request).form(request, cookie)
     code = "".join(form.get("code", "").split())
     try:
-        await handlers.verify_login(_auth(request), prompt.person(session), session.login_id, "totp", code)
+        await logins.verify_login(_auth(request), prompt.person(session), session.login_id, "totp", code)
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         if exc.code == "login_failed":
             return await _show_prompt(request, session, cookie)
-        account = await prompt.account_view(_auth(request), session.account_id)
+        account = await prompt.account_of(_auth(request), session)
         return await _show_prompt(request, session, cookie, error=_code_error(request, account, exc), status=422)
     except Conflict:
         pass  # finished or changed meanwhile: the prompt shows what is true now
@@ -163,10 +178,10 @@ async def prompt_backup_page(request: web.Request) -> web.StreamResponse:
 async def _backup_page(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
                        status: int = 200) -> web.StreamResponse:
     view = await prompt.prompt_view(_auth(request), session)
-    if view.login["status"] != "pending" or view.login["decision"] != "verify":
+    if view.login.status != "pending" or view.login.decision != "verify":
         return await _show_prompt(request, session, cookie)
     return _page(request, "backup_code.html", view.account, session=cookie, return_to=session.return_to,
-                 status=status, error=error, forced=view.account["forced"], action="/mfa/prompt/backup-code",
+                 status=status, error=error, forced=view.account.forced, action="/mfa/prompt/backup-code",
                  submit_key="backup.submit", back_url="/mfa/prompt", back_key="backup.back_to_code")
 
 
@@ -174,12 +189,12 @@ async def prompt_backup(request: web.Request) -> web.StreamResponse:
     session, cookie = await _prompt_session(request)
     form = await _pages(request).form(request, cookie)
     try:
-        result = await handlers.verify_login(_auth(request), prompt.person(session), session.login_id, "backup_code",
+        result = await logins.verify_login(_auth(request), prompt.person(session), session.login_id, "backup_code",
                                              form.get("backup_code", ""))
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         if exc.code == "login_failed":
             return await _show_prompt(request, session, cookie)
-        account = await prompt.account_view(_auth(request), session.account_id)
+        account = await prompt.account_of(_auth(request), session)
         if exc.code in ("wrong_code", "replayed_code"):
             message = _text(request, account, "backup.wrong", left=exc.extra.get("attempts_left", ""))
         elif exc.code == "invalid_code_format":
@@ -198,10 +213,10 @@ async def prompt_email_link(request: web.Request) -> web.StreamResponse:
     session, cookie = await _prompt_session(request)
     await _pages(request).form(request, cookie)
     try:
-        await handlers.send_login_link(_auth(request), prompt.person(session), session.login_id)
+        await logins.send_login_link(_auth(request), prompt.person(session), session.login_id)
     except (Conflict, TooManyRequests) as exc:
         if exc.code in ("too_many_links", "no_backup_email", "mfa_locked"):
-            account = await prompt.account_view(_auth(request), session.account_id)
+            account = await prompt.account_of(_auth(request), session)
             return await _show_prompt(request, session, cookie, status=422,
                                       error=_text(request, account, f"error.{exc.code}.body",
                                                   until=_moment(request, account, exc.extra["locked_until"])
@@ -214,15 +229,15 @@ async def prompt_check_mail(request: web.Request) -> web.StreamResponse:
     """Waits for the emailed link (opened here or on the phone); reloads itself without JavaScript."""
     session, cookie = await _prompt_session(request)
     view = await prompt.prompt_view(_auth(request), session)
-    if view.login["status"] != "pending" or view.expired:
+    if view.login.status != "pending" or view.expired:
         return await _show_prompt(request, session, cookie)
     return _page(request, "check_mail.html", view.account, session=cookie, return_to=session.return_to,
-                 sent_to=domain.mask_email(view.account["backup_address"] or ""), refresh=3)
+                 sent_to=domain.mask_email(view.account.backup_address or ""), refresh=3)
 
 
 async def prompt_qr(request: web.Request) -> web.StreamResponse:
     session, _ = await _prompt_session(request)
-    return _qr(await handlers.pending_uri(_auth(request), prompt.person(session), session.account_id))
+    return _qr(await enrolment.pending_uri(_auth(request), prompt.person(session), session.account_id))
 
 
 async def prompt_enroll(request: web.Request) -> web.StreamResponse:
@@ -231,18 +246,18 @@ async def prompt_enroll(request: web.Request) -> web.StreamResponse:
     code = "".join(form.get("code", "").split())
     auth = _auth(request)
     try:
-        result = await handlers.confirm_enrollment(auth, prompt.person(session), session.account_id, code,
+        result = await enrolment.confirm_enrollment(auth, prompt.person(session), session.account_id, code,
                                                    session.login_id)
     except (Unauthorized, BadRequest) as exc:
-        account = await prompt.account_view(auth, session.account_id)
+        account = await prompt.account_of(auth, session)
         return await _show_prompt(request, session, cookie, error=_code_error(request, account, exc), status=422)
     except (Conflict, Gone) as exc:
         if exc.code in ("no_pending_enrollment", "enrollment_expired"):
-            account = await prompt.account_view(auth, session.account_id)
+            account = await prompt.account_of(auth, session)
             return await _show_prompt(request, session, cookie, status=422,
                                       error=_text(request, account, "enroll.expired"))
         return await _show_prompt(request, session, cookie)
-    account = await prompt.account_view(auth, session.account_id)
+    account = await prompt.account_of(auth, session)
     return _page(request, "backup_codes.html", account, session=cookie, return_to=session.return_to,
                  codes=result["backup_codes"], action="/mfa/prompt/finish", languages=[])
 
@@ -251,7 +266,7 @@ async def prompt_finish(request: web.Request) -> web.StreamResponse:
     session, cookie = await _prompt_session(request)
     form = await _pages(request).form(request, cookie)
     view = await prompt.prompt_view(_auth(request), session)
-    if form.get("saved") != "yes" and view.login["status"] == "succeeded":
+    if form.get("saved") != "yes" and view.login.status == "succeeded":
         return _page(request, "backup_codes.html", view.account, session=cookie, return_to=session.return_to,
                      codes=[], action="/mfa/prompt/finish", status=422,
                      error=_text(request, view.account, "codes.tick_box"))
@@ -280,11 +295,11 @@ async def login_link_page(request: web.Request) -> web.StreamResponse:
     link, account = await prompt.login_link_info(_auth(request), token)
     if link is None or account is None:
         raise PageError(410, "invalid_token")
-    if link["used_at"] is not None:
-        raise PageError(410, "token_used", company_name=account["company_name"], locale=account["locale"])
-    if link["expires_at"] <= handlers.now():
-        raise PageError(410, "token_expired", company_name=account["company_name"], locale=account["locale"])
-    back = await prompt.return_of_login(_auth(request), link["login_id"])
+    if link.used_at is not None:
+        raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
+    if link.expires_at <= now():
+        raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
+    back = await prompt.return_of_login(_auth(request), link.login_id)
     return _page(request, "link.html", account, session=token, return_to=back[0] if back else None,
                  prefix="link", action="/mfa/login-link", address="")
 
@@ -296,10 +311,13 @@ async def login_link_redeem(request: web.Request) -> web.StreamResponse:
     link, account = await prompt.login_link_info(auth, token or "")
     if link is None or account is None:
         raise PageError(410, "invalid_token")
-    await handlers.redeem_login_link(auth, Caller(None, None, Actor("user", account["account_id"])), token or "")
-    back = await prompt.return_of_login(auth, link["login_id"])
+    try:
+        await logins.redeem_login_link(auth, Caller(None, None, Actor("user", account.account_id)), token or "")
+    except MfaError as exc:
+        raise _for(account, exc) from exc
+    back = await prompt.return_of_login(auth, link.login_id)
     if back:
-        response = redirect(prompt.success_url(back[0], back[1], link["login_id"]))
+        response = redirect(prompt.success_url(back[0], back[1], link.login_id))
     else:
         response = _page(request, "done.html", account, prefix="link_done", address="", back_url=None)
     _pages(request).clear_cookie(response, LINK_COOKIE, path="/mfa/login-link")
@@ -310,20 +328,28 @@ async def confirm_page(request: web.Request) -> web.StreamResponse:
     token = _token_cookie(request, CONFIRM_COOKIE, "/mfa/backup-email/confirm")
     if not isinstance(token, str):
         return token
-    account = await prompt.confirm_info(_auth(request), token)
-    if account is None:
+    row, account = await prompt.confirm_info(_auth(request), token)
+    if row is None or account is None:
         raise PageError(410, "invalid_token")
-    if account["backup_verified_at"] is not None:
-        raise PageError(410, "token_used", company_name=account["company_name"], locale=account["locale"])
+    if row.verified_at is not None:
+        raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
+    if row.confirm_expires_at is None or row.confirm_expires_at <= now():
+        raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
     return _page(request, "link.html", account, session=token, prefix="confirm", action="/mfa/backup-email/confirm",
-                 address=account["backup_address"])
+                 address=row.address)
 
 
 async def confirm_post(request: web.Request) -> web.StreamResponse:
     token = request.cookies.get(CONFIRM_COOKIE)
     await _pages(request).form(request, token)
-    result = await handlers.confirm_backup_email(_auth(request), Caller(None), token or "")
-    account = await prompt.account_view(_auth(request), result["account_id"])
+    row, account = await prompt.confirm_info(_auth(request), token or "")
+    if row is None or account is None:
+        raise PageError(410, "invalid_token")
+    try:
+        result = await backup_email.confirm_backup_email(_auth(request), Caller(None, None, Actor("user", row.account_id)),
+                                                         token or "")
+    except MfaError as exc:
+        raise _for(account, exc) from exc
     response = _page(request, "done.html", account, prefix="confirm_done", address=result["address"], back_url=None)
     _pages(request).clear_cookie(response, CONFIRM_COOKIE, path="/mfa/backup-email/confirm")
     return response
@@ -345,12 +371,12 @@ async def portal_page(request: web.Request) -> web.StreamResponse:
 
 async def _show_portal(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
                        status: int = 200) -> web.Response:
-    account = await prompt.account_view(_auth(request), session.account_id)
+    account = await prompt.account_of(_auth(request), session)
     return _page(request, "my_login.html", account, session=cookie, status=status, error=error,
-                 enabled=account["totp_secret"] is not None, enrolled_at=account["enrolled_at"],
-                 forced=account["forced"], codes_left=account["backup_codes_left"],
-                 backup_address=account["backup_address"], backup_verified=account["backup_verified_at"] is not None,
-                 login_email=account["email"], back_url=session.return_to)
+                 enabled=account.totp_secret is not None, enrolled_at=account.enrolled_at,
+                 forced=account.forced, codes_left=account.backup_codes_left,
+                 backup_address=account.backup_address, backup_verified=account.backup_verified_at is not None,
+                 login_email=account.email, back_url=session.return_to)
 
 
 async def portal_setup_page(request: web.Request) -> web.StreamResponse:
@@ -360,12 +386,12 @@ async def portal_setup_page(request: web.Request) -> web.StreamResponse:
 
 async def _portal_setup(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
                         status: int = 200) -> web.Response:
-    account = await prompt.account_view(_auth(request), session.account_id)
-    if account["totp_secret"] is not None:
+    account = await prompt.account_of(_auth(request), session)
+    if account.totp_secret is not None:
         return await _show_portal(request, session, cookie)
-    shown = await prompt.enrollment(_auth(request), prompt.person(session), session.account_id)
+    shown = await _enrollment(_auth(request), session)
     return _page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
-                 qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/setup", secret_grouped=shown["secret_grouped"],
+                 qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/setup", secret_grouped=shown,
                  back_url="/mfa/my-login")
 
 
@@ -373,9 +399,9 @@ async def portal_setup(request: web.Request) -> web.StreamResponse:
     session, cookie = await _portal_session(request)
     form = await _pages(request).form(request, cookie)
     auth = _auth(request)
-    account = await prompt.account_view(auth, session.account_id)
+    account = await prompt.account_of(auth, session)
     try:
-        result = await handlers.confirm_enrollment(auth, prompt.person(session), session.account_id,
+        result = await enrolment.confirm_enrollment(auth, prompt.person(session), session.account_id,
                                                    "".join(form.get("code", "").split()), None)
     except (Unauthorized, BadRequest) as exc:
         return await _portal_setup(request, session, cookie, error=_code_error(request, account, exc), status=422)
@@ -390,7 +416,7 @@ async def portal_setup(request: web.Request) -> web.StreamResponse:
 
 async def portal_qr(request: web.Request) -> web.StreamResponse:
     session, _ = await _portal_session(request)
-    return _qr(await handlers.pending_uri(_auth(request), prompt.person(session), session.account_id))
+    return _qr(await enrolment.pending_uri(_auth(request), prompt.person(session), session.account_id))
 
 
 async def portal_saved(request: web.Request) -> web.StreamResponse:
@@ -403,10 +429,10 @@ async def portal_codes(request: web.Request) -> web.StreamResponse:
     session, cookie = await _portal_session(request)
     await _pages(request).form(request, cookie)
     try:
-        result = await handlers.regenerate_backup_codes(_auth(request), prompt.person(session), session.account_id)
+        result = await enrolment.regenerate_backup_codes(_auth(request), prompt.person(session), session.account_id)
     except Conflict:
         return await _show_portal(request, session, cookie)
-    account = await prompt.account_view(_auth(request), session.account_id)
+    account = await prompt.account_of(_auth(request), session)
     return _page(request, "backup_codes.html", account, session=cookie, codes=result["backup_codes"],
                  action="/mfa/my-login/saved", languages=[])
 
@@ -416,9 +442,9 @@ async def portal_backup_email(request: web.Request) -> web.StreamResponse:
     form = await _pages(request).form(request, cookie)
     auth = _auth(request)
     try:
-        await handlers.set_backup_email(auth, prompt.person(session), session.account_id, form.get("email", ""))
+        await backup_email.set_backup_email(auth, prompt.person(session), session.account_id, form.get("email", ""))
     except BadRequest as exc:
-        account = await prompt.account_view(auth, session.account_id)
+        account = await prompt.account_of(auth, session)
         key = "portal.email_same" if exc.code == "same_as_login_email" else "portal.email_invalid"
         return await _show_portal(request, session, cookie, error=_text(request, account, key), status=422)
     return redirect("/mfa/my-login?notice=email_sent")
@@ -428,13 +454,13 @@ async def portal_disable(request: web.Request) -> web.StreamResponse:
     session, cookie = await _portal_session(request)
     form = await _pages(request).form(request, cookie)
     auth = _auth(request)
-    account = await prompt.account_view(auth, session.account_id)
-    if account["forced"]:
+    account = await prompt.account_of(auth, session)
+    if account.forced:
         # Seed: turning MFA off is not possible while it is required; the page says why.
         return await _show_portal(request, session, cookie, error=_text(request, account, "portal.off_forced"),
                                   status=409)
     try:
-        await handlers.disable_with_backup_code(auth, prompt.person(session), session.account_id,
+        await disable.disable_with_backup_code(auth, prompt.person(session), session.account_id,
                                                 form.get("backup_code", ""))
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         message = (_code_error(request, account, exc) if exc.code == "mfa_locked"

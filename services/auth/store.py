@@ -1,26 +1,172 @@
-"""SQL of the auth schema. Every function takes the connection of the caller's transaction."""
+"""SQL of the auth schema, and the typed rows it returns.
+
+Every function takes the connection of the caller's transaction. Rows come back as frozen
+dataclasses whose fields are the columns read, named once here (`_columns`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
-from ..common.events import encode
-from ..common.outbox import partition_of, wake_relays
+from ..common.outbox import outbox_insert, wake_relays
 
 Conn = asyncpg.Connection
+Row = TypeVar("Row")
+
+
+def _columns(cls: type, prefix: str = "") -> str:
+    return ", ".join(prefix + f.name for f in fields(cls))
+
+
+def _row(cls: type[Row], record: asyncpg.Record | None) -> Row | None:
+    return None if record is None else cls(**record)
+
+
+# ---- rows --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Company:
+    company_id: str
+    name: str
+    mfa_required: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPolicy:
+    """What an account upsert replaces: the company it was in and its own requirement."""
+
+    account_id: str
+    company_id: str
+    mfa_required: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account with its company's name and policy, its backup e-mail and backup code count."""
+
+    account_id: str
+    company_id: str
+    email: str
+    first_name: str
+    last_name: str
+    role: str
+    mfa_required: bool
+    locale: str | None
+    totp_secret: str | None  # sealed; None while MFA is off
+    enrolled_at: datetime | None
+    last_step: int
+    consecutive_failures: int
+    lock_count: int
+    locked_until: datetime | None
+    company_name: str
+    forced: bool  # the account or its company requires MFA
+    backup_address: str | None
+    backup_verified_at: datetime | None
+    backup_codes_left: int
+
+    @property
+    def enrolled(self) -> bool:
+        return self.totp_secret is not None
+
+    @property
+    def backup_email(self) -> str | None:
+        """The backup e-mail, only once it is confirmed."""
+        return self.backup_address if self.backup_verified_at is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A pending enrolment: the sealed secret waiting for its first code."""
+
+    account_id: str
+    totp_secret: str
+    failed_attempts: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BackupEmailToken:
+    """The backup e-mail a confirmation token belongs to."""
+
+    account_id: str
+    company_id: str
+    address: str
+    verified_at: datetime | None
+    confirm_expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    login_id: str
+    account_id: str
+    company_id: str  # the account's company when the login started
+    decision: str  # allow, verify, enroll, deny
+    status: str  # pending, succeeded, failed
+    attempts: int
+    links_sent: int
+    method: str | None
+    expires_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyView:
+    """A login with what checking a TOTP code needs of its account, in one read."""
+
+    login_id: str
+    account_id: str
+    company_id: str
+    decision: str
+    status: str
+    expires_at: datetime
+    account_company_id: str
+    totp_secret: str | None
+    last_step: int
+    locked_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A login link, by the hash of its token."""
+
+    token_hash: bytes
+    login_id: str
+    account_id: str
+    expires_at: datetime
+    used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A stored sealed value, for key rotation: `kind` names its table, `owner` its row."""
+
+    kind: str  # account, pending, signing
+    owner: str
+    sealed: str
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    kid: str
+    private_key: str  # sealed PEM
+    public_jwk: dict
+
 
 # ---- directory --------------------------------------------------------------------------
 
-async def get_company(conn: Conn, company_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM auth.companies WHERE company_id = $1", company_id)
+async def get_company(conn: Conn, company_id: str) -> Company | None:
+    return _row(Company, await conn.fetchrow(
+        f"SELECT {_columns(Company)} FROM auth.companies WHERE company_id = $1", company_id))
 
 
-async def upsert_company(conn: Conn, company_id: str, name: str, mfa_required: bool) -> asyncpg.Record | None:
+async def upsert_company(conn: Conn, company_id: str, name: str, mfa_required: bool) -> Company | None:
     """Insert or update; returns the previous row (None when new)."""
-    previous = await conn.fetchrow("SELECT * FROM auth.companies WHERE company_id = $1 FOR UPDATE", company_id)
+    previous = await conn.fetchrow(
+        f"SELECT {_columns(Company)} FROM auth.companies WHERE company_id = $1 FOR UPDATE", company_id)
     await conn.execute(
         """INSERT INTO auth.companies (company_id, name, mfa_required) VALUES ($1, $2, $3)
            ON CONFLICT (company_id) DO UPDATE SET name = $2, mfa_required = $3, updated_at = now()""",
@@ -28,7 +174,7 @@ async def upsert_company(conn: Conn, company_id: str, name: str, mfa_required: b
         name,
         mfa_required,
     )
-    return previous
+    return _row(Company, previous)
 
 
 async def ensure_company(conn: Conn, company_id: str) -> None:
@@ -38,8 +184,10 @@ async def ensure_company(conn: Conn, company_id: str) -> None:
     )
 
 
-async def upsert_account(conn: Conn, data: dict[str, Any]) -> asyncpg.Record | None:
-    previous = await conn.fetchrow("SELECT * FROM auth.accounts WHERE account_id = $1 FOR UPDATE", data["account_id"])
+async def upsert_account(conn: Conn, data: dict[str, Any]) -> AccountPolicy | None:
+    """Insert or update; returns what the account was (None when new)."""
+    previous = await conn.fetchrow(
+        f"SELECT {_columns(AccountPolicy)} FROM auth.accounts WHERE account_id = $1 FOR UPDATE", data["account_id"])
     await conn.execute(
         """INSERT INTO auth.accounts (account_id, company_id, email, first_name, last_name, role, mfa_required, locale)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -54,16 +202,18 @@ async def upsert_account(conn: Conn, data: dict[str, Any]) -> asyncpg.Record | N
         data.get("mfa_required", False),
         data.get("locale"),
     )
-    return previous
+    return _row(AccountPolicy, previous)
 
 
-async def delete_account(conn: Conn, account_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("DELETE FROM auth.accounts WHERE account_id = $1 RETURNING *", account_id)
+async def delete_account(conn: Conn, account_id: str) -> bool:
+    """Forget an account and, by cascade, its MFA state and logins; False when it was unknown."""
+    return bool(await conn.fetchval("DELETE FROM auth.accounts WHERE account_id = $1 RETURNING true", account_id))
 
 
 _ACCOUNT_VIEW = """
-    SELECT a.*, c.name AS company_name, c.mfa_required AS company_mfa_required,
-           (a.mfa_required OR c.mfa_required) AS forced,
+    SELECT a.account_id, a.company_id, a.email, a.first_name, a.last_name, a.role, a.mfa_required, a.locale,
+           a.totp_secret, a.enrolled_at, a.last_step, a.consecutive_failures, a.lock_count, a.locked_until,
+           c.name AS company_name, (a.mfa_required OR c.mfa_required) AS forced,
            b.address AS backup_address, b.verified_at AS backup_verified_at,
            (SELECT count(*) FROM auth.backup_codes bc WHERE bc.account_id = a.account_id) AS backup_codes_left
     FROM auth.accounts a
@@ -71,7 +221,6 @@ _ACCOUNT_VIEW = """
     LEFT JOIN auth.backup_emails b USING (account_id)
     WHERE a.account_id = $1
 """
-
 
 async def lock_account_of_login(conn: Conn, login_id: str) -> str | None:
     """Lock the account a login belongs to, by the login's id; None when there is no such login."""
@@ -82,14 +231,14 @@ async def lock_account_of_login(conn: Conn, login_id: str) -> str | None:
     )
 
 
-async def get_account(conn: Conn, account_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+async def get_account(conn: Conn, account_id: str, *, lock: bool = False) -> Account | None:
     """The account with its company policy, backup email and backup code count."""
     if lock:
         # Lock the account row first: every MFA change of one account is serialised on it.
         found = await conn.fetchval("SELECT 1 FROM auth.accounts WHERE account_id = $1 FOR UPDATE", account_id)
         if not found:
             return None
-    return await conn.fetchrow(_ACCOUNT_VIEW, account_id)
+    return _row(Account, await conn.fetchrow(_ACCOUNT_VIEW, account_id))
 
 
 # ---- enrolment ---------------------------------------------------------------------------
@@ -105,9 +254,9 @@ async def save_pending(conn: Conn, account_id: str, sealed_secret: str, expires_
     )
 
 
-async def get_pending(conn: Conn, account_id: str, *, lock: bool = False) -> asyncpg.Record | None:
-    sql = "SELECT * FROM auth.pending_enrollments WHERE account_id = $1"
-    return await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), account_id)
+async def get_pending(conn: Conn, account_id: str, *, lock: bool = False) -> Pending | None:
+    sql = f"SELECT {_columns(Pending)} FROM auth.pending_enrollments WHERE account_id = $1"
+    return _row(Pending, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), account_id))
 
 
 async def delete_pending(conn: Conn, account_id: str) -> None:
@@ -210,12 +359,13 @@ async def set_backup_email(conn: Conn, account_id: str, address: str, confirm_ha
     )
 
 
-async def find_backup_email_by_token(conn: Conn, confirm_hash: bytes) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        """SELECT b.*, a.company_id FROM auth.backup_emails b JOIN auth.accounts a USING (account_id)
+async def find_backup_email_by_token(conn: Conn, confirm_hash: bytes) -> BackupEmailToken | None:
+    return _row(BackupEmailToken, await conn.fetchrow(
+        """SELECT b.account_id, a.company_id, b.address, b.verified_at, b.confirm_expires_at
+           FROM auth.backup_emails b JOIN auth.accounts a USING (account_id)
            WHERE b.confirm_hash = $1 FOR UPDATE OF b""",
         confirm_hash,
-    )
+    ))
 
 
 async def confirm_backup_email(conn: Conn, account_id: str) -> None:
@@ -250,9 +400,9 @@ async def insert_login(conn: Conn, row: dict[str, Any]) -> bool:
     )
 
 
-async def get_login(conn: Conn, login_id: str, *, lock: bool = False) -> asyncpg.Record | None:
-    sql = "SELECT * FROM auth.logins WHERE login_id = $1"
-    return await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id)
+async def get_login(conn: Conn, login_id: str, *, lock: bool = False) -> Login | None:
+    sql = f"SELECT {_columns(Login)} FROM auth.logins WHERE login_id = $1"
+    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id))
 
 
 async def update_login(conn: Conn, login_id: str, **fields: Any) -> None:
@@ -263,14 +413,14 @@ async def update_login(conn: Conn, login_id: str, **fields: Any) -> None:
     await conn.execute(f"UPDATE auth.logins SET {sets} WHERE login_id = $1", login_id, *(fields[n] for n in names))
 
 
-async def get_login_for_verify(conn: Conn, login_id: str) -> asyncpg.Record | None:
+async def get_login_for_verify(conn: Conn, login_id: str) -> VerifyView | None:
     """A login with what verifying a TOTP code needs of its account, in one read."""
-    return await conn.fetchrow(
+    return _row(VerifyView, await conn.fetchrow(
         """SELECT l.login_id, l.account_id, l.company_id, l.decision, l.status, l.expires_at,
-                  a.totp_secret, a.last_step, a.locked_until
+                  a.company_id AS account_company_id, a.totp_secret, a.last_step, a.locked_until
            FROM auth.logins l JOIN auth.accounts a USING (account_id) WHERE l.login_id = $1""",
         login_id,
-    )
+    ))
 
 
 async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: int, event: dict, schema: str) -> bool:
@@ -279,7 +429,7 @@ async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: 
     The account update only matches while `step` is newer than every accepted one and the
     account is not locked; the login and the outbox row are written only if it matched.
     """
-
+    insert, args = outbox_insert(schema, event, first_param=4)
     done = bool(
         await conn.fetchval(
             f"""WITH claimed AS (
@@ -292,19 +442,12 @@ async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: 
                     WHERE login_id = $1 AND status = 'pending' AND decision = 'verify' AND expires_at > now()
                       AND EXISTS (SELECT 1 FROM claimed)
                     RETURNING login_id),
-                queued AS (
-                    INSERT INTO {schema}.outbox (event_id, event_type, partition, body, correlation_id)
-                    SELECT $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM completed)
-                    RETURNING id)
+                queued AS ({insert} WHERE EXISTS (SELECT 1 FROM completed) RETURNING id)
                 SELECT EXISTS (SELECT 1 FROM queued)""",
             login_id,
             account_id,
             step,
-            event["id"],
-            event["type"],
-            partition_of(event["subject"]),
-            encode(event),
-            event.get("correlationid"),
+            *args,
         )
     )
     if done:
@@ -322,8 +465,9 @@ async def insert_link(conn: Conn, token_hash: bytes, login_id: str, account_id: 
     )
 
 
-async def take_link(conn: Conn, token_hash: bytes) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM auth.login_links WHERE token_hash = $1 FOR UPDATE", token_hash)
+async def take_link(conn: Conn, token_hash: bytes) -> Link | None:
+    return _row(Link, await conn.fetchrow(
+        f"SELECT {_columns(Link)} FROM auth.login_links WHERE token_hash = $1 FOR UPDATE", token_hash))
 
 
 async def mark_link_used(conn: Conn, token_hash: bytes, at: datetime) -> None:
@@ -332,8 +476,11 @@ async def mark_link_used(conn: Conn, token_hash: bytes, at: datetime) -> None:
 
 # ---- signing keys and rotation ---------------------------------------------------------
 
-async def signing_keys(conn: Conn | asyncpg.Pool) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM auth.signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC")
+async def signing_keys(conn: Conn | asyncpg.Pool) -> list[SigningKey]:
+    """The active signing keys, newest first."""
+    rows = await conn.fetch(
+        f"SELECT {_columns(SigningKey)} FROM auth.signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC")
+    return [SigningKey(**row) for row in rows]
 
 
 async def insert_signing_key(conn: Conn, kid: str, private_key: str, public_jwk: dict) -> None:
@@ -342,12 +489,14 @@ async def insert_signing_key(conn: Conn, kid: str, private_key: str, public_jwk:
     )
 
 
-async def sealed_secrets(conn: Conn) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        """SELECT 'account' AS kind, account_id, totp_secret AS sealed FROM auth.accounts WHERE totp_secret IS NOT NULL
+async def sealed_secrets(conn: Conn) -> list[Sealed]:
+    rows = await conn.fetch(
+        """SELECT 'account' AS kind, account_id AS owner, totp_secret AS sealed FROM auth.accounts
+               WHERE totp_secret IS NOT NULL
            UNION ALL SELECT 'pending', account_id, totp_secret FROM auth.pending_enrollments
            UNION ALL SELECT 'signing', kid, private_key FROM auth.signing_keys"""
     )
+    return [Sealed(**row) for row in rows]
 
 
 async def reseal(conn: Conn, kind: str, key: str, old: str, sealed: str) -> bool:
@@ -363,6 +512,31 @@ async def reseal(conn: Conn, kind: str, key: str, old: str, sealed: str) -> bool
 
 # ---- hosted pages ----------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class PageLink:
+    """A single-use URL token of a page (a prompt_url, a "My login" link), by its hash."""
+
+    kind: str  # prompt or portal
+    account_id: str
+    login_id: str | None
+    return_to: str
+    state: str | None
+    expires_at: datetime
+    used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PageSession:
+    """What a page's session cookie stands for: one login's prompt or one account's "My login"."""
+
+    kind: str
+    account_id: str
+    login_id: str | None
+    return_to: str
+    state: str | None
+    expires_at: datetime
+
+
 async def insert_page_link(conn: Conn, token_hash: bytes, kind: str, account_id: str, login_id: str | None,
                            return_to: str, state: str | None, expires_at: datetime) -> None:
     """A single-use URL token; a prompt replaces the unused one of the same login (a retried POST /v1/logins)."""
@@ -377,45 +551,57 @@ async def insert_page_link(conn: Conn, token_hash: bytes, kind: str, account_id:
     )
 
 
-async def use_page_link(conn: Conn, token_hash: bytes, kind: str, at: datetime) -> tuple[str, asyncpg.Record | None]:
-    """Mark a URL token used, once: ('ok', row), or ('unknown' | 'used' | 'expired', row or None)."""
+async def use_page_link(conn: Conn, token_hash: bytes, kind: str, at: datetime) -> tuple[str, PageLink | None]:
+    """Mark a URL token used, once: ('ok', link), or ('unknown' | 'used' | 'expired', link or None)."""
     row = await conn.fetchrow(
-        "UPDATE auth.page_links SET used_at = $3 WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL"
-        " AND expires_at > $3 RETURNING *",
+        f"UPDATE auth.page_links SET used_at = $3 WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL"
+        f" AND expires_at > $3 RETURNING {_columns(PageLink)}",
         token_hash, kind, at,
     )
     if row is not None:
-        return "ok", row
-    row = await conn.fetchrow("SELECT * FROM auth.page_links WHERE token_hash = $1 AND kind = $2", token_hash, kind)
-    if row is None:
+        return "ok", _row(PageLink, row)
+    link = _row(PageLink, await conn.fetchrow(
+        f"SELECT {_columns(PageLink)} FROM auth.page_links WHERE token_hash = $1 AND kind = $2", token_hash, kind))
+    if link is None:
         return "unknown", None
-    return ("used" if row["used_at"] is not None else "expired"), row
+    return ("used" if link.used_at is not None else "expired"), link
 
 
-async def insert_page_session(conn: Conn, session_hash: bytes, link: asyncpg.Record, expires_at: datetime) -> None:
+async def insert_page_session(conn: Conn, session_hash: bytes, link: PageLink, expires_at: datetime) -> None:
     await conn.execute(
         """INSERT INTO auth.page_sessions (session_hash, kind, account_id, login_id, return_to, state, expires_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        session_hash, link["kind"], link["account_id"], link["login_id"], link["return_to"], link["state"], expires_at,
+        session_hash, link.kind, link.account_id, link.login_id, link.return_to, link.state, expires_at,
     )
 
 
-async def get_page_session(conn: Conn, session_hash: bytes, kind: str, at: datetime) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT * FROM auth.page_sessions WHERE session_hash = $1 AND kind = $2 AND expires_at > $3",
+async def get_page_session(conn: Conn, session_hash: bytes, kind: str, at: datetime) -> PageSession | None:
+    return _row(PageSession, await conn.fetchrow(
+        f"SELECT {_columns(PageSession)} FROM auth.page_sessions"
+        " WHERE session_hash = $1 AND kind = $2 AND expires_at > $3",
         session_hash, kind, at,
-    )
+    ))
 
 
-async def prompt_of_login(conn: Conn, login_id: str) -> asyncpg.Record | None:
-    """Where the prompt of a login sends the browser (the newest of its links)."""
-    return await conn.fetchrow(
-        "SELECT return_to, state FROM auth.page_links WHERE login_id = $1 AND kind = 'prompt'"
+async def prompt_of_login(conn: Conn, login_id: str) -> PageLink | None:
+    """The newest prompt link of a login: where its pages send the browser back to."""
+    return _row(PageLink, await conn.fetchrow(
+        f"SELECT {_columns(PageLink)} FROM auth.page_links WHERE login_id = $1 AND kind = 'prompt'"
         " ORDER BY created_at DESC LIMIT 1",
         login_id,
-    )
+    ))
 
 
-async def find_link_by_token(conn: Conn, token_hash: bytes) -> asyncpg.Record | None:
+async def find_link(conn: Conn, token_hash: bytes) -> Link | None:
     """A login link without taking it (the page before the button)."""
-    return await conn.fetchrow("SELECT * FROM auth.login_links WHERE token_hash = $1", token_hash)
+    return _row(Link, await conn.fetchrow(
+        f"SELECT {_columns(Link)} FROM auth.login_links WHERE token_hash = $1", token_hash))
+
+
+async def find_backup_email(conn: Conn, confirm_hash: bytes) -> BackupEmailToken | None:
+    """The backup e-mail of a confirmation token without locking it (the page before the button)."""
+    return _row(BackupEmailToken, await conn.fetchrow(
+        """SELECT b.account_id, a.company_id, b.address, b.verified_at, b.confirm_expires_at
+           FROM auth.backup_emails b JOIN auth.accounts a USING (account_id) WHERE b.confirm_hash = $1""",
+        confirm_hash,
+    ))

@@ -10,6 +10,7 @@ import asyncpg
 from joserfc import jwt
 from joserfc.jwk import KeySet, OKPKey
 
+from ..common import sealing
 from ..common.crypto import Keyring
 from . import store
 
@@ -38,15 +39,15 @@ class Signer:
             rows = await store.signing_keys(conn)
             if not rows:
                 key = OKPKey.generate_key("Ed25519", parameters={"kid": uuid.uuid4().hex[:16]}, private=True)
-                sealed = keyring.seal(key.as_pem(private=True), aad=f"signing:{key.kid}".encode())
+                sealed = keyring.seal(key.as_pem(private=True), aad=sealing.signing_key(key.kid))
                 public = {**key.as_dict(private=False), "alg": ALG, "use": "sig"}
                 await store.insert_signing_key(conn, key.kid, sealed, public)
                 rows = await store.signing_keys(conn)
         for row in rows:
-            pem = keyring.open(row["private_key"], aad=f"signing:{row['kid']}".encode())
-            self.keys[row["kid"]] = OKPKey.import_key(pem, parameters={"kid": row["kid"]})
-        self.current = rows[0]["kid"]
-        self.jwks = {"keys": [row["public_jwk"] for row in rows]}
+            pem = keyring.open(row.private_key, aad=sealing.signing_key(row.kid))
+            self.keys[row.kid] = OKPKey.import_key(pem, parameters={"kid": row.kid})
+        self.current = rows[0].kid
+        self.jwks = {"keys": [row.public_jwk for row in rows]}
         return self
 
     def sign(self, *, account_id: str, company_id: str, login_id: str, amr: list[str]) -> str:

@@ -34,7 +34,9 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
+from . import inbox
 from .broker import Broker
+from .errors import DATABASE_UNAVAILABLE
 from .events import EventError, parse_event
 from .logs import get_logger
 from .metrics import EVENTS_CONSUMED, EVENTS_PARKED, EVENTS_RETRIED
@@ -51,15 +53,7 @@ UNAVAILABLE_PAUSE = 0.5
 
 def _database_unavailable(exc: BaseException) -> bool:
     """True for a lost or refused database connection (as opposed to an error of the handler)."""
-    return isinstance(
-        exc,
-        OSError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.AdminShutdownError
-        | asyncpg.TooManyConnectionsError,
-    )
+    return isinstance(exc, DATABASE_UNAVAILABLE)
 
 
 class PermanentError(Exception):
@@ -337,15 +331,7 @@ class Consumer:
     async def _handle_batch(self, conn: asyncpg.Connection, events: list[dict[str, Any]]) -> list[str]:
         assert self.batch_handler is not None
         async with conn.transaction():
-            rows = await conn.fetch(
-                f"INSERT INTO {self.schema}.processed_events (consumer, event_id, event_type)"
-                " SELECT $1, u.id, u.type FROM unnest($2::text[], $3::text[]) AS u(id, type)"
-                " ON CONFLICT DO NOTHING RETURNING event_id",
-                self.queue_name,
-                [e["id"] for e in events],
-                [e["type"] for e in events],
-            )
-            new_ids = {r["event_id"] for r in rows}
+            new_ids = await inbox.claim_many(conn, self.schema, self.queue_name, events)
             fresh: list[dict[str, Any]] = []
             outcomes: list[str] = []
             for event in events:
@@ -407,14 +393,7 @@ class Consumer:
 
     async def _handle(self, handler: Handler | None, event: dict[str, Any]) -> str:
         async with self.pool.acquire() as conn, conn.transaction():
-            first = await conn.fetchval(
-                f"INSERT INTO {self.schema}.processed_events (consumer, event_id, event_type)"
-                " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
-                self.queue_name,
-                event["id"],
-                event["type"],
-            )
-            if not first:
+            if not await inbox.claim(conn, self.schema, self.queue_name, event):
                 return "duplicate"
             if handler is not None:
                 await handler(conn, event)

@@ -29,12 +29,16 @@ class Keyring:
         self._keys = dict(keys)
         self.current_id = keys[-1][0]
 
-    def seal(self, plaintext: bytes, aad: bytes = b"") -> str:
+    def seal(self, plaintext: bytes, aad: bytes | str = b"") -> str:
+        """Encrypt under the newest key, bound to `aad` (see `common.sealing` for the contexts)."""
+        aad = aad.encode() if isinstance(aad, str) else aad
         nonce = os.urandom(12)
         ct = AESGCM(self._keys[self.current_id]).encrypt(nonce, plaintext, aad)
         return f"v1.{self.current_id}.{base64.urlsafe_b64encode(nonce + ct).decode().rstrip('=')}"
 
-    def open(self, sealed: str, aad: bytes = b"") -> bytes:
+    def open(self, sealed: str, aad: bytes | str = b"") -> bytes:
+        """Decrypt a sealed value under whichever key sealed it; CryptoError unless `aad` matches."""
+        aad = aad.encode() if isinstance(aad, str) else aad
         try:
             version, key_id, b64 = sealed.split(".", 2)
         except ValueError as exc:

@@ -20,6 +20,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+
+# Where a database outage surfaces: the pool is closed, connecting fails, refuses or times out,
+# the server shuts down or has no connection left. The HTTP edge answers these with 503, the
+# consumer hands the message back without using up an attempt, the mail intake answers 451.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
 
 class MfaError(Exception):
     """Base error: a stable `code`, an HTTP `status` and a human `detail`."""

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from .broker import Broker
+from .errors import DATABASE_UNAVAILABLE
 from .events import encode
 from .logs import get_logger
 from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
@@ -42,19 +43,38 @@ def channel_name(schema: str) -> str:
     return f"{schema}_outbox"
 
 
+_COLUMNS = "event_id, event_type, partition, body, correlation_id"
+
+
+def _row(event: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        event["id"],
+        event["type"],
+        partition_of(event.get("subject") or event["id"]),
+        encode(event),
+        event.get("correlationid"),
+    )
+
+
 async def add_events(conn: asyncpg.Connection, schema: str, events: list[dict[str, Any]]) -> None:
     """Queue `events` in the caller's transaction; they are published once it commits."""
     if not events:
         return
     await conn.executemany(
-        f"INSERT INTO {schema}.outbox (event_id, event_type, partition, body, correlation_id)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        [
-            (e["id"], e["type"], partition_of(e.get("subject") or e["id"]), encode(e), e.get("correlationid"))
-            for e in events
-        ],
+        f"INSERT INTO {schema}.outbox ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5)", [_row(e) for e in events]
     )
     await wake_relays(conn, schema)
+
+
+def outbox_insert(schema: str, event: dict[str, Any], *, first_param: int) -> tuple[str, tuple[Any, ...]]:
+    """`INSERT INTO <schema>.outbox (...) SELECT $n, ...` queuing `event`, to embed in a larger statement.
+
+    For a writer that decides in ONE statement whether its event is queued: it appends a
+    `WHERE` (and `RETURNING`) to the returned SQL, passes the returned arguments from
+    parameter `first_param` on, and calls :func:`wake_relays` when a row went in.
+    """
+    params = ", ".join(f"${first_param + i}" for i in range(5))
+    return f"INSERT INTO {schema}.outbox ({_COLUMNS}) SELECT {params}", _row(event)
 
 
 async def wake_relays(conn: asyncpg.Connection, schema: str) -> None:
@@ -114,7 +134,7 @@ class OutboxSignal:
             channels, self._pending = sorted(self._pending), set()
             try:
                 await pool.execute("SELECT pg_notify(c, $2) FROM unnest($1::text[]) AS c", channels, self.token)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
                 # Relays in other processes fall back to polling until the database is back.
                 log.warning("outbox_notify_failed", error=str(exc))
                 await asyncio.sleep(0.5)
@@ -175,7 +195,7 @@ class OutboxRelay:
             try:
                 async with self.pool.acquire() as conn:
                     await self._serve(conn)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
                 log.warning("outbox_relay_db_error", schema=self.schema, error=str(exc))
                 await self._pause(1.0)
         log.info("outbox_relay_stopped", schema=self.schema)
@@ -224,7 +244,7 @@ class OutboxRelay:
                 try:
                     await conn.remove_listener(channel_name(self.schema), self._on_notify)
                     await conn.execute("SELECT pg_advisory_unlock_all()")
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError):
                     pass
             self.partitions = set()
 

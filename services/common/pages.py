@@ -154,6 +154,8 @@ class Pages:
                    locale: str | None = None, back_url: str | None = None, **values: Any) -> web.Response:
         """The page for error `key` (texts `error.<key>.title` and `.body`), in the person's language."""
         lang = self.locale(request, locale)
+        if f"error.{key}.title" not in self.catalogue.keys("en"):
+            key = "general"
         if "locked_until" in values and isinstance(values["locked_until"], str):
             values["until"] = i18n.format_moment(parse_time(values["locked_until"]), lang)
         text_values = {k: v for k, v in values.items() if isinstance(v, str | int)}

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import fastjsonschema
 import structlog
 from aiohttp import web
@@ -25,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import strictjson
 from .apikeys import Principal
-from .errors import BadRequest, Forbidden, MfaError, PayloadTooLarge, Unauthorized
+from .errors import DATABASE_UNAVAILABLE, BadRequest, Forbidden, MfaError, PayloadTooLarge, Unauthorized
 from .logs import get_logger
 from .metrics import HTTP_LATENCY, HTTP_REQUESTS
 from .outbox import backlog
@@ -90,7 +89,7 @@ async def edge_middleware(request: web.Request, handler: Callable[[web.Request],
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         response = problem(exc.status, code, exc.text or exc.reason, exc.reason)
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+    except DATABASE_UNAVAILABLE as exc:
         log.error("dependency_unavailable", error=str(exc))
         response = problem(503, "unavailable", "A dependency is unavailable; try again shortly.")
     except Exception:

@@ -19,7 +19,7 @@ from email.utils import format_datetime, formataddr
 from typing import Any
 from urllib.parse import quote
 
-from ..common import events
+from ..common import events, sealing
 
 HANDLED_TYPES = (
     "BackupEmailRequested",
@@ -328,7 +328,7 @@ def _safely(build: Callable[[], dict[str, str]]) -> tuple[dict[str, str], BadMai
 
 
 def _backup_email_requested(event, data, ctx) -> list[MailPlan]:
-    aad = f"BackupEmailRequested:{data.get('account_id')}"
+    aad = sealing.login_link_token(str(data.get("account_id")))
     values, problem = _safely(lambda: {
         **_base(event, data),
         **_validity(event, data),
@@ -339,7 +339,7 @@ def _backup_email_requested(event, data, ctx) -> list[MailPlan]:
 
 
 def _backup_email_changed(event, data, ctx) -> list[MailPlan]:
-    aad = f"BackupEmailChanged:{data.get('account_id')}"
+    aad = sealing.backup_email_confirm_token(str(data.get("account_id")))
     confirm, confirm_problem = _safely(lambda: {
         **_base(event, data),
         **_validity(event, data),

@@ -89,7 +89,7 @@ class Notifier:
 
     def _unseal(self, sealed: str, aad: str) -> str:
         try:
-            return self.keyring.open(sealed, aad=aad.encode()).decode()
+            return self.keyring.open(sealed, aad=aad).decode()
         except ValueError as exc:  # CryptoError and UnicodeDecodeError are both ValueErrors
             raise BadMail("bad_token", "the link token does not open with MFA_SECRET_KEYS for this account") from exc
 
@@ -115,7 +115,11 @@ class Notifier:
         )
 
     async def handle(self, conn: asyncpg.Connection, event: dict[str, Any]) -> None:
-        """Consumer handler: deliver what `event` asks for and has not been delivered yet."""
+        """Consumer handler: deliver what `event` asks for and has not been delivered yet.
+
+        `conn` is the consumer's transaction (it records the event id and reads the journal);
+        each mail's fate is written through `self.journal` at once, never in that transaction.
+        """
         data = event.get("data") or {}
         account_id = data.get("account_id") if isinstance(data.get("account_id"), str) else None
         company_id = event.get("companyid") or (data.get("company_id") if isinstance(data.get("company_id"), str) else None)

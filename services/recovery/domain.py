@@ -11,6 +11,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from ..common import emails
 from ..common.errors import Conflict
 
 # The photo of the person holding the ID card: what the helpdesk needs to check a reset.
@@ -38,11 +39,6 @@ PROBLEM_FIELD = {
     "unreadable_mail": None,  # explains whatever is missing
 }
 
-# The local part excludes control characters (C0, DEL, C1): \s alone lets NUL and most of them through.
-_EMAIL = re.compile(
-    r"\A[^@\s\x00-\x1f\x7f-\x9f<>()\[\],;:\"\\]{1,64}"
-    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+\Z"
-)
 # Letters (any script), then letters, spaces, apostrophes, hyphens and dots: nothing a mail header
 # or an HTML page could interpret.
 _NAME = re.compile(r"^[^\W\d_](?:[^\W\d_]|[ '\u2019.\-])*$")
@@ -52,14 +48,9 @@ _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b
 _HEIF_GENERIC = {b"mif1", b"msf1"}
 
 
-def normalize_email(value: str) -> str:
-    """The lookup key of an email address: trimmed and lower-cased."""
-    return value.strip().lower()
-
-
-def valid_email(value: str) -> bool:
-    """True for a plausible single address (no display name, no header tricks)."""
-    return len(value) <= 254 and bool(_EMAIL.match(value))
+# One rule for addresses in every service (`common.emails`): the lookup key and the syntax.
+normalize_email = emails.key
+valid_email = emails.valid
 
 
 def company_key(name: str) -> str:

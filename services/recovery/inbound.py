@@ -20,6 +20,7 @@ import asyncpg
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from ..common.errors import DATABASE_UNAVAILABLE
 from ..common.logs import get_logger
 from .domain import MAX_MAIL_BYTES, IntakeRequest, RateLimits, normalize_email
 from .handlers import MAILBOX_ACTOR, check_rate_limit, open_ticket
@@ -32,9 +33,6 @@ MAX_RECIPIENTS = 20
 AUTO_REPLY_SUBJECTS = ("auto:", "automatic reply", "autoreply", "auto-reply", "out of office", "abwesenheitsnotiz",
                        "afwezigheidsmelding", "automatisch antwoord", "réponse automatique", "undeliverable",
                        "delivery status notification", "mail delivery failed")
-# Where a database outage surfaces: the pool is closed or connecting fails or times out.
-DB_UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                  asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 
 
 def is_automatic(raw: bytes, envelope_sender: str) -> bool:
@@ -108,7 +106,7 @@ class MailboxHandler:
             summary.update(ticket_id=result.ticket_id, ticket_status=result.status, missing=result.missing,
                            problems=list(request.problems))
             return "250 OK"
-        except DB_UNAVAILABLE as exc:
+        except DATABASE_UNAVAILABLE as exc:
             outcome = "database_unavailable"
             summary["error"] = f"{type(exc).__name__}: {exc}"
             return "451 4.3.0 Temporarily unable to accept the message; try again later"

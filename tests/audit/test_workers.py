@@ -47,8 +47,7 @@ async def test_competing_workers_keep_one_chain(settings, runtime, audit_client)
     rows = await rows_for(runtime.pool, [e["id"] for e in events])
     assert len(rows) == 300 and len({r["event_id"] for r in rows}) == 300
     assert calls["w1"] > 0 and calls["w2"] > 0
-    async with runtime.pool.acquire() as conn:
-        result = await verify(conn)
+    result = await verify(runtime.pool)
     assert result.ok, result.broken
     seqs = await runtime.pool.fetch("SELECT seq FROM audit.events ORDER BY seq")
     assert [r["seq"] for r in seqs] == list(range(1, len(seqs) + 1))

@@ -9,7 +9,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from services.auth import handlers, store
+from services.auth import store
+from services.auth.handlers import rotation
 from services.common.crypto import Keyring
 
 from .conftest import login_link, oathtool
@@ -107,7 +108,7 @@ async def test_the_rotate_command_reseals_under_the_newest_key(api, runtime):
         assert Keyring((new_key,)).open(sealed, aad=f"totp:{account}".encode()).decode() == secret
     finally:
         # Back under the configured keys, so the other tests' services still read every row.
-        await handlers.rotate_secrets(runtime.pool, Keyring((new_key, *old_keys)))
+        await rotation.rotate_secrets(runtime.pool, Keyring((new_key, *old_keys)))
 
 
 async def test_auth_processes_starting_together_on_an_empty_database_share_one_signing_key(settings):

@@ -7,8 +7,9 @@ import io
 import os
 import uuid
 
-from services.auth import handlers, store
-from services.auth.handlers import Auth, Caller
+from services.auth import store
+from services.auth.handlers import logins, rotation
+from services.auth.handlers.context import Auth, Caller
 from services.common.apikeys import create_key
 from services.common.crypto import Keyring
 from services.common.events import new_event
@@ -28,7 +29,7 @@ async def test_rotation_keeps_old_rows_readable_and_reseals_under_the_newest_key
     assert sealed_before.split(".")[1] == old_keys[-1][0]
     # With the new key added, the old row still decrypts ...
     assert rotated.open(sealed_before, aad=f"totp:{account}".encode()).decode() == secret
-    changed = await handlers.rotate_secrets(runtime.pool, rotated)
+    changed = await rotation.rotate_secrets(runtime.pool, rotated)
     assert changed >= 1
     sealed_after = await runtime.pool.fetchval("SELECT totp_secret FROM auth.accounts WHERE account_id = $1", account)
     assert sealed_after.split(".")[1] == new_key[0]
@@ -38,11 +39,11 @@ async def test_rotation_keeps_old_rows_readable_and_reseals_under_the_newest_key
     from services.auth.tokens import Signer
 
     auth = Auth(runtime.pool, rotated, await Signer("mfa").load(runtime.pool, rotated))
-    login = await handlers.start_login(auth, Caller(None), {"account_id": account})
-    result = await handlers.verify_login(auth, Caller(None), login["login_id"], "totp", oathtool(secret, 30))
+    login = await logins.start_login(auth, Caller(None), {"account_id": account})
+    result = await logins.verify_login(auth, Caller(None), login["login_id"], "totp", oathtool(secret, 30))
     assert result["result"] == "success"
     # Put the rows back under the configured keys so other tests' services still read them.
-    assert await handlers.rotate_secrets(runtime.pool, Keyring((new_key, *old_keys))) >= 1
+    assert await rotation.rotate_secrets(runtime.pool, Keyring((new_key, *old_keys))) >= 1
 
 
 async def test_no_secret_in_logs_or_in_events(api, tap, runtime, key):
@@ -203,4 +204,4 @@ async def test_company_bound_key_cannot_touch_another_company(api, client, runti
     assert moved["code"] == "account_not_found"
     async with runtime.pool.acquire() as conn:
         row = await store.get_account(conn, their_account)
-    assert row["company_id"] == theirs
+    assert row.company_id == theirs

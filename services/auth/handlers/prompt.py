@@ -3,7 +3,7 @@
 A link (`prompt_url`, a portal `url`) carries a single-use token; the first GET exchanges it for a
 session cookie bound to one login (prompt) or one account (portal), so no secret stays in the
 address bar or the history, and one login's page can never act on another login. The pages then
-call the same use cases as the JSON API (`handlers`), as the person (`Actor("user", account)`).
+call the other families' use cases (`logins`, `enrolment`, ...) as the person (`Actor("user", id)`).
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
-
-from ..common.errors import BadRequest, Gone, NotFound
-from ..common.events import Actor, iso, parse_time
-from ..common.pages import new_token, return_url_allowed, with_query
-from . import domain, store
-from .handlers import Auth, Caller, _account, _login_view, now, start_enrollment
+from ...common.errors import BadRequest, Gone, NotFound
+from ...common.events import Actor, iso, parse_time
+from ...common.pages import new_token, return_url_allowed, with_query
+from .. import domain, store
+from .context import Auth, Caller, load_account, now
 
 PROMPT = "prompt"
 PORTAL = "portal"
 PORTAL_LINK_TTL = timedelta(minutes=5)
 PORTAL_SESSION_TTL = timedelta(minutes=30)
+# A pending enrolment shown again only while there is time left to scan it and type a code.
+SHOW_PENDING_MARGIN = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,6 @@ class PageConfig:
     public_url: str
     return_urls: tuple[str, ...]
     allow_loopback: bool
-
-
-@dataclass(frozen=True)
-class PageSession:
-    """What a session cookie stands for: one login's prompt or one account's "My login"."""
-
-    kind: str
-    account_id: str
-    login_id: str | None
-    return_to: str
-    state: str | None
-    expires_at: datetime
 
 
 def check_return_to(config: PageConfig, return_to: str) -> str:
@@ -72,7 +60,7 @@ async def issue_portal(auth: Auth, caller: Caller, config: PageConfig, account_i
     token = new_token()
     expires = now() + PORTAL_LINK_TTL
     async with auth.pool.acquire() as conn, conn.transaction():
-        await _account(conn, caller, account_id)
+        await load_account(conn, caller, account_id)
         await store.insert_page_link(conn, auth.token_hash(token), PORTAL, account_id, None, return_to, None, expires)
     return {"url": f"{config.public_url}/mfa/my-login?token={token}", "expires_at": iso(expires)}
 
@@ -83,31 +71,31 @@ async def open_link(auth: Auth, kind: str, token: str) -> tuple[str, datetime]:
     session = new_token()
     async with auth.pool.acquire() as conn, conn.transaction():
         outcome, link = await store.use_page_link(conn, auth.token_hash(token[:200]), kind, at)
-        if outcome == "unknown" or link is None:
+        if link is None:
             raise Gone("This link is unknown.", code="page_link_unknown")
         if outcome != "ok":
             # The page says so in the person's language, with their company's name and the way back.
-            account = await store.get_account(conn, link["account_id"])
-            raise Gone(f"This link is {outcome}.", code=f"page_link_{outcome}", back_url=link["return_to"],
-                       company_name=account["company_name"] if account else "",
-                       locale=account["locale"] if account else None)
-        expires = link["expires_at"] if kind == PROMPT else at + PORTAL_SESSION_TTL
+            account = await store.get_account(conn, link.account_id)
+            raise Gone(f"This link is {outcome}.", code=f"page_link_{outcome}", back_url=link.return_to,
+                       company_name=account.company_name if account else "",
+                       locale=account.locale if account else None)
+        expires = link.expires_at if kind == PROMPT else at + PORTAL_SESSION_TTL
         await store.insert_page_session(conn, auth.token_hash(session), link, expires)
     return session, expires
 
 
-async def session_of(auth: Auth, kind: str, cookie: str | None) -> PageSession:
+async def session_of(auth: Auth, kind: str, cookie: str | None) -> store.PageSession:
     """The live session of a cookie, or 410 `session_missing`."""
     if not cookie or len(cookie) > 100:
         raise Gone("There is no page session.", code="session_missing")
     async with auth.pool.acquire() as conn:
-        row = await store.get_page_session(conn, auth.token_hash(cookie), kind, now())
-    if row is None:
+        session = await store.get_page_session(conn, auth.token_hash(cookie), kind, now())
+    if session is None:
         raise Gone("There is no page session.", code="session_missing")
-    return PageSession(row["kind"], row["account_id"], row["login_id"], row["return_to"], row["state"], row["expires_at"])
+    return session
 
 
-def person(session: PageSession) -> Caller:
+def person(session: store.PageSession) -> Caller:
     """The person of a page session, as the caller of the use cases."""
     return Caller(None, None, Actor("user", session.account_id))
 
@@ -121,20 +109,19 @@ def success_url(return_to: str, state: str | None, login_id: str) -> str:
 class PromptView:
     """What the prompt page shows: the login and the account behind it."""
 
-    login: asyncpg.Record
-    account: asyncpg.Record
+    login: store.Login
+    account: store.Account
 
     @property
     def locked_until(self) -> datetime | None:
-        until = self.account["locked_until"]
-        return until if until and until > now() else None
+        return domain.lock_in_force(self.account.locked_until, now())
 
     @property
     def expired(self) -> bool:
-        return self.login["expires_at"] <= now()
+        return self.login.expires_at <= now()
 
 
-async def prompt_view(auth: Auth, session: PageSession) -> PromptView:
+async def prompt_view(auth: Auth, session: store.PageSession) -> PromptView:
     assert session.login_id is not None
     async with auth.pool.acquire() as conn:
         login = await store.get_login(conn, session.login_id)
@@ -144,60 +131,55 @@ async def prompt_view(auth: Auth, session: PageSession) -> PromptView:
     return PromptView(login, account)
 
 
-async def account_view(auth: Auth, account_id: str) -> asyncpg.Record:
+async def account_of(auth: Auth, session: store.PageSession) -> store.Account:
     async with auth.pool.acquire() as conn:
-        account = await store.get_account(conn, account_id)
+        account = await store.get_account(conn, session.account_id)
     if account is None:
         raise Gone("The account is gone.", code="session_missing")
     return account
 
 
-async def enrollment(auth: Auth, caller: Caller, account_id: str) -> dict[str, str]:
-    """The pending enrolment to show (the same secret on every reload while it lasts), else a new one."""
+async def pending_secret(auth: Auth, account_id: str) -> str | None:
+    """The secret of the pending enrolment while it can still be finished: a reload shows the same QR code."""
     async with auth.pool.acquire() as conn:
-        account = await _account(conn, caller, account_id)
         pending = await store.get_pending(conn, account_id)
-    if account["totp_secret"] is None and pending is not None and pending["expires_at"] > now() + timedelta(minutes=2):
-        secret = auth.open_secret(account_id, pending["totp_secret"])
-        return {"secret": secret, "secret_grouped": domain.group_secret(secret)}
-    started = await start_enrollment(auth, caller, account_id)
-    return {"secret": started["secret"], "secret_grouped": started["secret_grouped"]}
+    if pending is None or pending.expires_at <= now() + SHOW_PENDING_MARGIN:
+        return None
+    return auth.open_secret(account_id, pending.totp_secret)
 
 
 async def get_login(auth: Auth, caller: Caller, login_id: str) -> dict[str, Any]:
     """A login's state for its upstream, with the assertion once it succeeded (after the prompt's redirect)."""
     async with auth.pool.acquire() as conn:
         login = await store.get_login(conn, login_id)
-    if login is None or not caller.sees(login["company_id"]):
+    if login is None or not caller.sees(login.company_id):
         raise NotFound(f"No login {login_id!r}.", code="login_not_found")
-    view = _login_view(login)
-    del view["methods"]
-    if login["status"] == "succeeded":
-        view["method"] = login["method"]
-        view["assertion"] = auth.signer.sign(
-            account_id=login["account_id"], company_id=login["company_id"], login_id=login_id,
-            amr=domain.amr_for(login["method"] or "none"),
-        )
+    view: dict[str, Any] = {"login_id": login.login_id, "account_id": login.account_id, "decision": login.decision,
+                            "status": login.status, "expires_at": iso(login.expires_at)}
+    if login.status == "succeeded":
+        view["method"] = login.method
+        view["assertion"] = auth.assertion(login.account_id, login.company_id, login_id, login.method or "none")
     return view
 
 
-async def login_link_info(auth: Auth, token: str) -> tuple[asyncpg.Record | None, asyncpg.Record | None]:
+async def login_link_info(auth: Auth, token: str) -> tuple[store.Link | None, store.Account | None]:
     """The login link and its account, without using it: for the page that shows the button."""
     async with auth.pool.acquire() as conn:
-        link = await store.find_link_by_token(conn, auth.token_hash(token))
-        account = await store.get_account(conn, link["account_id"]) if link else None
+        link = await store.find_link(conn, auth.token_hash(token))
+        account = await store.get_account(conn, link.account_id) if link else None
     return link, account
 
 
-async def confirm_info(auth: Auth, token: str) -> asyncpg.Record | None:
-    """The account whose backup email a confirmation token is for, without confirming it."""
-    async with auth.pool.acquire() as conn, conn.transaction():
-        row = await store.find_backup_email_by_token(conn, auth.token_hash(token))
-        return await store.get_account(conn, row["account_id"]) if row else None
+async def confirm_info(auth: Auth, token: str) -> tuple[store.BackupEmailToken | None, store.Account | None]:
+    """The backup e-mail a confirmation token is for and its account, without confirming it."""
+    async with auth.pool.acquire() as conn:
+        row = await store.find_backup_email(conn, auth.token_hash(token))
+        account = await store.get_account(conn, row.account_id) if row else None
+    return row, account
 
 
 async def return_of_login(auth: Auth, login_id: str) -> tuple[str, str | None] | None:
     """Where the prompt of `login_id` sends the browser back to, when it had one."""
     async with auth.pool.acquire() as conn:
-        row = await store.prompt_of_login(conn, login_id)
-    return (row["return_to"], row["state"]) if row else None
+        link = await store.prompt_of_login(conn, login_id)
+    return (link.return_to, link.state) if link else None

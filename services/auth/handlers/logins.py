@@ -1,0 +1,283 @@
+"""Login use cases: decide the second step, check codes (counting failures toward the lock), login links."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ...common import sealing
+from ...common.errors import Conflict, Gone, TooManyRequests, Unauthorized
+from ...common.events import iso
+from ...common.outbox import add_events
+from .. import domain, store
+from . import events
+from .context import SCHEMA, Auth, Caller, check_not_locked, load_account, lock_pending_login, now
+
+# ---- deciding -----------------------------------------------------------------------------
+
+
+async def start_login(auth: Auth, caller: Caller, data: dict[str, Any]) -> dict[str, Any]:
+    """`POST /v1/logins`: decide the second step in a transaction of its own."""
+    async with auth.pool.acquire() as conn, conn.transaction():
+        result = await decide_login(conn, auth, caller, data)
+    return result
+
+
+async def decide_login(conn: asyncpg.Connection, auth: Auth, caller: Caller, data: dict[str, Any]) -> dict[str, Any]:
+    """Decide the second step of a login in the caller's transaction; idempotent by `login_id`.
+
+    Serves `POST /v1/logins` (through `start_login`) and the upstream `LoginAttempted` event.
+    """
+    login_id = data.get("login_id") or secrets.token_urlsafe(16)
+    account = await load_account(conn, caller, data["account_id"])
+    existing = await store.get_login(conn, login_id)
+    state = domain.MfaState(
+        enrolled=account.enrolled,
+        forced=account.forced,
+        locked_until=account.locked_until,
+        backup_email_verified=account.backup_verified_at is not None,
+    )
+    at = now()
+    decision, methods = domain.decide(state, at)
+    if existing is not None:
+        # A retry of the same login gets the same answer, but only while that answer still
+        # holds: an old `allow` must not yield a fresh assertion once MFA is set up or forced.
+        if existing.account_id != account.account_id:
+            raise Conflict("This login id belongs to another account.", code="login_id_conflict")
+        if existing.expires_at <= at:
+            raise Gone("This login id was used and has expired; start a new login with a new id.", code="login_expired")
+        if existing.decision != decision:
+            raise Conflict("The account's MFA state changed since this login was decided; start a new login.",
+                           code="login_state_changed")
+        return _view(auth, existing, methods)
+    row = {
+        "login_id": login_id,
+        "account_id": account.account_id,
+        "company_id": account.company_id,
+        "decision": decision,
+        "status": "succeeded" if decision == "allow" else "failed" if decision == "deny" else "pending",
+        "method": "none" if decision == "allow" else None,
+        "completed_at": at if decision in ("allow", "deny") else None,
+        "ip": data.get("ip"),
+        "user_agent": data.get("user_agent"),
+        "expires_at": at + domain.LOGIN_TTL,
+    }
+    inserted = await store.insert_login(conn, row)
+    login = await store.get_login(conn, login_id)
+    assert login is not None
+    if not inserted:  # a concurrent request with the same id won
+        return _view(auth, login, methods)
+    locked_until = account.locked_until if decision == "deny" else None
+    out = [events.challenge_issued(caller, login, decision, methods, login.expires_at, locked_until)]
+    if decision == "allow":
+        out.append(events.login_succeeded(caller, login, "none"))
+    await add_events(conn, SCHEMA, out)
+    result = _view(auth, login, methods)
+    if decision == "deny":
+        result["locked_until"] = iso(locked_until)
+    return result
+
+
+def _view(auth: Auth, login: store.Login, methods: list[str]) -> dict[str, Any]:
+    """A login as `POST /v1/logins` answers it; with its assertion when it was allowed outright."""
+    view = {
+        "login_id": login.login_id,
+        "account_id": login.account_id,
+        "decision": login.decision,
+        "status": login.status,
+        "methods": methods,
+        "expires_at": iso(login.expires_at),
+    }
+    if login.decision == "allow" and login.status == "succeeded":
+        view["assertion"] = auth.assertion(login.account_id, login.company_id, login.login_id, "none")
+    return view
+
+
+def _success(auth: Auth, login: events.LoginRef, method: str) -> dict[str, Any]:
+    return {
+        "result": "success",
+        "login_id": login.login_id,
+        "assertion": auth.assertion(login.account_id, login.company_id, login.login_id, method),
+    }
+
+
+# ---- verifying codes --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Refused:
+    """A code that did not pass, already counted in the committed transaction; raised after it."""
+
+    reason: str  # wrong_code or replayed_code
+    attempts_left: int
+    locked_until: datetime | None
+
+    def error(self) -> Unauthorized:
+        detail = ("That code was already used; wait for the next one." if self.reason == "replayed_code"
+                  else "That code is not valid.")
+        extra: dict[str, Any] = {"attempts_left": self.attempts_left}
+        if self.locked_until:
+            extra["locked_until"] = iso(self.locked_until)
+        return Unauthorized(detail, code=self.reason if self.attempts_left else "login_failed", **extra)
+
+
+async def verify_login(auth: Auth, caller: Caller, login_id: str, method: str, code: str) -> dict[str, Any]:
+    """Check a TOTP or backup code for a login; counts failures per login and per account."""
+    code = domain.check_code_format(code) if method == "totp" else domain.normalize_backup_code(code)
+    at = now()
+    async with auth.pool.acquire() as conn:
+        result = await _verify_totp_fast(auth, caller, conn, login_id, code, at) if method == "totp" else None
+        if result is None:
+            async with conn.transaction():
+                result = await _verify_locked(conn, auth, caller, login_id, method, code, at)
+    if isinstance(result, Refused):
+        raise result.error()
+    return result
+
+
+async def _verify_totp_fast(
+    auth: Auth, caller: Caller, conn: asyncpg.Connection, login_id: str, code: str, at: datetime
+) -> dict[str, Any] | None:
+    """The common case in two round trips: a right code for a pending login.
+
+    Reads without locks, and if the code matches, completes the login in ONE statement
+    whose conditions re-check everything under the row locks (`last_step < step` keeps a
+    step single use). Anything else (wrong code, replay, lock, wrong state) returns None
+    and takes the locked path, which gives the exact error and counts failures.
+    """
+    row = await store.get_login_for_verify(conn, login_id)
+    if (
+        row is None
+        or not caller.sees(row.company_id)
+        or row.decision != "verify"
+        or row.status != "pending"
+        or row.expires_at <= at
+        or row.totp_secret is None
+        or domain.lock_in_force(row.locked_until, at)
+    ):
+        return None
+    secret = auth.open_secret(row.account_id, row.totp_secret)
+    step = domain.match_totp(domain.decode_secret(secret), code, at)
+    if step is None or step <= row.last_step:
+        return None
+    event = events.login_succeeded(caller, row, "totp")
+    if not await store.complete_totp_login(conn, login_id, row.account_id, step, event, SCHEMA):
+        return None
+    return _success(auth, row, "totp")
+
+
+async def _verify_locked(
+    conn: asyncpg.Connection, auth: Auth, caller: Caller, login_id: str, method: str, code: str, at: datetime
+) -> dict[str, Any] | Refused:
+    """The slow path, under the account's and the login's row locks: the answer, or a counted refusal."""
+    login, account = await lock_pending_login(conn, caller, login_id, at)
+    check_not_locked(account, at)
+    if not account.enrolled:
+        raise Conflict("MFA is no longer set up for this account; start a new login.", code="mfa_not_enabled")
+    if method == "backup_code":
+        if await store.use_backup_code(conn, account.account_id, auth.code_hash(account.account_id, code)):
+            return await _backup_code_used(conn, auth, caller, login, account, at)
+        return await _count_failure(conn, caller, login, account, method, "wrong_code", at)
+    secret = auth.open_secret(account.account_id, account.totp_secret)
+    step = domain.match_totp(domain.decode_secret(secret), code, at)
+    if step is None:
+        return await _count_failure(conn, caller, login, account, method, "wrong_code", at)
+    if not await store.claim_step(conn, account.account_id, step):
+        return await _count_failure(conn, caller, login, account, method, "replayed_code", at)
+    await store.reset_failures(conn, account.account_id)
+    await store.update_login(conn, login_id, status="succeeded", method="totp", completed_at=at)
+    await add_events(conn, SCHEMA, [events.login_succeeded(caller, login, "totp")])
+    return _success(auth, login, "totp")
+
+
+async def _backup_code_used(
+    conn: asyncpg.Connection, auth: Auth, caller: Caller, login: store.Login, account: store.Account, at: datetime
+) -> dict[str, Any]:
+    """A backup code turns MFA off (seed); a forced account is sent on to enrol, others are in."""
+    await store.disable_mfa(conn, account.account_id)
+    out = [events.disabled(caller, account, "backup_code", at)]
+    if account.forced:
+        # Seed: the backup code turns MFA off; a forced account must set it up again now.
+        await store.update_login(conn, login.login_id, decision="enroll", attempts=0)
+        out.append(events.challenge_issued(caller, login, "enroll", ["totp"], login.expires_at))
+        await add_events(conn, SCHEMA, out)
+        return {"result": "enroll", "login_id": login.login_id, "decision": "enroll", "methods": ["totp"],
+                "expires_at": iso(login.expires_at), "mfa_disabled": True}
+    await store.update_login(conn, login.login_id, status="succeeded", method="backup_code", completed_at=at)
+    out.append(events.login_succeeded(caller, login, "backup_code"))
+    await add_events(conn, SCHEMA, out)
+    return {**_success(auth, login, "backup_code"), "mfa_disabled": True}
+
+
+async def _count_failure(
+    conn: asyncpg.Connection, caller: Caller, login: store.Login, account: store.Account,
+    method: str, reason: str, at: datetime,
+) -> Refused:
+    """One more failure for the login (5 end it) and the account (10 in a row lock it)."""
+    attempts = login.attempts + 1
+    outcome = domain.register_failure(account.consecutive_failures, account.lock_count, at)
+    await store.record_failure(
+        conn, account.account_id, outcome.consecutive_failures, outcome.lock_count, outcome.locked_until
+    )
+    exhausted = attempts >= domain.MAX_LOGIN_ATTEMPTS or outcome.newly_locked
+    await store.update_login(
+        conn, login.login_id, attempts=attempts, **({"status": "failed", "completed_at": at} if exhausted else {}),
+    )
+    attempts_left = 0 if exhausted else domain.MAX_LOGIN_ATTEMPTS - attempts
+    out = [events.login_failed(
+        caller, login, method, "too_many_attempts" if attempts >= domain.MAX_LOGIN_ATTEMPTS else reason,
+        attempts_left, outcome.consecutive_failures,
+    )]
+    if outcome.newly_locked:
+        out.append(events.locked(caller, account, outcome))
+    await add_events(conn, SCHEMA, out)
+    return Refused(reason, attempts_left, outcome.locked_until)
+
+
+# ---- login links --------------------------------------------------------------------------
+
+async def send_login_link(auth: Auth, caller: Caller, login_id: str) -> dict[str, Any]:
+    """Issue a single-use login link to the verified backup e-mail (sent by the notifier)."""
+    token = secrets.token_urlsafe(32)  # 256 bits
+    at = now()
+    async with auth.pool.acquire() as conn, conn.transaction():
+        login, account = await lock_pending_login(conn, caller, login_id, at)
+        check_not_locked(account, at)
+        if not account.backup_verified_at:
+            raise Conflict("This account has no confirmed backup e-mail.", code="no_backup_email")
+        if login.links_sent >= domain.MAX_LINKS_PER_LOGIN:
+            raise TooManyRequests("Enough links were sent for this login; use one of them.", code="too_many_links")
+        expires = min(at + domain.LINK_TTL, login.expires_at + domain.LINK_TTL)
+        await store.insert_link(conn, auth.token_hash(token), login_id, account.account_id, expires)
+        await store.update_login(conn, login_id, links_sent=login.links_sent + 1)
+        sealed = auth.keyring.seal(token.encode(), aad=sealing.login_link_token(account.account_id))
+        await add_events(conn, SCHEMA, [events.link_requested(caller, login, account, sealed, expires)])
+    assert account.backup_address is not None
+    return {"sent_to": domain.mask_email(account.backup_address), "expires_at": iso(expires)}
+
+
+async def redeem_login_link(auth: Auth, caller: Caller, token: str) -> dict[str, Any]:
+    """Complete the login a link was sent for: the link is spent, the login succeeds."""
+    at = now()
+    async with auth.pool.acquire() as conn, conn.transaction():
+        link = await store.take_link(conn, auth.token_hash(token))
+        if link is None:
+            raise Gone("This login link is unknown.", code="invalid_token")
+        if link.used_at is not None:
+            raise Gone("This login link was already used.", code="token_used")
+        if link.expires_at <= at:
+            raise Gone("This login link expired; ask for a new one.", code="token_expired")
+        account = await store.get_account(conn, link.account_id, lock=True)  # account before login, as everywhere
+        login = await store.get_login(conn, link.login_id, lock=True)
+        if login is None or account is None or not caller.sees(login.company_id):
+            raise Gone("This login link is unknown.", code="invalid_token")
+        if login.status != "pending":
+            raise Conflict(f"This login is already {login.status}.", code="login_completed")
+        check_not_locked(account, at)  # a lock from wrong codes holds for every way in
+        await store.mark_link_used(conn, link.token_hash, at)
+        await store.update_login(conn, login.login_id, status="succeeded", method="backup_email", completed_at=at)
+        await add_events(conn, SCHEMA, [events.login_succeeded(caller, login, "backup_email")])
+    return _success(auth, login, "backup_email")
