@@ -140,12 +140,16 @@ class Pages:
             ]
         html = self.env.get_template(template).render(
             _=_, lang=lang, languages=languages, company_name=company_name, product_name=self.product_name,
-            csrf=self.csrf_token(session) if session else "", refresh=refresh,
+            csrf=self.csrf_token(session) if session else "",
             format_moment=lambda moment: i18n.format_moment(moment, lang), **context,
         )
         response = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
         response.headers["Content-Security-Policy"] = csp(form_targets)
         response.headers["Content-Language"] = lang
+        if refresh:
+            # The HTTP header rather than <meta http-equiv>: the same reload without JavaScript, and
+            # only on waiting pages that hold no form a reload could interrupt.
+            response.headers["Refresh"] = str(refresh)
         if request.query.get("lang") == lang:
             self.set_cookie(response, LANG_COOKIE, lang, max_age=365 * 86400)
         return response

@@ -157,13 +157,22 @@ async def check_axe(page) -> None:
     assert not bad, f"{page.url}: {bad}"
 
 
-async def mail_to(mailbox: TestSmtpServer, address: str, timeout: float = 20):
-    return await wait_for(lambda: mailbox.recorder.to(address) and mailbox.recorder.to(address)[-1], timeout=timeout,
-                          message=f"mail to {address}")
+def _text(mail) -> str:
+    return mail.message.get_body(preferencelist=("plain",)).get_content()
 
 
-def link_in(mail, path: str) -> str:
-    text = mail.message.get_body(preferencelist=("plain",)).get_content()
-    match = re.search(r"https?://\S+" + re.escape(path) + r"\?token=[A-Za-z0-9_\-]+", text)
-    assert match, f"no {path} link in:\n{text}"
+async def mail_to(mailbox: TestSmtpServer, address: str, containing: str = "", timeout: float = 20):
+    """The newest mail to `address` whose text contains `containing`, waiting for it."""
+    def find():
+        found = [m for m in mailbox.recorder.to(address) if containing in _text(m)]
+        return found[-1] if found else None
+
+    return await wait_for(find, timeout=timeout, message=f"mail to {address} with {containing!r}")
+
+
+async def link_to(mailbox: TestSmtpServer, address: str, path: str) -> str:
+    """The `path?token=` link of the newest such mail to `address`."""
+    mail = await mail_to(mailbox, address, path + "?token=")
+    match = re.search(r"https?://\S+" + re.escape(path) + r"\?token=[A-Za-z0-9_\-]+", _text(mail))
+    assert match, f"no {path} link in:\n{_text(mail)}"
     return match.group(0)
