@@ -287,6 +287,7 @@ def _base(event: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, str]:
         "first_name": _s(data.get("first_name")),
         "last_name": _s(data.get("last_name")),
         "event_time": format_time(parse_time(event.get("time"), "event time")),
+        "company": _s(data.get("company_name")),
     }
 
 

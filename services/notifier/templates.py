@@ -136,7 +136,8 @@ class Catalog:
             for part in (head, body, htmls[key]):
                 if not Template(part).is_valid():
                     raise TemplateError(f"{kind}.{locale} has a malformed $placeholder")
-            names = tuple(sorted({m[1] for part in (head, body, htmls[key]) for m in _SECTION_NAME.finditer(part)}))
+            frame = (layouts.get(locale, layouts.get(DEFAULT_LOCALE, "")), footers.get(locale, footers.get(DEFAULT_LOCALE, "")))
+            names = tuple(sorted({m[1] for part in (head, body, htmls[key], *frame) for m in _SECTION_NAME.finditer(part)}))
             sources[key] = _Source(head.removeprefix("Subject:").strip(), body, htmls[key], names)
         for kind in required:
             if (kind, DEFAULT_LOCALE) not in sources:
@@ -175,10 +176,10 @@ class Catalog:
         if resolved is None:
             shown = {n: "yes" for n, on in zip(source.sections, pattern, strict=True) if on}
             footer = self._footers.get(locale, self._footers[DEFAULT_LOCALE])
-            text = re.sub(r"\n{3,}", "\n\n", f"{_sections(source.text, shown).strip()}\n\n{footer}").rstrip() + "\n"
+            text = re.sub(r"\n{3,}", "\n\n", f"{_sections(source.text, shown).strip()}\n\n{_sections(footer, shown)}").rstrip() + "\n"
             layout = self._layouts.get(locale, self._layouts[DEFAULT_LOCALE])
             # The layout's own placeholders are filled now; $subject stays for the mail's subject.
-            page = Template(layout).safe_substitute(content=_sections(source.html, shown),
+            page = Template(_sections(layout, shown)).safe_substitute(content=_sections(source.html, shown),
                                                     lang=html.escape(locale, quote=True))
             resolved = _Resolved(Template(_sections(source.subject, shown)), Template(text), Template(page))
             self._resolved[key] = resolved

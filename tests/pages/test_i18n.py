@@ -109,15 +109,16 @@ async def test_the_browser_language_when_the_account_has_none(site, upstream, br
         await dutch.close()
 
 
-async def test_a_dutch_account_gets_its_login_link_mail_in_dutch_with_the_product_name(site, upstream, mailbox):
+async def test_a_dutch_account_gets_its_mail_in_dutch_naming_the_product_and_the_company(site, upstream, mailbox):
     from .conftest import mail_to
 
-    _, account = await person(site, locale="nl")
+    _, account = await person(site, locale="nl", company="Bakkerij Jansen")
     backup = f"{account}@thuis.example"
     await site.api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": backup}, expect=202)
     confirm = await mail_to(mailbox, backup, "/mfa/backup-email/confirm")
-    assert confirm.message["Subject"] == "Acme MFA: bevestig je back-up e-mailadres"
+    assert confirm.message["Subject"] == "Acme MFA: bevestig je back-up e-mailadres (Bakkerij Jansen)"
     text = confirm.message.get_body(preferencelist=("plain",)).get_content()
-    assert text.startswith("Hallo Ada,") and "(over 24 uur)" in text and "van Acme MFA" in text
+    assert text.startswith("Hallo Ada,") and "(over 24 uur)" in text
+    assert "van Acme MFA over de beveiliging van je account bij Bakkerij Jansen." in text
     html = confirm.message.get_body(preferencelist=("html",)).get_content()
     assert 'lang="nl"' in html and "Dit adres bevestigen" in html
