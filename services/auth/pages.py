@@ -49,7 +49,7 @@ def _page(request: web.Request, template: str, account: Any, *, session: str | N
                        if notice in NOTICES else None)
     return pages.render(
         request, template, status=status, locale=pages.locale(request, account.locale),
-        company_name=account.company_name, session=session,
+        company_name=account.company_name, session=session, time_zone=account.time_zone,
         form_targets=[origin_of(return_to)] if return_to else (), **context,
     )
 
@@ -63,7 +63,7 @@ def _moment(request: web.Request, account: Any, value: Any) -> str:
     from ..common.i18n import format_moment
 
     moment = parse_time(value) if isinstance(value, str) else value
-    return format_moment(moment, _pages(request).locale(request, account.locale))
+    return format_moment(moment, _pages(request).locale(request, account.locale), account.time_zone)
 
 
 def _exchange(request: web.Request, kind: str, cookie: str, here: str):
@@ -124,7 +124,7 @@ async def _show_prompt(request: web.Request, session: PageSession, cookie: str, 
         return redirect(prompt.success_url(session.return_to, session.state, login.login_id))
     if login.status == "failed" and view.locked_until:
         raise PageError(429, "mfa_locked", company_name=account.company_name, locale=account.locale,
-                        locked_until=iso(view.locked_until), **back)
+                        locked_until=iso(view.locked_until), time_zone=account.time_zone, **back)
     if login.status == "failed":
         raise PageError(403, "login_failed", company_name=account.company_name, locale=account.locale, **back)
     if view.expired:
