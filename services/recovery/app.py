@@ -13,7 +13,7 @@ from ..common.logs import get_logger
 from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
-from . import handlers
+from . import handlers, metrics  # noqa: F401 - metrics: its counters count the events written
 from .api import LIMITS, MAX_FORM_BYTES, RATE_KEY, add_routes
 from .consumers import directory_consumer
 from .domain import RateLimits
