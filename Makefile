@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # node `jose` for the interop test and the quickstart, from the committed lock file
 JOSE := tests/interop/node_modules/.package-lock.json
 
-.PHONY: run test test-fast bench lint clean
+.PHONY: run test test-fast bench lint clean screenshots
 
 # `make run` is development: the public development key is allowed, and upstream and each service
 # get a broker user of their own (created by `mfa broker setup` with rabbitmqctl) with these
@@ -55,8 +55,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/events.py --batched
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/mail.py
 	$(BIN)/python bench/audit.py
+
+# A PNG of every hosted page in English and Dutch (docs/screenshots/), from the page tests in Chromium.
+screenshots: $(DEV_STAMP)
+	MFA_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/pages/test_every_page.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -7,15 +7,17 @@ import io
 import segno
 from aiohttp import web
 
-from ..common.errors import NotFound
+from ..common.errors import BadRequest, NotFound
 from ..common.events import Actor
 from ..common.web import compile_schema as schema
 from ..common.web import current_correlation_id, json_response, read_json, require_role
-from .handlers import backup_email, directory, disable, enrolment, logins
+from .handlers import backup_email, directory, disable, enrolment, logins, prompt
 from .handlers.context import Auth, Caller
+from .handlers.prompt import PageConfig
 from .tokens import JWKS_MAX_AGE
 
 AUTH = web.AppKey("auth", Auth)
+PAGE_CONFIG = web.AppKey("page_config", PageConfig)
 
 _ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:@-]+$"}
 _NAME = {"type": "string", "maxLength": 200}
@@ -32,6 +34,7 @@ ACCOUNT = schema(_obj({
     "company_id": _ID, "email": {"type": "string", "minLength": 3, "maxLength": 254}, "first_name": _NAME,
     "last_name": _NAME, "role": {"enum": ["employee", "admin"]}, "mfa_required": {"type": "boolean"},
     "locale": {"type": "string", "maxLength": 20},
+    "time_zone": {"type": "string", "minLength": 1, "maxLength": 64},
 }, ["company_id", "email", "first_name", "last_name", "role", "mfa_required"]))
 CONFIRM = schema(_obj({"code": _CODE, "login_id": _ID}, ["code"]))
 BACKUP_EMAIL = schema(_obj({"email": {"type": "string", "minLength": 3, "maxLength": 254}}, ["email"]))
@@ -39,7 +42,10 @@ TOKEN = schema(_obj({"token": {"type": "string", "minLength": 20, "maxLength": 2
 DISABLE = schema(_obj({"backup_code": _CODE}, ["backup_code"]))
 ADMIN_DISABLE = schema(_obj({"actor_account_id": _ID}, ["actor_account_id"]))
 LOGIN = schema(_obj({"account_id": _ID, "login_id": _ID, "ip": {"type": "string", "maxLength": 64},
-                     "user_agent": {"type": "string", "maxLength": 512}}, ["account_id"]))
+                     "user_agent": {"type": "string", "maxLength": 512},
+                     "return_to": {"type": "string", "minLength": 1, "maxLength": 2048},
+                     "state": {"type": "string", "maxLength": 512}}, ["account_id"]))
+PORTAL = schema(_obj({"return_to": {"type": "string", "minLength": 1, "maxLength": 2048}}, ["return_to"]))
 VERIFY = schema(_obj({"method": {"enum": ["totp", "backup_code"]}, "code": _CODE}, ["method", "code"]))
 EMPTY = schema(_obj({}, []))
 
@@ -149,7 +155,29 @@ async def admin_disable(request: web.Request) -> web.Response:
 async def create_login(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, LOGIN)
-    return _private(await logins.start_login(auth, caller, body), 201)  # `allow` carries an assertion
+    return_to, state = body.pop("return_to", None), body.pop("state", None)
+    config = request.app[PAGE_CONFIG]
+    if return_to is not None:
+        prompt.check_return_to(config, return_to)  # refused before any login is started
+    elif state is not None:
+        raise BadRequest("state is only sent with return_to.", code="missing_field", field="return_to")
+    result = await logins.start_login(auth, caller, body)
+    if return_to is not None and result["decision"] in ("verify", "enroll") and result["status"] == "pending":
+        result["prompt_url"] = await prompt.issue_prompt(auth, config, result, return_to, state)
+    return _private(result, 201)  # `allow` carries an assertion, `prompt_url` a single-use token
+
+
+async def get_login(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    return _private(await prompt.get_login(auth, caller, _id(request, "login_id")))
+
+
+async def create_portal_session(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    body = await read_json(request, PORTAL)
+    result = await prompt.issue_portal(auth, caller, request.app[PAGE_CONFIG], _id(request, "account_id"),
+                                       body["return_to"])
+    return _private(result, 201)
 
 
 async def verify_login(request: web.Request) -> web.Response:
@@ -192,6 +220,8 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/v1/accounts/{account_id}/backup-email", put_backup_email)
     r.add_post("/v1/backup-email/confirm", confirm_backup_email)
     r.add_post("/v1/logins", create_login)
+    r.add_get("/v1/logins/{login_id}", get_login)
+    r.add_post("/v1/accounts/{account_id}/portal-sessions", create_portal_session)
     r.add_post("/v1/logins/{login_id}/verify", verify_login)
     r.add_post("/v1/logins/{login_id}/backup-email", login_link)
     r.add_post("/v1/login-links/redeem", redeem_link)

@@ -9,12 +9,14 @@ from pathlib import Path
 from aiohttp import web
 
 from ..common.crypto import Keyring
+from ..common.pages import PAGES, Pages, page_middleware
 from ..common.runtime import Runtime, cancel_and_wait
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
-from . import api, metrics  # noqa: F401 - metrics: its counters count the events written
+from . import api, metrics, pages  # noqa: F401 - metrics: its counters count the events written
 from .consumers import build_consumers
 from .handlers.context import SCHEMA, Auth
+from .handlers.prompt import PageConfig
 from .tokens import Signer
 
 
@@ -31,12 +33,29 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
         await cancel_and_wait(reload)
 
 
+def _pages(runtime: Runtime, app: web.Application) -> None:
+    """The hosted pages' templates, keys and return URLs (see services/auth/pages.py)."""
+    settings = runtime.settings
+    app[PAGES] = Pages(
+        [Path(__file__).parent / "templates"],
+        csrf_key=Keyring(settings.secret_keys).derive("page-csrf"),
+        secure_cookies=settings.public_url.startswith("https://"),
+        product_name=settings.product_name,
+        public_url=settings.public_url,
+    )
+    # Loopback return URLs are for development: allowed while the development secret key is in use.
+    app[api.PAGE_CONFIG] = PageConfig(settings.public_url, settings.return_urls, settings.uses_dev_secret_key)
+    app.middlewares.append(page_middleware)
+    pages.add_routes(app)
+
+
 def create_app(runtime: Runtime) -> web.Application:
     """The auth app; its resources open and close with the app's lifetime."""
     app = create_base_app(runtime, SERVICE.name, SCHEMA)
     app.cleanup_ctx.append(_auth_ctx)
     app.cleanup_ctx.append(workers_ctx(SERVICE))
     api.add_routes(app)
+    _pages(runtime, app)
     return app
 
 

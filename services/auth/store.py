@@ -57,6 +57,7 @@ class Account:
     role: str
     mfa_required: bool
     locale: str | None
+    time_zone: str | None  # IANA name (`Europe/Amsterdam`); the mails give times in it
     totp_secret: str | None  # sealed; None while MFA is off
     enrolled_at: datetime | None
     last_step: int
@@ -197,10 +198,11 @@ async def upsert_account(conn: Conn, data: dict[str, Any]) -> AccountPolicy | No
     previous = await conn.fetchrow(
         f"SELECT {_columns(AccountPolicy)} FROM auth.accounts WHERE account_id = $1 FOR UPDATE", data["account_id"])
     await conn.execute(
-        """INSERT INTO auth.accounts (account_id, company_id, email, first_name, last_name, role, mfa_required, locale)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        """INSERT INTO auth.accounts (account_id, company_id, email, first_name, last_name, role, mfa_required, locale,
+                                     time_zone)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
            ON CONFLICT (account_id) DO UPDATE SET company_id = $2, email = $3, first_name = $4, last_name = $5,
-               role = $6, mfa_required = $7, locale = $8, updated_at = now()""",
+               role = $6, mfa_required = $7, locale = $8, time_zone = $9, updated_at = now()""",
         data["account_id"],
         data["company_id"],
         data["email"],
@@ -209,6 +211,7 @@ async def upsert_account(conn: Conn, data: dict[str, Any]) -> AccountPolicy | No
         data["role"],
         data.get("mfa_required", False),
         data.get("locale"),
+        data.get("time_zone"),
     )
     return _row(AccountPolicy, previous)
 
@@ -220,7 +223,7 @@ async def delete_account(conn: Conn, account_id: str) -> bool:
 
 _ACCOUNT_VIEW = """
     SELECT a.account_id, a.company_id, a.email, a.first_name, a.last_name, a.role, a.mfa_required, a.locale,
-           a.totp_secret, a.enrolled_at, a.last_step, a.consecutive_failures, a.lock_count, a.locked_until,
+           a.time_zone, a.totp_secret, a.enrolled_at, a.last_step, a.consecutive_failures, a.lock_count, a.locked_until,
            c.name AS company_name, (a.mfa_required OR c.mfa_required) AS forced,
            b.address AS backup_address, b.verified_at AS backup_verified_at,
            (SELECT count(*) FROM auth.backup_codes bc WHERE bc.account_id = a.account_id) AS backup_codes_left
@@ -564,3 +567,106 @@ async def reseal(conn: Conn, kind: str, key: str, old: str, sealed: str) -> bool
     }[kind]
     status = await conn.execute(f"UPDATE auth.{table} SET {column} = $3 WHERE {id_col} = $1 AND {column} = $2", key, old, sealed)
     return status == "UPDATE 1"
+
+
+# ---- hosted pages ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PageLink:
+    """A single-use URL token of a page (a prompt_url, a "My login" link), by its hash."""
+
+    kind: str  # prompt or portal
+    account_id: str
+    company_id: str  # the login's company (prompt), the account's (portal)
+    login_id: str | None
+    return_to: str
+    state: str | None
+    expires_at: datetime
+    used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PageSession:
+    """What a page's session cookie stands for: one login's prompt or one account's "My login"."""
+
+    kind: str
+    account_id: str
+    company_id: str
+    login_id: str | None
+    return_to: str
+    state: str | None
+    expires_at: datetime
+
+
+async def insert_page_link(conn: Conn, token_hash: bytes, kind: str, account_id: str, company_id: str,
+                           login_id: str | None, return_to: str, state: str | None, expires_at: datetime) -> None:
+    """A single-use URL token; a prompt replaces the unused one of the same login (a retried POST /v1/logins)."""
+    if login_id is not None:
+        await conn.execute(
+            "DELETE FROM auth.page_links WHERE login_id = $1 AND company_id = $2 AND kind = $3 AND used_at IS NULL",
+            login_id, company_id, kind,
+        )
+    await conn.execute(
+        """INSERT INTO auth.page_links (token_hash, kind, account_id, company_id, login_id, return_to, state,
+                                        expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        token_hash, kind, account_id, company_id, login_id, return_to, state, expires_at,
+    )
+
+
+async def use_page_link(conn: Conn, token_hash: bytes, kind: str, at: datetime) -> tuple[str, PageLink | None]:
+    """Mark a URL token used, once: ('ok', link), or ('unknown' | 'used' | 'expired', link or None)."""
+    row = await conn.fetchrow(
+        f"UPDATE auth.page_links SET used_at = $3 WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL"
+        f" AND expires_at > $3 RETURNING {_columns(PageLink)}",
+        token_hash, kind, at,
+    )
+    if row is not None:
+        return "ok", _row(PageLink, row)
+    link = _row(PageLink, await conn.fetchrow(
+        f"SELECT {_columns(PageLink)} FROM auth.page_links WHERE token_hash = $1 AND kind = $2", token_hash, kind))
+    if link is None:
+        return "unknown", None
+    return ("used" if link.used_at is not None else "expired"), link
+
+
+async def insert_page_session(conn: Conn, session_hash: bytes, link: PageLink, expires_at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO auth.page_sessions (session_hash, kind, account_id, company_id, login_id, return_to, state,
+                                           expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        session_hash, link.kind, link.account_id, link.company_id, link.login_id, link.return_to, link.state,
+        expires_at,
+    )
+
+
+async def get_page_session(conn: Conn, session_hash: bytes, kind: str, at: datetime) -> PageSession | None:
+    return _row(PageSession, await conn.fetchrow(
+        f"SELECT {_columns(PageSession)} FROM auth.page_sessions"
+        " WHERE session_hash = $1 AND kind = $2 AND expires_at > $3",
+        session_hash, kind, at,
+    ))
+
+
+async def prompt_of_login(conn: Conn, company_id: str, login_id: str) -> PageLink | None:
+    """The newest prompt link of a login: where its pages send the browser back to."""
+    return _row(PageLink, await conn.fetchrow(
+        f"SELECT {_columns(PageLink)} FROM auth.page_links WHERE login_id = $1 AND company_id = $2"
+        " AND kind = 'prompt' ORDER BY created_at DESC LIMIT 1",
+        login_id, company_id,
+    ))
+
+
+async def find_link(conn: Conn, token_hash: bytes) -> Link | None:
+    """A login link without taking it (the page before the button)."""
+    return _row(Link, await conn.fetchrow(
+        f"SELECT {_columns(Link)} FROM auth.login_links WHERE token_hash = $1", token_hash))
+
+
+async def find_backup_email(conn: Conn, confirm_hash: bytes) -> BackupEmailToken | None:
+    """The backup e-mail of a confirmation token without locking it (the page before the button)."""
+    return _row(BackupEmailToken, await conn.fetchrow(
+        """SELECT b.account_id, a.company_id, b.address, b.verified_at, b.confirm_expires_at
+           FROM auth.backup_emails b JOIN auth.accounts a USING (account_id) WHERE b.confirm_hash = $1""",
+        confirm_hash,
+    ))

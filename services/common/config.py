@@ -66,6 +66,9 @@ class Settings:
     queue_partitions: int = 1  # queues per consumer, each with a single active consumer (see consumer.py)
     issuer_url: str = "http://127.0.0.1:8081"  # `iss` of assertions; MFA_ISSUER, default MFA_PUBLIC_URL
     relay_mode: str = "inline"  # inline: `mfa run` publishes its outboxes; separate: `mfa relay` does
+    # URL prefixes the hosted pages may send a browser back to (loopback too while in development).
+    return_urls: tuple[str, ...] = ()
+    product_name: str = "MFA"  # named in the pages and the emails
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +136,8 @@ class Settings:
             queue_partitions=partitions,
             issuer_url=get("MFA_ISSUER", get("MFA_PUBLIC_URL", "http://127.0.0.1:8081").rstrip("/")),
             relay_mode=relay_mode,
+            return_urls=tuple(u.strip() for u in get("MFA_RETURN_URLS", "").split(",") if u.strip()),
+            product_name=get("MFA_PRODUCT_NAME", "MFA"),
         )
 
     @property

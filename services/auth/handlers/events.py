@@ -32,10 +32,12 @@ def event(caller: Caller, event_type: str, data: dict[str, Any], *, subject: str
 
 
 def _about(caller: Caller, event_type: str, account: store.Account, data: dict[str, Any]) -> dict[str, Any]:
-    """An event about `account`, with the person's name, address and locale for the notifier."""
-    person = {"email": account.email, "first_name": account.first_name}
+    """An event about `account`, with the person's name, address, locale and company name for the notifier."""
+    person = {"email": account.email, "first_name": account.first_name, "company_name": account.company_name}
     if account.locale:
         person["locale"] = account.locale
+    if account.time_zone:
+        person["time_zone"] = account.time_zone
     return event(
         caller, event_type,
         {"account_id": account.account_id, "company_id": account.company_id, **person, **data},
@@ -147,7 +149,9 @@ def link_requested(
 ) -> dict[str, Any]:
     data = {"login_id": login.login_id, "account_id": account.account_id, "company_id": account.company_id,
             "backup_email": account.backup_address, "first_name": account.first_name,
-            "link_token": sealed_token, "expires_at": iso(expires)}
+            "company_name": account.company_name, "link_token": sealed_token, "expires_at": iso(expires)}
     if account.locale:
         data["locale"] = account.locale
+    if account.time_zone:
+        data["time_zone"] = account.time_zone
     return event(caller, "BackupEmailRequested", data, subject=account.account_id, company_id=account.company_id)

@@ -1,0 +1,553 @@
+"""The auth service's hosted pages (HTML): the prompt, the emailed links and "My login".
+
+They sit beside `api.py` over the same use cases; `services.common.pages` gives them their
+templates, language, security headers and CSRF checks. Paths live under `/mfa/`.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import segno
+from aiohttp import web
+
+from ..common.errors import BadRequest, Conflict, Gone, MfaError, TooManyRequests, Unauthorized
+from ..common.events import iso, parse_time
+from ..common.pages import PAGES, PageError, Pages, add_static, origin_of, redirect
+from . import domain
+from .api import AUTH
+from .handlers import backup_email, disable, enrolment, logins, prompt, replacement
+from .handlers.context import Auth, now
+from .handlers.prompt import PORTAL, PROMPT
+from .store import PageSession
+
+PROMPT_COOKIE = "mfa_prompt"
+PORTAL_COOKIE = "mfa_portal"
+LINK_COOKIE = "mfa_link"
+CONFIRM_COOKIE = "mfa_confirm"
+TOKEN_COOKIE_AGE = 15 * 60
+# Notices a redirect may ask a page to show (`?notice=`): only these keys, never free text.
+NOTICES = {"reenroll", "email_sent", "mfa_off", "enrolled", "codes_saved", "replaced"}
+
+
+def _auth(request: web.Request) -> Auth:
+    return request.app[AUTH]
+
+
+def _pages(request: web.Request) -> Pages:
+    return request.app[PAGES]
+
+
+def _page(request: web.Request, template: str, account: Any, *, session: str | None = None,
+          return_to: str | None = None, status: int = 200, **context: Any) -> web.Response:
+    """A page for `account`: its language and company name; forms may lead on to `return_to`'s site."""
+    pages = _pages(request)
+    notice = request.query.get("notice")
+    context.setdefault("error", None)
+    context.setdefault("notice", pages.catalogue.text(pages.locale(request, account.locale), f"notice.{notice}")
+                       if notice in NOTICES else None)
+    return pages.render(
+        request, template, status=status, locale=pages.locale(request, account.locale),
+        company_name=account.company_name, session=session, time_zone=account.time_zone,
+        form_targets=[origin_of(return_to)] if return_to else (), **context,
+    )
+
+
+def _text(request: web.Request, account: Any, key: str, **values: Any) -> str:
+    pages = _pages(request)
+    return pages.catalogue.text(pages.locale(request, account.locale), key, **values)
+
+
+def _moment(request: web.Request, account: Any, value: Any) -> str:
+    from ..common.i18n import format_moment
+
+    moment = parse_time(value) if isinstance(value, str) else value
+    return format_moment(moment, _pages(request).locale(request, account.locale), account.time_zone)
+
+
+def _exchange(request: web.Request, kind: str, cookie: str, here: str):
+    """The first GET of a link: its token becomes a session cookie, then the same page without it."""
+
+    async def go() -> web.Response:
+        session, expires = await prompt.open_link(_auth(request), kind, request.query["token"])
+        lang = request.query.get("lang")
+        response = redirect(here + (f"?lang={lang}" if lang in ("en", "nl") else ""))
+        max_age = max(60, int((expires - now()).total_seconds()))
+        _pages(request).set_cookie(response, cookie, session, max_age=max_age)
+        return response
+
+    return go()
+
+
+async def _enrollment(auth: Auth, session: PageSession) -> str:
+    """The key to show grouped for typing: the pending one on a reload, else a new enrolment's."""
+    secret = await prompt.pending_secret(auth, session.account_id)
+    if secret is None:
+        secret = (await enrolment.start_enrollment(auth, prompt.person(session), session.account_id))["secret"]
+    return domain.group_secret(secret)
+
+
+def _for(account: Any, exc: MfaError) -> PageError:
+    """A use case's refusal as the page of its code, with the account's company and language."""
+    return PageError(exc.status, exc.code, company_name=account.company_name, locale=account.locale, **exc.extra)
+
+
+def _qr(uri: str) -> web.Response:
+    buf = io.BytesIO()
+    segno.make(uri, error="m").save(buf, kind="svg", scale=5, border=4)
+    return web.Response(body=buf.getvalue(), content_type="image/svg+xml")
+
+
+# ---- the prompt ------------------------------------------------------------------------------
+
+async def _prompt_session(request: web.Request) -> tuple[PageSession, str]:
+    cookie = request.cookies.get(PROMPT_COOKIE, "")
+    return await prompt.session_of(_auth(request), PROMPT, cookie), cookie
+
+
+async def prompt_page(request: web.Request) -> web.StreamResponse:
+    if "token" in request.query:
+        return await _exchange(request, PROMPT, PROMPT_COOKIE, "/mfa/prompt")
+    session, cookie = await _prompt_session(request)
+    return await _show_prompt(request, session, cookie)
+
+
+async def _show_prompt(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+                       status: int = 200) -> web.StreamResponse:
+    """Whatever the login needs now: a code, an enrolment, or the way back once it is done."""
+    auth = _auth(request)
+    view = await prompt.prompt_view(auth, session)
+    login, account = view.login, view.account
+    back = {"back_url": session.return_to}
+    if login.status == "succeeded":
+        return redirect(prompt.success_url(session.return_to, session.state, login.login_id))
+    if login.status == "failed" and view.locked_until:
+        raise PageError(429, "mfa_locked", company_name=account.company_name, locale=account.locale,
+                        locked_until=iso(view.locked_until), time_zone=account.time_zone, **back)
+    if login.status == "failed":
+        raise PageError(403, "login_failed", company_name=account.company_name, locale=account.locale, **back)
+    if view.expired:
+        raise PageError(410, "login_expired", company_name=account.company_name, locale=account.locale, **back)
+    if login.decision == "enroll":
+        shown = await _enrollment(auth, session)
+        return _page(request, "enroll.html", account, session=cookie, return_to=session.return_to, status=status,
+                     error=error, mandatory=True, qr_url="/mfa/prompt/qr.svg", action="/mfa/prompt/enroll",
+                     secret_grouped=shown, back_url=None)
+    if login.decision != "verify":
+        raise PageError(403, "login_failed", company_name=account.company_name, locale=account.locale, **back)
+    backup_email = domain.mask_email(account.backup_address) if account.backup_verified_at else None
+    return _page(request, "verify.html", account, session=cookie, return_to=session.return_to, status=status,
+                 error=error, locked_until=view.locked_until, backup_email=backup_email)
+
+
+def _code_error(request: web.Request, account: Any, exc: MfaError) -> str:
+    """The sentence for a refused code: how many tries are left, or until when it is locked."""
+    if exc.code == "mfa_locked" or "locked_until" in exc.extra and exc.extra.get("locked_until"):
+        return _text(request, account, "verify.locked", until=_moment(request, account, exc.extra["locked_until"]))
+    if exc.code == "invalid_code_format":
+        return _text(request, account, "error.invalid_code_format.body")
+    if exc.code == "invalid_code":
+        return _text(request, account, "enroll.wrong_code")
+    left = exc.extra.get("attempts_left")
+    key = "verify.replayed" if exc.code == "replayed_code" else "verify.wrong_code"
+    return _text(request, account, key, left=left if left is not None else "")
+
+
+async def prompt_code(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _prompt_session(request)
+    form = await _pages(request).form(request, cookie)
+    code = "".join(form.get("code", "").split())
+    try:
+        await logins.verify_login(_auth(request), prompt.person(session), session.login_id, "totp", code)
+    except (Unauthorized, BadRequest, TooManyRequests) as exc:
+        if exc.code == "login_failed":
+            return await _show_prompt(request, session, cookie)
+        account = await prompt.account_of(_auth(request), session)
+        return await _show_prompt(request, session, cookie, error=_code_error(request, account, exc), status=422)
+    except Conflict:
+        pass  # finished or changed meanwhile: the prompt shows what is true now
+    return await _show_prompt(request, session, cookie)
+
+
+async def prompt_backup_page(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _prompt_session(request)
+    return await _backup_page(request, session, cookie)
+
+
+async def _backup_page(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+                       status: int = 200) -> web.StreamResponse:
+    view = await prompt.prompt_view(_auth(request), session)
+    if view.login.status != "pending" or view.login.decision != "verify":
+        return await _show_prompt(request, session, cookie)
+    return _page(request, "backup_code.html", view.account, session=cookie, return_to=session.return_to,
+                 status=status, error=error, forced=view.account.forced, action="/mfa/prompt/backup-code",
+                 submit_key="backup.submit", back_url="/mfa/prompt", back_key="backup.back_to_code")
+
+
+async def prompt_backup(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _prompt_session(request)
+    form = await _pages(request).form(request, cookie)
+    try:
+        result = await logins.verify_login(_auth(request), prompt.person(session), session.login_id, "backup_code",
+                                             form.get("backup_code", ""))
+    except (Unauthorized, BadRequest, TooManyRequests) as exc:
+        if exc.code == "login_failed":
+            return await _show_prompt(request, session, cookie)
+        account = await prompt.account_of(_auth(request), session)
+        if exc.code in ("wrong_code", "replayed_code"):
+            message = _text(request, account, "backup.wrong", left=exc.extra.get("attempts_left", ""))
+        elif exc.code == "invalid_code_format":
+            message = _text(request, account, "backup.format")
+        else:
+            message = _code_error(request, account, exc)
+        return await _backup_page(request, session, cookie, error=message, status=422)
+    except Conflict:
+        return await _show_prompt(request, session, cookie)
+    if result.get("result") == "enroll":
+        return redirect("/mfa/prompt?notice=reenroll")
+    return await _show_prompt(request, session, cookie)
+
+
+async def prompt_email_link(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _prompt_session(request)
+    await _pages(request).form(request, cookie)
+    try:
+        await logins.send_login_link(_auth(request), prompt.person(session), session.login_id)
+    except (Conflict, TooManyRequests) as exc:
+        if exc.code in ("too_many_links", "no_backup_email", "mfa_locked"):
+            account = await prompt.account_of(_auth(request), session)
+            return await _show_prompt(request, session, cookie, status=422,
+                                      error=_text(request, account, f"error.{exc.code}.body",
+                                                  until=_moment(request, account, exc.extra["locked_until"])
+                                                  if exc.extra.get("locked_until") else ""))
+        return await _show_prompt(request, session, cookie)
+    return redirect("/mfa/prompt/check-mail")
+
+
+async def prompt_check_mail(request: web.Request) -> web.StreamResponse:
+    """Waits for the emailed link (opened here or on the phone); reloads itself without JavaScript."""
+    session, cookie = await _prompt_session(request)
+    view = await prompt.prompt_view(_auth(request), session)
+    if view.login.status != "pending" or view.expired:
+        return await _show_prompt(request, session, cookie)
+    return _page(request, "check_mail.html", view.account, session=cookie, return_to=session.return_to,
+                 sent_to=domain.mask_email(view.account.backup_address or ""), refresh=3)
+
+
+async def prompt_qr(request: web.Request) -> web.StreamResponse:
+    session, _ = await _prompt_session(request)
+    return _qr(await enrolment.pending_uri(_auth(request), prompt.person(session), session.account_id))
+
+
+async def prompt_enroll(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _prompt_session(request)
+    form = await _pages(request).form(request, cookie)
+    code = "".join(form.get("code", "").split())
+    auth = _auth(request)
+    try:
+        result = await enrolment.confirm_enrollment(auth, prompt.person(session), session.account_id, code,
+                                                   session.login_id)
+    except (Unauthorized, BadRequest) as exc:
+        account = await prompt.account_of(auth, session)
+        return await _show_prompt(request, session, cookie, error=_code_error(request, account, exc), status=422)
+    except (Conflict, Gone) as exc:
+        if exc.code in ("no_pending_enrollment", "enrollment_expired"):
+            account = await prompt.account_of(auth, session)
+            return await _show_prompt(request, session, cookie, status=422,
+                                      error=_text(request, account, "enroll.expired"))
+        return await _show_prompt(request, session, cookie)
+    account = await prompt.account_of(auth, session)
+    return _page(request, "backup_codes.html", account, session=cookie, return_to=session.return_to,
+                 codes=result["backup_codes"], action="/mfa/prompt/finish", languages=[])
+
+
+async def prompt_finish(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _prompt_session(request)
+    form = await _pages(request).form(request, cookie)
+    view = await prompt.prompt_view(_auth(request), session)
+    if form.get("saved") != "yes" and view.login.status == "succeeded":
+        return _page(request, "backup_codes.html", view.account, session=cookie, return_to=session.return_to,
+                     codes=[], action="/mfa/prompt/finish", status=422,
+                     error=_text(request, view.account, "codes.tick_box"))
+    return await _show_prompt(request, session, cookie)
+
+
+# ---- emailed links ---------------------------------------------------------------------------
+
+def _token_cookie(request: web.Request, name: str, here: str) -> web.StreamResponse | str:
+    """`?token=` moves into a short cookie for this page only (then the page without it), else the cookie's token."""
+    token = request.query.get("token")
+    if token:
+        response = redirect(here)
+        _pages(request).set_cookie(response, name, token[:200], max_age=TOKEN_COOKIE_AGE, path=here)
+        return response
+    cookie = request.cookies.get(name)
+    if not cookie:
+        raise PageError(410, "invalid_token")
+    return cookie
+
+
+async def login_link_page(request: web.Request) -> web.StreamResponse:
+    token = _token_cookie(request, LINK_COOKIE, "/mfa/login-link")
+    if not isinstance(token, str):
+        return token
+    link, account = await prompt.login_link_info(_auth(request), token)
+    if link is None or account is None:
+        raise PageError(410, "invalid_token")
+    if link.used_at is not None:
+        raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
+    if link.expires_at <= now():
+        raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
+    back = await prompt.return_of_login(_auth(request), link.company_id, link.login_id)
+    return _page(request, "link.html", account, session=token, return_to=back[0] if back else None,
+                 prefix="link", action="/mfa/login-link", address="")
+
+
+async def login_link_redeem(request: web.Request) -> web.StreamResponse:
+    token = request.cookies.get(LINK_COOKIE)
+    await _pages(request).form(request, token)
+    auth = _auth(request)
+    link, account = await prompt.login_link_info(auth, token or "")
+    if link is None or account is None:
+        raise PageError(410, "invalid_token")
+    try:
+        await logins.redeem_login_link(auth, prompt.person_of(account.account_id, link.company_id), token or "")
+    except MfaError as exc:
+        raise _for(account, exc) from exc
+    back = await prompt.return_of_login(auth, link.company_id, link.login_id)
+    if back:
+        response = redirect(prompt.success_url(back[0], back[1], link.login_id))
+    else:
+        response = _page(request, "done.html", account, prefix="link_done", address="", back_url=None)
+    _pages(request).clear_cookie(response, LINK_COOKIE, path="/mfa/login-link")
+    return response
+
+
+async def confirm_page(request: web.Request) -> web.StreamResponse:
+    token = _token_cookie(request, CONFIRM_COOKIE, "/mfa/backup-email/confirm")
+    if not isinstance(token, str):
+        return token
+    row, account = await prompt.confirm_info(_auth(request), token)
+    if row is None or account is None:
+        raise PageError(410, "invalid_token")
+    if row.verified_at is not None:
+        raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
+    if row.confirm_expires_at is None or row.confirm_expires_at <= now():
+        raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
+    return _page(request, "link.html", account, session=token, prefix="confirm", action="/mfa/backup-email/confirm",
+                 address=row.address)
+
+
+async def confirm_post(request: web.Request) -> web.StreamResponse:
+    token = request.cookies.get(CONFIRM_COOKIE)
+    await _pages(request).form(request, token)
+    row, account = await prompt.confirm_info(_auth(request), token or "")
+    if row is None or account is None:
+        raise PageError(410, "invalid_token")
+    try:
+        result = await backup_email.confirm_backup_email(
+            _auth(request), prompt.person_of(row.account_id, row.company_id), token or "")
+    except MfaError as exc:
+        raise _for(account, exc) from exc
+    response = _page(request, "done.html", account, prefix="confirm_done", address=result["address"], back_url=None)
+    _pages(request).clear_cookie(response, CONFIRM_COOKIE, path="/mfa/backup-email/confirm")
+    return response
+
+
+# ---- "My login" ------------------------------------------------------------------------------
+
+async def _portal_session(request: web.Request) -> tuple[PageSession, str]:
+    cookie = request.cookies.get(PORTAL_COOKIE, "")
+    return await prompt.session_of(_auth(request), PORTAL, cookie), cookie
+
+
+async def portal_page(request: web.Request) -> web.StreamResponse:
+    if "token" in request.query:
+        return await _exchange(request, PORTAL, PORTAL_COOKIE, "/mfa/my-login")
+    session, cookie = await _portal_session(request)
+    return await _show_portal(request, session, cookie)
+
+
+async def _show_portal(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+                       status: int = 200) -> web.Response:
+    account = await prompt.account_of(_auth(request), session)
+    return _page(request, "my_login.html", account, session=cookie, status=status, error=error,
+                 enabled=account.totp_secret is not None, enrolled_at=account.enrolled_at,
+                 forced=account.forced, codes_left=account.backup_codes_left,
+                 backup_address=account.backup_address, backup_verified=account.backup_verified_at is not None,
+                 login_email=account.email, back_url=session.return_to)
+
+
+async def portal_setup_page(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    return await _portal_setup(request, session, cookie)
+
+
+async def _portal_setup(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+                        status: int = 200) -> web.Response:
+    account = await prompt.account_of(_auth(request), session)
+    if account.totp_secret is not None:
+        return await _show_portal(request, session, cookie)
+    shown = await _enrollment(_auth(request), session)
+    return _page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
+                 qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/setup", secret_grouped=shown,
+                 back_url="/mfa/my-login")
+
+
+async def portal_setup(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    form = await _pages(request).form(request, cookie)
+    auth = _auth(request)
+    account = await prompt.account_of(auth, session)
+    try:
+        result = await enrolment.confirm_enrollment(auth, prompt.person(session), session.account_id,
+                                                   "".join(form.get("code", "").split()), None)
+    except (Unauthorized, BadRequest) as exc:
+        return await _portal_setup(request, session, cookie, error=_code_error(request, account, exc), status=422)
+    except (Conflict, Gone) as exc:
+        if exc.code in ("no_pending_enrollment", "enrollment_expired"):
+            return await _portal_setup(request, session, cookie, error=_text(request, account, "enroll.expired"),
+                                       status=422)
+        return await _show_portal(request, session, cookie)
+    return _page(request, "backup_codes.html", account, session=cookie, codes=result["backup_codes"],
+                 action="/mfa/my-login/saved", languages=[])
+
+
+async def portal_qr(request: web.Request) -> web.StreamResponse:
+    session, _ = await _portal_session(request)
+    return _qr(await enrolment.pending_uri(_auth(request), prompt.person(session), session.account_id))
+
+
+async def portal_saved(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    await _pages(request).form(request, cookie)
+    return redirect("/mfa/my-login?notice=codes_saved")
+
+
+async def portal_codes(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    await _pages(request).form(request, cookie)
+    try:
+        result = await enrolment.regenerate_backup_codes(_auth(request), prompt.person(session), session.account_id)
+    except Conflict:
+        return await _show_portal(request, session, cookie)
+    account = await prompt.account_of(_auth(request), session)
+    return _page(request, "backup_codes.html", account, session=cookie, codes=result["backup_codes"],
+                 action="/mfa/my-login/saved", languages=[])
+
+
+async def portal_backup_email(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    form = await _pages(request).form(request, cookie)
+    auth = _auth(request)
+    try:
+        await backup_email.set_backup_email(auth, prompt.person(session), session.account_id, form.get("email", ""))
+    except BadRequest as exc:
+        account = await prompt.account_of(auth, session)
+        key = "portal.email_same" if exc.code == "same_as_login_email" else "portal.email_invalid"
+        return await _show_portal(request, session, cookie, error=_text(request, account, key), status=422)
+    return redirect("/mfa/my-login?notice=email_sent")
+
+
+async def portal_disable(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    form = await _pages(request).form(request, cookie)
+    auth = _auth(request)
+    account = await prompt.account_of(auth, session)
+    if account.forced:
+        # Seed: turning MFA off is not possible while it is required; the page says why.
+        return await _show_portal(request, session, cookie, error=_text(request, account, "portal.off_forced"),
+                                  status=409)
+    try:
+        await disable.disable_with_backup_code(auth, prompt.person(session), session.account_id,
+                                                form.get("backup_code", ""))
+    except (Unauthorized, BadRequest, TooManyRequests) as exc:
+        message = (_code_error(request, account, exc) if exc.code == "mfa_locked"
+                   else _text(request, account, "backup.format") if exc.code == "invalid_code_format"
+                   else _text(request, account, "portal.off_wrong"))
+        return await _show_portal(request, session, cookie, error=message, status=422)
+    except Conflict:
+        return await _show_portal(request, session, cookie)
+    return redirect("/mfa/my-login?notice=mfa_off")
+
+
+async def portal_replace(request: web.Request) -> web.StreamResponse:
+    """Replacing the app, first step: the present app's code proves it is the person."""
+    session, cookie = await _portal_session(request)
+    form = await _pages(request).form(request, cookie)
+    auth = _auth(request)
+    try:
+        await replacement.start_replacement(auth, prompt.person(session), session.account_id,
+                                            "".join(form.get("code", "").split()))
+    except (Unauthorized, BadRequest, TooManyRequests) as exc:
+        account = await prompt.account_of(auth, session)
+        message = _code_error(request, account, exc) if exc.code != "invalid_code" else _text(
+            request, account, "portal.replace_wrong")
+        return await _show_portal(request, session, cookie, error=message, status=422)
+    except Conflict:
+        return await _show_portal(request, session, cookie)
+    return redirect("/mfa/my-login/replace")
+
+
+async def portal_replace_page(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    return await _replace_page(request, session, cookie)
+
+
+async def _replace_page(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+                        status: int = 200) -> web.Response:
+    auth = _auth(request)
+    account = await prompt.account_of(auth, session)
+    secret = await prompt.pending_secret(auth, session.account_id)
+    if account.totp_secret is None:
+        return await _show_portal(request, session, cookie)
+    if secret is None:  # the replacement ran out: start again from My login
+        return await _show_portal(request, session, cookie, error=_text(request, account, "portal.replace_expired"))
+    return _page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
+                 replacing=True, qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/replace",
+                 secret_grouped=domain.group_secret(secret), back_url="/mfa/my-login")
+
+
+async def portal_replace_confirm(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    form = await _pages(request).form(request, cookie)
+    auth = _auth(request)
+    try:
+        await replacement.confirm_replacement(auth, prompt.person(session), session.account_id,
+                                              "".join(form.get("code", "").split()))
+    except (Unauthorized, BadRequest) as exc:
+        account = await prompt.account_of(auth, session)
+        return await _replace_page(request, session, cookie, error=_code_error(request, account, exc), status=422)
+    except (Conflict, Gone):
+        return await _show_portal(request, session, cookie)
+    return redirect("/mfa/my-login?notice=replaced")
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/mfa/prompt", prompt_page)
+    r.add_post("/mfa/prompt/code", prompt_code)
+    r.add_get("/mfa/prompt/backup-code", prompt_backup_page)
+    r.add_post("/mfa/prompt/backup-code", prompt_backup)
+    r.add_post("/mfa/prompt/email-link", prompt_email_link)
+    r.add_get("/mfa/prompt/check-mail", prompt_check_mail)
+    r.add_get("/mfa/prompt/qr.svg", prompt_qr)
+    r.add_post("/mfa/prompt/enroll", prompt_enroll)
+    r.add_post("/mfa/prompt/finish", prompt_finish)
+    r.add_get("/mfa/login-link", login_link_page)
+    r.add_post("/mfa/login-link", login_link_redeem)
+    r.add_get("/mfa/backup-email/confirm", confirm_page)
+    r.add_post("/mfa/backup-email/confirm", confirm_post)
+    r.add_get("/mfa/my-login", portal_page)
+    r.add_get("/mfa/my-login/setup", portal_setup_page)
+    r.add_post("/mfa/my-login/setup", portal_setup)
+    r.add_get("/mfa/my-login/qr.svg", portal_qr)
+    r.add_post("/mfa/my-login/saved", portal_saved)
+    r.add_post("/mfa/my-login/backup-codes", portal_codes)
+    r.add_post("/mfa/my-login/backup-email", portal_backup_email)
+    r.add_post("/mfa/my-login/disable", portal_disable)
+    r.add_post("/mfa/my-login/replace/start", portal_replace)
+    r.add_get("/mfa/my-login/replace", portal_replace_page)
+    r.add_post("/mfa/my-login/replace", portal_replace_confirm)
+    add_static(app)

@@ -1,0 +1,184 @@
+"""Fixtures for the hosted pages: the real auth and notifier apps on a real port, a real SMTP server,
+an upstream the browser is sent back to, and Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import async_playwright
+
+from services.common.apikeys import create_key
+from services.common.runtime import Runtime
+
+from ..auth.conftest import Api
+from ..conftest import free_port, wait_for
+from ..notifier.smtp_server import TestSmtpServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+async def browser():
+    """Debian's Chromium (Playwright's own browser download is not used)."""
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+async def context(browser):
+    """A fresh browser profile (cookies, history) per test."""
+    ctx = await browser.new_context(locale="en-GB")
+    yield ctx
+    await ctx.close()
+
+
+@pytest.fixture
+async def page(context):
+    return await context.new_page()
+
+
+class Upstream:
+    """The product that sent the person to the prompt: records where the browser came back with."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[dict[str, list[str]]] = []
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    async def back(self, request: web.Request) -> web.Response:
+        self.arrivals.append({k: request.query.getall(k) for k in request.query})
+        return web.Response(text="<!DOCTYPE html><html lang=en><title>Upstream</title><main><h1>Welcome back</h1></main></html>",
+                            content_type="text/html")
+
+    async def frame(self, request: web.Request) -> web.Response:
+        """A page of another site that puts the given page in a frame (clickjacking attempt)."""
+        target = request.query["src"]
+        return web.Response(text=f'<!DOCTYPE html><html lang=en><title>Evil</title><iframe id="f" src="{target}" title="f"></iframe></html>',
+                            content_type="text/html")
+
+    async def forge(self, request: web.Request) -> web.Response:
+        """A page of another site that posts a form to the given action on load (cross-site request forgery)."""
+        action, field, value = request.query["action"], request.query["field"], request.query["value"]
+        return web.Response(text=f'<!DOCTYPE html><html lang=en><title>Evil</title><form id="x" method="post" action="{action}">'
+                                 f'<input name="{field}" value="{value}"><input name="csrf" value="guess">'
+                                 '<button id="go">go</button></form></html>', content_type="text/html")
+
+
+@pytest.fixture(scope="module")
+async def upstream():
+    up = Upstream()
+    app = web.Application()
+    app.router.add_get("/back", up.back)
+    app.router.add_get("/frame", up.frame)
+    app.router.add_get("/forge", up.forge)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", up.port)
+    await site.start()
+    yield up
+    await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def mailbox():
+    server = await TestSmtpServer().start()
+    yield server
+    await server.stop()
+
+
+@dataclasses.dataclass
+class Site:
+    """The running auth service as a browser sees it, and the JSON API behind it."""
+
+    base: str
+    api: Api
+    runtime: Runtime
+
+
+@pytest.fixture(scope="module")
+async def site(settings, mailbox):
+    """auth and notifier on their own runtime; auth listens on a real port that is also its public URL."""
+    from services.auth.app import create_app as auth_app
+    from services.notifier.app import create_app as notifier_app
+
+    port = free_port()
+    page_settings = dataclasses.replace(settings, smtp_host="127.0.0.1", smtp_port=mailbox.port,
+                                        public_url=f"http://127.0.0.1:{port}", product_name="Acme MFA")
+    runtime = await Runtime.open(page_settings, pool_size=20)
+    auth = TestClient(TestServer(auth_app(runtime), host="127.0.0.1", port=port))
+    notifier = TestClient(TestServer(notifier_app(runtime)))
+    await auth.start_server()
+    await notifier.start_server()
+    api = Api(auth, await create_key(runtime.pool, "service", label="pages"))
+    yield Site(page_settings.public_url, api, runtime)
+    await notifier.close()
+    await auth.close()
+    await runtime.close()
+
+
+async def person(site: Site, *, required: bool = False, company_required: bool = False, locale: str | None = None,
+                 company: str | None = None) -> tuple[str, str]:
+    """A company and one employee in it: (company_id, account_id)."""
+    company_id = await site.api.company(required=company_required, name=company or f"Acme {uuid.uuid4().hex[:4]}")
+    account_id = f"acct-{uuid.uuid4().hex[:10]}"
+    body = {"company_id": company_id, "email": f"{account_id}@example.com", "first_name": "Ada",
+            "last_name": "Lovelace", "role": "employee", "mfa_required": required}
+    if locale:
+        body["locale"] = locale
+    await site.api.call("PUT", f"/v1/accounts/{account_id}", body, expect=201)
+    return company_id, account_id
+
+
+async def start_login(site: Site, upstream: Upstream, account_id: str, state: str = "st-1") -> dict:
+    _, login = await site.api.call("POST", "/v1/logins", {"account_id": account_id, "return_to": f"{upstream.base}/back",
+                                                         "state": state}, expect=201)
+    return login
+
+
+def arrival_of(page_url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page_url).query)
+
+
+_RAW_KEY = re.compile(r"(?<![@.\w-])(?:verify|backup|enroll|codes|portal|mail|link|link_done|confirm|confirm_done|notice|error"
+                      r"|common|layout)\.[a-z_]+\b")
+
+
+async def check_axe(page) -> None:
+    """No serious or critical axe-core violation on the page shown, and no catalogue key shown raw."""
+    shown = await page.locator("body").inner_text()
+    assert not _RAW_KEY.search(shown), f"{page.url} shows a key instead of its text: {_RAW_KEY.search(shown)[0]}"
+    result = await Axe().run(page)
+    bad = [(v["id"], v["impact"], v["help"]) for v in result.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, f"{page.url}: {bad}"
+
+
+def _text(mail) -> str:
+    return mail.message.get_body(preferencelist=("plain",)).get_content()
+
+
+async def mail_to(mailbox: TestSmtpServer, address: str, containing: str = "", timeout: float = 20):
+    """The newest mail to `address` whose text contains `containing`, waiting for it."""
+    def find():
+        found = [m for m in mailbox.recorder.to(address) if containing in _text(m)]
+        return found[-1] if found else None
+
+    return await wait_for(find, timeout=timeout, message=f"mail to {address} with {containing!r}")
+
+
+async def link_to(mailbox: TestSmtpServer, address: str, path: str) -> str:
+    """The `path?token=` link of the newest such mail to `address`."""
+    mail = await mail_to(mailbox, address, path + "?token=")
+    match = re.search(r"https?://\S+" + re.escape(path) + r"\?token=[A-Za-z0-9_\-]+", _text(mail))
+    assert match, f"no {path} link in:\n{_text(mail)}"
+    return match.group(0)
