@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
+from services.auth.store import _EMPLOYEES, _SEARCH
 from services.common.apikeys import create_key
 
 from ..auth.conftest import Api, EventTap
@@ -268,7 +269,7 @@ async def test_search_and_paging_over_a_few_hundred_employees(site, upstream, pa
     assert "q=number17" in page.url
     found = await _emails(page)
     assert found == [f"emp{n:04d}@{domain}" for n in [17, *range(170, 180)]]
-    assert await page.locator("#employee-count").inner_text() == "Found for “number17”: 11"
+    assert await page.locator("#employee-count").inner_text() == "Found for “number17”: 11 Show all employees"
     assert await page.get_by_role("link", name="Next page").count() == 0
     await page.get_by_label("Search by name or email").fill("Person Number25")  # first and last name together
     await page.get_by_role("button", name="Search").click()
@@ -277,7 +278,10 @@ async def test_search_and_paging_over_a_few_hundred_employees(site, upstream, pa
     await page.get_by_label("Search by name or email").fill("%")  # a wildcard is searched for literally
     await page.get_by_role("button", name="Search").click()
     await page.wait_for_load_state()
-    assert await page.locator("#employee-count").inner_text() == "Found for “%”: 0"
+    assert (await page.locator("#employee-count").inner_text()).startswith("Found for “%”: 0")
+    await page.get_by_role("link", name="Show all employees").click()
+    await page.wait_for_url("**/mfa/admin/employees")
+    assert await page.locator("#employee-count").inner_text() == "Employees: 261"
     # A cursor that was tampered with starts from the first page instead of failing.
     response = await page.goto(f"{site.base}/mfa/admin/employees?after=%%%garbage")
     assert response.status == 200 and (await _emails(page))[1] == expected[0]
@@ -292,7 +296,6 @@ async def test_a_company_of_5000_pages_by_index_without_sorting(site):
         for backwards, cursor in ((False, None), (False, ("emp2500@x", "zz")), (True, ("emp2500@x", "zz"))):
             order = "DESC" if backwards else "ASC"
             keyset = f" AND (a.email, a.account_id) {'<' if backwards else '>'} ($3, $4)" if cursor else ""
-            from services.auth.store import _EMPLOYEES, _SEARCH
             sql = f"EXPLAIN (FORMAT JSON) {_EMPLOYEES}{_SEARCH}{keyset} ORDER BY a.email {order}, a.account_id {order} LIMIT 51"
             plan = await conn.fetchval(sql, company_id, None, *(cursor or ()))
             plans.append(str(plan))
