@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/mail.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/admin_pages.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

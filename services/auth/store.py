@@ -635,11 +635,11 @@ _EMPLOYEES = """
     LEFT JOIN auth.pending_enrollments p USING (account_id)
     WHERE a.company_id = $1
 """
-# Search is a filter over the company's index range (5,000 rows at most is cheap); `$2` is an
-# escaped ILIKE pattern or NULL.
+# Search is a filter over the company's index range (5,000 rows cost a few milliseconds); `$2` is
+# an escaped ILIKE pattern or NULL. One ILIKE over "email first last" rather than one per column:
+# a quarter of the work, and "Ada Lovelace" matches the full name.
 _SEARCH = """
-      AND ($2::text IS NULL OR a.email ILIKE $2 OR a.first_name ILIKE $2 OR a.last_name ILIKE $2
-           OR (a.first_name || ' ' || a.last_name) ILIKE $2)
+      AND ($2::text IS NULL OR (a.email || ' ' || a.first_name || ' ' || a.last_name) ILIKE $2)
 """
 
 
