@@ -80,9 +80,8 @@ async def employees(request: web.Request) -> web.StreamResponse:
 async def company_switch(request: web.Request) -> web.StreamResponse:
     account, cookie, _ = await _admin(request)
     required = await _required(request, cookie)
-    auth = _auth(request)
-    data = admin.company_policy(await admin.company_of(auth, account), required)
-    await directory.upsert_company(auth, admin.as_admin(account, current_correlation_id()), data)
+    await directory.require_for_company(_auth(request), admin.as_admin(account, current_correlation_id()),
+                                        account.company_id, required)
     return redirect(with_query(EMPLOYEES, notice="company_on" if required else "company_off"))
 
 
@@ -114,7 +113,7 @@ async def employee_switch(request: web.Request) -> web.StreamResponse:
     summary = await _summary(request, account, _employee_id(request))
     caller = admin.as_admin(account, current_correlation_id())
     try:
-        await directory.upsert_account(_auth(request), caller, admin.account_policy(summary, required))
+        await directory.require_for_account(_auth(request), caller, summary.account.account_id, required)
     except MfaError as exc:
         raise _for(account, exc) from exc
     target = f"{EMPLOYEES}/{summary.account.account_id}"

@@ -665,3 +665,9 @@ async def count_employees(conn: Conn, company_id: str, pattern: str | None) -> i
     """How many of a company's accounts match the search (all of them without one)."""
     return await conn.fetchval(f"SELECT count(*) FROM auth.accounts a WHERE a.company_id = $1{_SEARCH}",
                                company_id, pattern)
+
+
+async def lock_company(conn: Conn, company_id: str) -> Company | None:
+    """The company, its row locked for the rest of the transaction (a change of one field keeps the others)."""
+    return _row(Company, await conn.fetchrow(
+        f"SELECT {_columns(Company)} FROM auth.companies WHERE company_id = $1 FOR UPDATE", company_id))

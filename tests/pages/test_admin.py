@@ -458,3 +458,24 @@ async def test_the_admin_pages_are_axe_clean_in_dutch(site, upstream, page):
     await page.goto(f"{site.base}/mfa/admin/employees/{staff}")
     assert await page.get_by_role("button", name="MFA uitschakelen").is_disabled()
     await check_axe(page)
+
+
+def test_the_tabs_rules_state_reason_search_and_cursor():
+    from services.auth.handlers import admin
+    from services.auth.store import EmployeeRow
+
+    at = datetime.now(UTC)
+    later, earlier = at + timedelta(minutes=1), at - timedelta(minutes=1)
+    assert admin.mfa_state(True, None, later, at) == "locked"
+    assert admin.mfa_state(True, None, earlier, at) == "on"
+    assert admin.mfa_state(False, later, None, at) == "pending"
+    assert admin.mfa_state(False, earlier, None, at) == "off"  # an expired enrolment is no longer pending
+    assert [admin.forced_by(c, p) for c, p in ((True, True), (True, False), (False, True), (False, False))] == [
+        "both", "company", "personal", None]
+    assert admin.search_pattern("  Ada   Love ") == "%Ada Love%"
+    assert admin.search_pattern("50%_a\\b") == "%50\\%\\_a\\\\b%"
+    assert admin.search_pattern("   ") is None
+    row = EmployeeRow("acct-1", "ada@example.com", "", "", "employee", False, False, False, None, None, None)
+    assert admin.decode_cursor(admin.encode_cursor(row)) == ("ada@example.com", "acct-1")
+    for bad in ("", "%%%", "bnVsbA", "WzEsMl0", "x" * 900):  # null, [1,2], too long
+        assert admin.decode_cursor(bad) is None

@@ -194,24 +194,6 @@ async def employee(auth: Auth, admin: store.Account, account_id: str) -> Employe
     )
 
 
-def account_policy(summary: EmployeeSummary, required: bool) -> dict[str, Any]:
-    """The directory upsert that changes only the employee's own requirement (everything else kept)."""
-    account = summary.account
-    data: dict[str, Any] = {
-        "company_id": account.company_id, "account_id": account.account_id, "email": account.email,
-        "first_name": account.first_name, "last_name": account.last_name, "role": account.role,
-        "mfa_required": required,
-    }
-    if account.locale:
-        data["locale"] = account.locale
-    return data
-
-
-def company_policy(company: store.Company, required: bool) -> dict[str, Any]:
-    """The directory upsert that changes only whether the company requires MFA (its name kept)."""
-    return {"company_id": company.company_id, "name": company.name, "mfa_required": required}
-
-
 async def company_of(auth: Auth, admin: store.Account) -> store.Company:
     """The admin's company as it is now (name and policy)."""
     async with auth.pool.acquire() as conn:
