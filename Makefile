@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast bench lint clean
+.PHONY: run test test-fast bench lint clean screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/mail.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/admin_pages.py
+
+# A PNG of every hosted page in English and Dutch (docs/screenshots/), from the page tests in Chromium.
+screenshots: $(DEV_STAMP)
+	MFA_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/pages/test_every_page.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

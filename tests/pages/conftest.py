@@ -150,8 +150,14 @@ def arrival_of(page_url: str) -> dict[str, list[str]]:
     return parse_qs(urlsplit(page_url).query)
 
 
+_RAW_KEY = re.compile(r"(?<![@.\w-])(?:verify|backup|enroll|codes|portal|mail|link|link_done|confirm|confirm_done|notice|error"
+                      r"|common|layout)\.[a-z_]+\b")
+
+
 async def check_axe(page) -> None:
-    """No serious or critical axe-core violation on the page shown."""
+    """No serious or critical axe-core violation on the page shown, and no catalogue key shown raw."""
+    shown = await page.locator("body").inner_text()
+    assert not _RAW_KEY.search(shown), f"{page.url} shows a key instead of its text: {_RAW_KEY.search(shown)[0]}"
     result = await Axe().run(page)
     bad = [(v["id"], v["impact"], v["help"]) for v in result.response["violations"] if v["impact"] in ("serious", "critical")]
     assert not bad, f"{page.url}: {bad}"
