@@ -3,8 +3,10 @@ button, the switches that make MFA mandatory, tenant isolation, and the admin-se
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -65,6 +67,16 @@ async def open_admin(site, upstream, page, company_id: str, admin_id: str) -> No
     assert "token" not in page.url and page.url.endswith("/mfa/admin/employees")
 
 
+_RAW_KEY = re.compile(r"(?<![@.\w-])admin\.[a-z_]+(?:\.[a-z_]+)?\b")
+
+
+async def check_page(page) -> None:
+    """axe-core clean (no serious or critical violation) and no admin text shown as its raw key."""
+    shown = await page.locator("body").inner_text()
+    assert not _RAW_KEY.search(shown), f"{page.url} shows a key: {_RAW_KEY.search(shown)[0]}"
+    await check_axe(page)
+
+
 async def row_of(page, account_id: str):
     return page.locator("table.employees tbody tr").filter(has=page.locator(f'a[href$="/{account_id}"]'))
 
@@ -100,7 +112,7 @@ async def test_the_employees_tab_shows_status_and_why_it_is_forced(site, upstrea
         assert cells == [f"{account_id}@example.com", status, why]
     locked_cells = await (await row_of(page, locked)).locator("td").all_inner_texts()
     assert locked_cells[1].startswith("Locked until ") and until.strftime("%H:%M") in locked_cells[1]
-    await check_axe(page)
+    await check_page(page)
 
     # The company switch: forced by the company everywhere after it.
     await page.get_by_role("button", name="Require MFA for every employee").click()
@@ -161,7 +173,7 @@ async def test_disable_mfa_turns_it_off_when_not_forced_with_the_admin_as_actor(
     assert await button.is_enabled()
     color = await button.evaluate("b => getComputedStyle(b).backgroundColor")
     assert color == "rgb(180, 35, 24)"  # the seed's red button
-    await check_axe(page)
+    await check_page(page)
     await button.click()
     await page.wait_for_url(f"**/mfa/admin/employees/{staff}?notice=mfa_off")
     assert await page.locator("#employee-status").inner_text() == "Off"
@@ -186,7 +198,7 @@ async def test_disable_mfa_is_refused_while_forced_on_the_page_and_by_the_server
     assert SEED_WARNING in warning
     assert ("for this employee personally" if by == "personal" else "every employee of the company") in warning
     assert await button.get_attribute("aria-describedby") == "disable-refused"
-    await check_axe(page)
+    await check_page(page)
     # Whatever the page sends: a forged POST with a valid token is refused by the server.
     response = await page.request.post(f"{site.base}/mfa/admin/employees/{staff}/disable",
                                        form={"csrf": await csrf_of(page)}, headers={"Origin": site.base})
@@ -258,7 +270,7 @@ async def test_search_and_paging_over_a_few_hundred_employees(site, upstream, pa
         seen += await _emails(page)
         pages += 1
     assert seen == expected and pages == 6  # 50 a page (the admin first), in email order, none twice
-    await check_axe(page)
+    await check_page(page)
     await page.get_by_role("link", name="Previous page").click()
     await page.wait_for_load_state()
     assert await _emails(page) == expected[199:249]
@@ -454,10 +466,10 @@ async def test_the_admin_pages_are_axe_clean_in_dutch(site, upstream, page):
     staff = await employee(site, company_id)
     await site.api.enroll(staff)
     await open_admin(site, upstream, page, company_id, admin_id)
-    await check_axe(page)
+    await check_page(page)
     await page.goto(f"{site.base}/mfa/admin/employees/{staff}")
     assert await page.get_by_role("button", name="MFA uitschakelen").is_disabled()
-    await check_axe(page)
+    await check_page(page)
 
 
 def test_the_tabs_rules_state_reason_search_and_cursor():
@@ -479,3 +491,20 @@ def test_the_tabs_rules_state_reason_search_and_cursor():
     assert admin.decode_cursor(admin.encode_cursor(row)) == ("ada@example.com", "acct-1")
     for bad in ("", "%%%", "bnVsbA", "WzEsMl0", "x" * 900):  # null, [1,2], too long
         assert admin.decode_cursor(bad) is None
+
+
+def test_every_admin_key_is_in_both_languages():
+    from services.auth import admin_pages
+    from services.common import i18n
+
+    root = Path(__file__).resolve().parents[2]
+    code = (root / "services" / "auth" / "admin_pages.py").read_text(encoding="utf-8")
+    templates = "".join(p.read_text(encoding="utf-8") for p in (root / "services" / "auth" / "templates").glob("admin_*.html"))
+    used = set(re.findall(r"""["']((?:admin|error)\.[a-z_.]+[a-z_])["']""", code + templates))
+    used |= {f"admin.notice.{n}" for n in admin_pages.NOTICES}
+    used |= {f"admin.forced_reason.{by}" for by in ("company", "personal", "both")}
+    used |= {f"error.{code}.{part}" for code in ("not_company_admin", "account_not_found") for part in ("title", "body")}
+    assert len(used) > 50
+    catalogue = i18n.Catalogue.load()
+    for lang in i18n.LOCALES:
+        assert not used - catalogue.keys(lang), f"missing in {lang}: {sorted(used - catalogue.keys(lang))}"
