@@ -48,10 +48,10 @@ async def company_with_admin(site, *, required: bool = False, name: str | None =
 
 
 async def employee(site, company_id: str, *, required: bool = False, first: str = "Ada",
-                   last: str = "Lovelace") -> str:
+                   last: str = "Lovelace", email: str | None = None) -> str:
     account_id = f"emp-{uuid.uuid4().hex[:10]}"
     await site.api.call("PUT", f"/v1/accounts/{account_id}", {
-        "company_id": company_id, "email": f"{account_id}@example.com", "first_name": first, "last_name": last,
+        "company_id": company_id, "email": email or f"{account_id}@example.com", "first_name": first, "last_name": last,
         "role": "employee", "mfa_required": required}, expect=201)
     return account_id
 
@@ -508,3 +508,49 @@ def test_every_admin_key_is_in_both_languages():
     catalogue = i18n.Catalogue.load()
     for lang in i18n.LOCALES:
         assert not used - catalogue.keys(lang), f"missing in {lang}: {sorted(used - catalogue.keys(lang))}"
+
+
+@pytest.mark.parametrize("lang", ["en", "nl"])
+async def test_every_admin_page(site, upstream, browser, lang):
+    """Each admin page in `lang`, axe-checked; `make screenshots` (MFA_SCREENSHOTS) saves them as PNGs."""
+    from .test_every_page import _show
+
+    company_id, admin_id = await company_with_admin(site, name="Acme Logistics", locale=lang)
+    staff = {}
+    for first, last, required in (("Ada", "Lovelace", False), ("Brian", "Kernighan", True), ("Carla", "Mendes", False),
+                                  ("Dirk", "de Vries", False), ("Eva", "Jansen", False)):
+        address = f"{first}.{last.replace(' ', '')}@acme.example".lower()
+        staff[first] = await employee(site, company_id, first=first, last=last, required=required, email=address)
+    for first in ("Ada", "Brian", "Dirk"):
+        await site.api.enroll(staff[first])
+    await site.api.call("POST", f"/v1/accounts/{staff['Carla']}/mfa/enrollment", expect=201)
+    async with site.runtime.pool.acquire() as conn:
+        await conn.execute("UPDATE auth.accounts SET locked_until = $2 WHERE account_id = $1", staff["Dirk"],
+                           datetime.now(UTC) + timedelta(minutes=8))
+    await _bulk(site, company_id, 10, "acme.example")
+    ctx = await browser.new_context(viewport={"width": 1100, "height": 900}, locale="en-GB")
+    seen: list[str] = []
+    try:
+        page = await ctx.new_page()
+        await open_admin(site, upstream, page, company_id, admin_id)
+        await _show(page, "admin-employees", lang, seen)
+        await page.locator("#q").fill("Kernighan")
+        await page.locator("form.search button").click()
+        await page.wait_for_url("**q=Kernighan")
+        await _show(page, "admin-employees-search", lang, seen)
+        await page.goto(f"{site.base}/mfa/admin/employees/{staff['Ada']}")
+        await _show(page, "admin-summary", lang, seen)
+        await page.goto(f"{site.base}/mfa/admin/employees/{staff['Brian']}")
+        await _show(page, "admin-summary-forced", lang, seen)
+        await page.goto(f"{site.base}/mfa/admin/employees")
+        await page.locator('form[action="/mfa/admin/require"] button').click()
+        await page.wait_for_url("**notice=company_on")
+        await _show(page, "admin-company-required", lang, seen)
+        await site.api.call("PUT", f"/v1/accounts/{admin_id}", {
+            "company_id": company_id, "email": f"{admin_id}@example.com", "first_name": "Grace",
+            "last_name": "Hopper", "role": "employee", "mfa_required": False, "locale": lang}, expect=200)
+        await page.reload()
+        await _show(page, "admin-error-not-admin", lang, seen)
+    finally:
+        await ctx.close()
+    assert len(seen) == 6
