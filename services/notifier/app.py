@@ -33,7 +33,8 @@ def delivery_ctx(prefetch: int = PREFETCH):
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[RUNTIME].settings
-        catalog = Catalog.load(required=TEMPLATE_KINDS)  # a missing template fails at start-up
+        # A missing template or text fails at start-up, not at the first mail.
+        catalog = Catalog.load(required=TEMPLATE_KINDS, product_name=settings.product_name)
         async with AsyncExitStack() as opened:  # closes, in reverse, whatever was opened
             if settings.smtp_host:
                 smtp = SmtpConfig.from_settings(settings)

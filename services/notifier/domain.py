@@ -19,7 +19,9 @@ from email.utils import format_datetime, formataddr
 from typing import Any
 from urllib.parse import quote
 
-from ..common import events, sealing
+from babel.dates import format_timedelta
+
+from ..common import events, i18n, sealing
 
 HANDLED_TYPES = (
     "BackupEmailRequested",
@@ -217,8 +219,11 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def format_duration(seconds: float) -> str:
-    """A short English duration (`15 minutes`, `2 hours`); templates of other locales may ignore it."""
+def format_duration(seconds: float, locale: str | None = None) -> str:
+    """A short duration in the mail's language (`15 minutes`, `2 hours`; `15 minuten` in Dutch)."""
+    lang = i18n.supported(locale)
+    if lang and lang != DEFAULT_LOCALE:
+        return format_timedelta(seconds, threshold=2, locale=lang)
     minutes = max(1, round(seconds / 60))
     if minutes < 120:
         return f"{minutes} minute{'s' if minutes != 1 else ''}"
@@ -282,6 +287,7 @@ def _base(event: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, str]:
         "first_name": _s(data.get("first_name")),
         "last_name": _s(data.get("last_name")),
         "event_time": format_time(parse_time(event.get("time"), "event time")),
+        "company": _s(data.get("company_name")),
     }
 
 
@@ -316,7 +322,9 @@ def _link(ctx: Context, path: str, sealed: Any, aad: str) -> str:
 def _validity(event: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, str]:
     expires = parse_time(data.get("expires_at"), "expiry time")
     issued = parse_time(event.get("time"), "event time")
-    return {"expires_at": format_time(expires), "valid_for": format_duration((expires - issued).total_seconds())}
+    locale = data.get("locale") if isinstance(data.get("locale"), str) else None
+    return {"expires_at": format_time(expires),
+            "valid_for": format_duration((expires - issued).total_seconds(), locale)}
 
 
 def _safely(build: Callable[[], dict[str, str]]) -> tuple[dict[str, str], BadMail | None]:

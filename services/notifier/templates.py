@@ -1,7 +1,11 @@
-"""Mail templates: one plain-text and one HTML file per kind and locale, loaded once at start-up.
+"""Mail templates: one plain-text and one HTML skeleton per kind, worded from the gettext catalogue.
 
-Files live flat in `templates/` as `<kind>.<locale>.txt` and `<kind>.<locale>.html`. The text
-file starts with a `Subject: ...` line and a blank line. Values are `$name` (string.Template);
+Files live flat in `templates/` as `<kind>.txt` and `<kind>.html`: the layout of a mail, whose
+words are `[[key]]` markers filled at start-up from the product's one message catalogue
+(`services.common.i18n`, the same one the hosted pages use) for every language it has;
+`[[greeting]]` is the "Hello $first_name," line. A file `<kind>.<locale>.txt`/`.html` instead gives
+a whole mail for one language as is (the helpdesk's English-only notice). `$product` is the product's
+name (MFA_PRODUCT_NAME). The text file starts with a `Subject: ...` line and a blank line. Values are `$name` (string.Template);
 `{{#name}}...{{/name}}` keeps its content only when the value is non-empty, `{{^name}}...{{/name}}`
 only when it is empty. HTML bodies are wrapped in `_layout.<locale>.html` (`$content`), text
 bodies get `_footer.<locale>.txt` appended. A locale falls back to English kind by kind.
@@ -18,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from ..common import i18n
 from .domain import DEFAULT_LOCALE, BadMail, check_header, clean_text
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+_SKELETON = re.compile(r"^(?P<kind>_?[a-z0-9_]+)\.(?P<ext>txt|html)$")
+_MARK = re.compile(r"\[\[([a-z_.]+)\]\]")
 
 # Tags never consume the line breaks around them: what is between them is kept or dropped exactly.
 _SECTION = re.compile(r"\{\{([#^])(\w+)\}\}(.*?)\{\{/\2\}\}", re.S)
@@ -90,16 +97,30 @@ class Catalog:
         self._resolved: dict[tuple[str, str, tuple[bool, ...]], _Resolved] = {}
 
     @classmethod
-    def load(cls, folder: Path = TEMPLATE_DIR, required: Iterable[str] = ()) -> Catalog:
+    def load(cls, folder: Path = TEMPLATE_DIR, required: Iterable[str] = (), *, product_name: str = "MFA",
+             catalogue: i18n.Catalogue | None = None) -> Catalog:
         """Read a template folder; TemplateError when an English template of `required` is missing."""
+        catalogue = catalogue or i18n.catalogue()
         texts: dict[tuple[str, str], str] = {}
         htmls: dict[tuple[str, str], str] = {}
+        for path in sorted(folder.iterdir()):
+            skeleton = _SKELETON.match(path.name)
+            if skeleton:
+                for locale in i18n.LOCALES:
+                    key = (skeleton["kind"], locale)
+                    html_part = skeleton["ext"] == "html"
+                    words = _worded(path.read_text(encoding="utf-8"), locale, catalogue, html_part, path.name)
+                    (htmls if html_part else texts).setdefault(key, words)
         for path in sorted(folder.iterdir()):
             match = _FILE.match(path.name)
             if not match:
                 continue
             key = (match["kind"], match["locale"])
             (texts if match["ext"] == "txt" else htmls)[key] = path.read_text(encoding="utf-8")
+        # The product's name is part of every mail; `$$` keeps a `$` in it from reading as a placeholder.
+        product = product_name.replace("$", "$$")
+        texts = {k: v.replace("$product", product) for k, v in texts.items()}
+        htmls = {k: v.replace("$product", html.escape(product, quote=False)) for k, v in htmls.items()}
         layouts = {loc: body for (kind, loc), body in htmls.items() if kind == "_layout"}
         footers = {loc: body for (kind, loc), body in texts.items() if kind == "_footer"}
         sources: dict[tuple[str, str], _Source] = {}
@@ -115,7 +136,8 @@ class Catalog:
             for part in (head, body, htmls[key]):
                 if not Template(part).is_valid():
                     raise TemplateError(f"{kind}.{locale} has a malformed $placeholder")
-            names = tuple(sorted({m[1] for part in (head, body, htmls[key]) for m in _SECTION_NAME.finditer(part)}))
+            frame = (layouts.get(locale, layouts.get(DEFAULT_LOCALE, "")), footers.get(locale, footers.get(DEFAULT_LOCALE, "")))
+            names = tuple(sorted({m[1] for part in (head, body, htmls[key], *frame) for m in _SECTION_NAME.finditer(part)}))
             sources[key] = _Source(head.removeprefix("Subject:").strip(), body, htmls[key], names)
         for kind in required:
             if (kind, DEFAULT_LOCALE) not in sources:
@@ -125,6 +147,7 @@ class Catalog:
         return cls(sources, layouts, footers)
 
     def kinds(self) -> set[str]:
+        """The kinds that have a template in at least one language."""
         return {kind for kind, _ in self._sources}
 
     def render(self, kind: str, locales: Iterable[str], values: Mapping[str, str]) -> Rendered:
@@ -153,11 +176,29 @@ class Catalog:
         if resolved is None:
             shown = {n: "yes" for n, on in zip(source.sections, pattern, strict=True) if on}
             footer = self._footers.get(locale, self._footers[DEFAULT_LOCALE])
-            text = re.sub(r"\n{3,}", "\n\n", f"{_sections(source.text, shown).strip()}\n\n{footer}").rstrip() + "\n"
+            text = re.sub(r"\n{3,}", "\n\n", f"{_sections(source.text, shown).strip()}\n\n{_sections(footer, shown)}").rstrip() + "\n"
             layout = self._layouts.get(locale, self._layouts[DEFAULT_LOCALE])
             # The layout's own placeholders are filled now; $subject stays for the mail's subject.
-            page = Template(layout).safe_substitute(content=_sections(source.html, shown),
+            page = Template(_sections(layout, shown)).safe_substitute(content=_sections(source.html, shown),
                                                     lang=html.escape(locale, quote=True))
             resolved = _Resolved(Template(_sections(source.subject, shown)), Template(text), Template(page))
             self._resolved[key] = resolved
         return resolved
+
+
+def _worded(skeleton: str, locale: str, catalogue: i18n.Catalogue, escape: bool, name: str) -> str:
+    """A skeleton with its `[[key]]` markers replaced by the catalogue's words in `locale`."""
+
+    def words(key: str) -> str:
+        text = catalogue.text(locale, key)
+        if text == key:
+            raise TemplateError(f"{name}: the catalogue has no text {key!r}")
+        return html.escape(text, quote=False) if escape else text
+
+    def one(match: re.Match) -> str:
+        if match[1] == "greeting":
+            return (f"{{{{#first_name}}}}{words('mail.hello_named')}{{{{/first_name}}}}"
+                    f"{{{{^first_name}}}}{words('mail.hello')}{{{{/first_name}}}}")
+        return words(match[1])
+
+    return _MARK.sub(one, skeleton)

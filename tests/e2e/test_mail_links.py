@@ -27,7 +27,7 @@ async def test_backup_email_confirmation_and_login_link_arrive_by_mail_and_work(
     _, login = await auth_api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
     assert "backup_email" in login["methods"]
     await auth_api.call("POST", f"/v1/logins/{login['login_id']}/backup-email", expect=202)
-    link_mail = await mail_to(mailbox, backup, "link")
+    link_mail = await mail_to(mailbox, backup, "login link")
     login_token = link_token(text_of(link_mail), f"{runtime.settings.public_url}/mfa/login-link")
     _, ok = await auth_api.call("POST", "/v1/login-links/redeem", {"token": login_token}, expect=200)
     _, jwks = await auth_api.call("GET", "/.well-known/jwks.json")

@@ -73,7 +73,7 @@ async def test_each_event_type_produces_the_right_mail(runtime, smtp, start_noti
 
     m = mail(requested, 1)
     assert m.rcpt_tos == [backup] and m.message["To"].addresses[0].addr_spec == backup
-    assert m.message["Subject"] == "Your login link"
+    assert m.message["Subject"] == "MFA: your login link"  # named by MFA_PRODUCT_NAME
     assert link_in(m) == (f"{settings.public_url}/mfa/login-link", login_token)
     # The opened token is exactly what auth sealed in the event, and the HTML carries the same link.
     assert Keyring(settings.secret_keys).open(requested["data"]["link_token"],
@@ -82,11 +82,11 @@ async def test_each_event_type_produces_the_right_mail(runtime, smtp, start_noti
     assert "2030-01-02 03:19 UTC" in text_of(m) and "15 minutes" in text_of(m)
 
     m = mail(changed, 1)
-    assert m.rcpt_tos == [backup] and m.message["Subject"] == "Confirm your backup email address"
+    assert m.rcpt_tos == [backup] and m.message["Subject"] == "MFA: confirm your backup email address"
     assert link_in(m) == (f"{settings.public_url}/mfa/backup-email/confirm", confirm_token)
     m = mail(changed, 2)
     assert m.rcpt_tos == [person["email"]]
-    assert m.message["Subject"] == "A backup email address was added to your account"
+    assert m.message["Subject"] == "MFA: a backup email address was added to your account"
     assert backup in text_of(m) and "token" not in text_of(m)
 
     m = mail(enrolled, 1)

@@ -16,6 +16,8 @@ from .conftest import check_axe, link_to, person, start_login
 
 SHOTS = os.environ.get("MFA_SCREENSHOTS")
 WRONG = "000000"
+if SHOTS:
+    Path(SHOTS).mkdir(parents=True, exist_ok=True)
 
 
 async def _show(page, name: str, lang: str, seen: list[str]) -> None:
@@ -23,7 +25,6 @@ async def _show(page, name: str, lang: str, seen: list[str]) -> None:
     await check_axe(page)
     seen.append(name)
     if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(Path(SHOTS) / f"{name}.{lang}.png"), full_page=True)
 
 

@@ -16,7 +16,9 @@ CODE = [ROOT / "services" / "auth" / "pages.py", ROOT / "services" / "common" / 
 # `_("key")` in templates; `_text(request, account, "key"` and `"key"` arguments in the page code.
 _TEMPLATE_KEY = re.compile(r"""_\(\s*["']([a-z_]+\.[a-z_.]+)["']""")
 _CODE_KEY = re.compile(r"""["']((?:verify|backup|enroll|codes|portal|mail|link|confirm|notice|error|common|layout)\.[a-z_.]+)["']""")
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}|\$(\w+)")
+MAIL_TEMPLATES = ROOT / "services" / "notifier" / "templates"
+_MAIL_KEY = re.compile(r"\[\[([a-z_.]+)\]\]")
 
 
 def _used_keys() -> set[str]:
@@ -24,6 +26,8 @@ def _used_keys() -> set[str]:
     for folder in TEMPLATE_DIRS:
         for path in folder.glob("*.html"):
             keys |= set(_TEMPLATE_KEY.findall(path.read_text(encoding="utf-8")))
+    for path in MAIL_TEMPLATES.iterdir():
+        keys |= set(_MAIL_KEY.findall(path.read_text(encoding="utf-8"))) - {"greeting"}
     for path in CODE:
         keys |= {k for k in _CODE_KEY.findall(path.read_text(encoding="utf-8")) if not k.endswith((".", ".html"))}
     return keys
@@ -38,11 +42,12 @@ def test_both_languages_have_every_key_and_the_same_placeholders():
     for key in english:
         en = set(_PLACEHOLDER.findall(catalogue.text("en", key)))
         nl = set(_PLACEHOLDER.findall(catalogue.text("nl", key)))
+        assert catalogue.text("en", key).count("{{") == catalogue.text("nl", key).count("{{"), key
         assert en == nl, f"{key}: placeholders {en} in English, {nl} in Dutch"
         assert catalogue.text("en", key) != key
 
 
-def test_every_key_the_pages_use_is_in_the_catalogue():
+def test_every_key_the_pages_and_the_mails_use_is_in_the_catalogue():
     used = _used_keys()
     assert len(used) > 60, "the key regexes no longer find the keys; update this test"
     missing = sorted(used - i18n.Catalogue.load().keys("en"))
@@ -102,3 +107,18 @@ async def test_the_browser_language_when_the_account_has_none(site, upstream, br
         assert await page.locator("h1").inner_text() == "Gebruik een back-upcode"
     finally:
         await dutch.close()
+
+
+async def test_a_dutch_account_gets_its_mail_in_dutch_naming_the_product_and_the_company(site, upstream, mailbox):
+    from .conftest import mail_to
+
+    _, account = await person(site, locale="nl", company="Bakkerij Jansen")
+    backup = f"{account}@thuis.example"
+    await site.api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": backup}, expect=202)
+    confirm = await mail_to(mailbox, backup, "/mfa/backup-email/confirm")
+    assert confirm.message["Subject"] == "Acme MFA: bevestig je back-up e-mailadres (Bakkerij Jansen)"
+    text = confirm.message.get_body(preferencelist=("plain",)).get_content()
+    assert text.startswith("Hallo Ada,") and "(over 24 uur)" in text
+    assert "van Acme MFA over de beveiliging van je account bij Bakkerij Jansen." in text
+    html = confirm.message.get_body(preferencelist=("html",)).get_content()
+    assert 'lang="nl"' in html and "Dit adres bevestigen" in html

@@ -32,8 +32,8 @@ def event(caller: Caller, event_type: str, data: dict[str, Any], *, subject: str
 
 
 def _about(caller: Caller, event_type: str, account: store.Account, data: dict[str, Any]) -> dict[str, Any]:
-    """An event about `account`, with the person's name, address and locale for the notifier."""
-    person = {"email": account.email, "first_name": account.first_name}
+    """An event about `account`, with the person's name, address, locale and company name for the notifier."""
+    person = {"email": account.email, "first_name": account.first_name, "company_name": account.company_name}
     if account.locale:
         person["locale"] = account.locale
     return event(
@@ -147,7 +147,7 @@ def link_requested(
 ) -> dict[str, Any]:
     data = {"login_id": login.login_id, "account_id": account.account_id, "company_id": account.company_id,
             "backup_email": account.backup_address, "first_name": account.first_name,
-            "link_token": sealed_token, "expires_at": iso(expires)}
+            "company_name": account.company_name, "link_token": sealed_token, "expires_at": iso(expires)}
     if account.locale:
         data["locale"] = account.locale
     return event(caller, "BackupEmailRequested", data, subject=account.account_id, company_id=account.company_id)
