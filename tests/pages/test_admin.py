@@ -226,6 +226,9 @@ async def test_the_personal_switch_requires_mfa_for_one_employee(site, upstream,
     changed = (await tap.wait(staff, "MfaPolicyChanged"))[0]
     assert changed["data"]["scope"] == "account" and changed["data"]["mfa_required"] is True
     assert (changed["authtype"], changed["authid"]) == ("user", admin_id)
+    upserted = (await tap.wait(staff, "AccountUpserted", 2))[-1]  # the first is the account's creation
+    assert (upserted["authtype"], upserted["authid"]) == ("user", admin_id)
+    assert upserted["data"]["mfa_required"] is True and upserted["data"]["email"] == f"{staff}@example.com"
     _, status = await site.api.call("GET", f"/v1/accounts/{staff}/mfa", expect=200)
     assert status["forced"] is True and status["enabled"] is True  # only the requirement changed
 
