@@ -557,3 +557,39 @@ async def test_every_admin_page(site, upstream, browser, lang):
     finally:
         await ctx.close()
     assert len(seen) == 6
+
+
+async def test_the_personal_switch_does_not_undo_an_upstream_change_made_meanwhile(site):
+    """The switch reads and writes under the account's row lock: an upstream rename that holds the
+    lock first is kept, not overwritten with the name the switch would have read before it."""
+    import asyncio
+
+    from services.auth.api import AUTH
+    from services.auth.handlers import directory
+    from services.auth.handlers.context import Caller
+    from services.common.events import Actor
+
+    from ..conftest import wait_for
+
+    company_id, admin_id = await company_with_admin(site)
+    staff = await employee(site, company_id, first="Old", last="Name")
+    auth = site.api.client.server.app[AUTH]
+    async with site.runtime.pool.acquire() as upstream_conn:
+        tx = upstream_conn.transaction()
+        await tx.start()
+        await upstream_conn.execute("UPDATE auth.accounts SET first_name = 'New' WHERE account_id = $1", staff)
+        switch = asyncio.ensure_future(
+            directory.require_for_account(auth, Caller(None, None, Actor("user", admin_id)), staff, True))
+        try:
+            async def waiting() -> bool:
+                async with site.runtime.pool.acquire() as conn:
+                    return bool(await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"))
+            await wait_for(waiting, message="the switch to wait for the account's row lock")
+            assert not switch.done()
+        finally:
+            await tx.commit()
+        await switch
+    async with site.runtime.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT first_name, mfa_required FROM auth.accounts WHERE account_id = $1", staff)
+    assert tuple(row) == ("New", True)
