@@ -58,10 +58,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/mail.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/admin_pages.py
 
 # A PNG of every hosted page in English and Dutch (docs/screenshots/), from the page tests in Chromium.
 screenshots: $(DEV_STAMP)
-	MFA_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/pages/test_every_page.py
+	MFA_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/pages/test_every_page.py \
+	  tests/pages/test_admin.py::test_every_admin_page
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -11,7 +11,7 @@ from ..common.errors import BadRequest, NotFound
 from ..common.events import Actor
 from ..common.web import compile_schema as schema
 from ..common.web import current_correlation_id, json_response, read_json, require_role
-from .handlers import backup_email, directory, disable, enrolment, logins, prompt
+from .handlers import admin, backup_email, directory, disable, enrolment, logins, prompt
 from .handlers.context import Auth, Caller
 from .handlers.prompt import PageConfig
 from .tokens import JWKS_MAX_AGE
@@ -46,6 +46,8 @@ LOGIN = schema(_obj({"account_id": _ID, "login_id": _ID, "ip": {"type": "string"
                      "return_to": {"type": "string", "minLength": 1, "maxLength": 2048},
                      "state": {"type": "string", "maxLength": 512}}, ["account_id"]))
 PORTAL = schema(_obj({"return_to": {"type": "string", "minLength": 1, "maxLength": 2048}}, ["return_to"]))
+ADMIN_SESSION = schema(_obj({"actor_account_id": _ID, "return_to": {"type": "string", "minLength": 1, "maxLength": 2048}},
+                            ["actor_account_id", "return_to"]))
 VERIFY = schema(_obj({"method": {"enum": ["totp", "backup_code"]}, "code": _CODE}, ["method", "code"]))
 EMPTY = schema(_obj({}, []))
 
@@ -180,6 +182,17 @@ async def create_portal_session(request: web.Request) -> web.Response:
     return _private(result, 201)
 
 
+async def create_admin_session(request: web.Request) -> web.Response:
+    auth, caller = _ctx(request)
+    company_id = _id(request, "company_id")
+    body = await read_json(request, ADMIN_SESSION)
+    config = request.app[PAGE_CONFIG]
+    prompt.check_return_to(config, body["return_to"])
+    result = await admin.issue_session(auth, caller, config.public_url, company_id, body["actor_account_id"],
+                                       body["return_to"])
+    return json_response(result, 201)
+
+
 async def verify_login(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, VERIFY)
@@ -222,6 +235,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/logins", create_login)
     r.add_get("/v1/logins/{login_id}", get_login)
     r.add_post("/v1/accounts/{account_id}/portal-sessions", create_portal_session)
+    r.add_post("/v1/companies/{company_id}/admin-sessions", create_admin_session)
     r.add_post("/v1/logins/{login_id}/verify", verify_login)
     r.add_post("/v1/logins/{login_id}/backup-email", login_link)
     r.add_post("/v1/login-links/redeem", redeem_link)

@@ -13,7 +13,7 @@ from ..common.pages import PAGES, Pages, page_middleware
 from ..common.runtime import Runtime, cancel_and_wait
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
-from . import api, metrics, pages  # noqa: F401 - metrics: its counters count the events written
+from . import admin_pages, api, metrics, pages  # noqa: F401 - metrics: its counters count the events written
 from .consumers import build_consumers
 from .handlers.context import SCHEMA, Auth
 from .handlers.prompt import PageConfig
@@ -47,6 +47,7 @@ def _pages(runtime: Runtime, app: web.Application) -> None:
     app[api.PAGE_CONFIG] = PageConfig(settings.public_url, settings.return_urls, settings.uses_dev_secret_key)
     app.middlewares.append(page_middleware)
     pages.add_routes(app)
+    admin_pages.add_routes(app)
 
 
 def create_app(runtime: Runtime) -> web.Application:

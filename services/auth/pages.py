@@ -31,18 +31,20 @@ TOKEN_COOKIE_AGE = 15 * 60
 NOTICES = {"reenroll", "email_sent", "mfa_off", "enrolled", "codes_saved", "replaced"}
 
 
-def _auth(request: web.Request) -> Auth:
+def auth_of(request: web.Request) -> Auth:
+    """The auth use cases' context of the app serving `request`."""
     return request.app[AUTH]
 
 
-def _pages(request: web.Request) -> Pages:
+def pages_of(request: web.Request) -> Pages:
+    """The page plumbing (templates, catalogue, cookies, CSRF) of the app serving `request`."""
     return request.app[PAGES]
 
 
-def _page(request: web.Request, template: str, account: Any, *, session: str | None = None,
-          return_to: str | None = None, status: int = 200, **context: Any) -> web.Response:
+def render_page(request: web.Request, template: str, account: Any, *, session: str | None = None,
+                return_to: str | None = None, status: int = 200, **context: Any) -> web.Response:
     """A page for `account`: its language and company name; forms may lead on to `return_to`'s site."""
-    pages = _pages(request)
+    pages = pages_of(request)
     notice = request.query.get("notice")
     context.setdefault("error", None)
     context.setdefault("notice", pages.catalogue.text(pages.locale(request, account.locale), f"notice.{notice}")
@@ -54,8 +56,9 @@ def _page(request: web.Request, template: str, account: Any, *, session: str | N
     )
 
 
-def _text(request: web.Request, account: Any, key: str, **values: Any) -> str:
-    pages = _pages(request)
+def text_of(request: web.Request, account: Any, key: str, **values: Any) -> str:
+    """The catalogue text of `key` in the language the page for `account` is shown in."""
+    pages = pages_of(request)
     return pages.catalogue.text(pages.locale(request, account.locale), key, **values)
 
 
@@ -63,18 +66,18 @@ def _moment(request: web.Request, account: Any, value: Any) -> str:
     from ..common.i18n import format_moment
 
     moment = parse_time(value) if isinstance(value, str) else value
-    return format_moment(moment, _pages(request).locale(request, account.locale), account.time_zone)
+    return format_moment(moment, pages_of(request).locale(request, account.locale), account.time_zone)
 
 
-def _exchange(request: web.Request, kind: str, cookie: str, here: str):
+def exchange_link(request: web.Request, kind: str, cookie: str, here: str):
     """The first GET of a link: its token becomes a session cookie, then the same page without it."""
 
     async def go() -> web.Response:
-        session, expires = await prompt.open_link(_auth(request), kind, request.query["token"])
+        session, expires = await prompt.open_link(auth_of(request), kind, request.query["token"])
         lang = request.query.get("lang")
         response = redirect(here + (f"?lang={lang}" if lang in ("en", "nl") else ""))
         max_age = max(60, int((expires - now()).total_seconds()))
-        _pages(request).set_cookie(response, cookie, session, max_age=max_age)
+        pages_of(request).set_cookie(response, cookie, session, max_age=max_age)
         return response
 
     return go()
@@ -88,7 +91,7 @@ async def _enrollment(auth: Auth, session: PageSession) -> str:
     return domain.group_secret(secret)
 
 
-def _for(account: Any, exc: MfaError) -> PageError:
+def page_error(account: Any, exc: MfaError) -> PageError:
     """A use case's refusal as the page of its code, with the account's company and language."""
     return PageError(exc.status, exc.code, company_name=account.company_name, locale=account.locale, **exc.extra)
 
@@ -103,12 +106,12 @@ def _qr(uri: str) -> web.Response:
 
 async def _prompt_session(request: web.Request) -> tuple[PageSession, str]:
     cookie = request.cookies.get(PROMPT_COOKIE, "")
-    return await prompt.session_of(_auth(request), PROMPT, cookie), cookie
+    return await prompt.session_of(auth_of(request), PROMPT, cookie), cookie
 
 
 async def prompt_page(request: web.Request) -> web.StreamResponse:
     if "token" in request.query:
-        return await _exchange(request, PROMPT, PROMPT_COOKIE, "/mfa/prompt")
+        return await exchange_link(request, PROMPT, PROMPT_COOKIE, "/mfa/prompt")
     session, cookie = await _prompt_session(request)
     return await _show_prompt(request, session, cookie)
 
@@ -116,7 +119,7 @@ async def prompt_page(request: web.Request) -> web.StreamResponse:
 async def _show_prompt(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
                        status: int = 200) -> web.StreamResponse:
     """Whatever the login needs now: a code, an enrolment, or the way back once it is done."""
-    auth = _auth(request)
+    auth = auth_of(request)
     view = await prompt.prompt_view(auth, session)
     login, account = view.login, view.account
     back = {"back_url": session.return_to}
@@ -131,39 +134,39 @@ async def _show_prompt(request: web.Request, session: PageSession, cookie: str, 
         raise PageError(410, "login_expired", company_name=account.company_name, locale=account.locale, **back)
     if login.decision == "enroll":
         shown = await _enrollment(auth, session)
-        return _page(request, "enroll.html", account, session=cookie, return_to=session.return_to, status=status,
-                     error=error, mandatory=True, qr_url="/mfa/prompt/qr.svg", action="/mfa/prompt/enroll",
-                     secret_grouped=shown, back_url=None)
+        return render_page(request, "enroll.html", account, session=cookie, return_to=session.return_to, status=status,
+                           error=error, mandatory=True, qr_url="/mfa/prompt/qr.svg", action="/mfa/prompt/enroll",
+                           secret_grouped=shown, back_url=None)
     if login.decision != "verify":
         raise PageError(403, "login_failed", company_name=account.company_name, locale=account.locale, **back)
     backup_email = domain.mask_email(account.backup_address) if account.backup_verified_at else None
-    return _page(request, "verify.html", account, session=cookie, return_to=session.return_to, status=status,
-                 error=error, locked_until=view.locked_until, backup_email=backup_email)
+    return render_page(request, "verify.html", account, session=cookie, return_to=session.return_to, status=status,
+                       error=error, locked_until=view.locked_until, backup_email=backup_email)
 
 
 def _code_error(request: web.Request, account: Any, exc: MfaError) -> str:
     """The sentence for a refused code: how many tries are left, or until when it is locked."""
     if exc.code == "mfa_locked" or "locked_until" in exc.extra and exc.extra.get("locked_until"):
-        return _text(request, account, "verify.locked", until=_moment(request, account, exc.extra["locked_until"]))
+        return text_of(request, account, "verify.locked", until=_moment(request, account, exc.extra["locked_until"]))
     if exc.code == "invalid_code_format":
-        return _text(request, account, "error.invalid_code_format.body")
+        return text_of(request, account, "error.invalid_code_format.body")
     if exc.code == "invalid_code":
-        return _text(request, account, "enroll.wrong_code")
+        return text_of(request, account, "enroll.wrong_code")
     left = exc.extra.get("attempts_left")
     key = "verify.replayed" if exc.code == "replayed_code" else "verify.wrong_code"
-    return _text(request, account, key, left=left if left is not None else "")
+    return text_of(request, account, key, left=left if left is not None else "")
 
 
 async def prompt_code(request: web.Request) -> web.StreamResponse:
     session, cookie = await _prompt_session(request)
-    form = await _pages(request).form(request, cookie)
+    form = await pages_of(request).form(request, cookie)
     code = "".join(form.get("code", "").split())
     try:
-        await logins.verify_login(_auth(request), prompt.person(session), session.login_id, "totp", code)
+        await logins.verify_login(auth_of(request), prompt.person(session), session.login_id, "totp", code)
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         if exc.code == "login_failed":
             return await _show_prompt(request, session, cookie)
-        account = await prompt.account_of(_auth(request), session)
+        account = await prompt.account_of(auth_of(request), session)
         return await _show_prompt(request, session, cookie, error=_code_error(request, account, exc), status=422)
     except Conflict:
         pass  # finished or changed meanwhile: the prompt shows what is true now
@@ -177,28 +180,28 @@ async def prompt_backup_page(request: web.Request) -> web.StreamResponse:
 
 async def _backup_page(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
                        status: int = 200) -> web.StreamResponse:
-    view = await prompt.prompt_view(_auth(request), session)
+    view = await prompt.prompt_view(auth_of(request), session)
     if view.login.status != "pending" or view.login.decision != "verify":
         return await _show_prompt(request, session, cookie)
-    return _page(request, "backup_code.html", view.account, session=cookie, return_to=session.return_to,
-                 status=status, error=error, forced=view.account.forced, action="/mfa/prompt/backup-code",
-                 submit_key="backup.submit", back_url="/mfa/prompt", back_key="backup.back_to_code")
+    return render_page(request, "backup_code.html", view.account, session=cookie, return_to=session.return_to,
+                       status=status, error=error, forced=view.account.forced, action="/mfa/prompt/backup-code",
+                       submit_key="backup.submit", back_url="/mfa/prompt", back_key="backup.back_to_code")
 
 
 async def prompt_backup(request: web.Request) -> web.StreamResponse:
     session, cookie = await _prompt_session(request)
-    form = await _pages(request).form(request, cookie)
+    form = await pages_of(request).form(request, cookie)
     try:
-        result = await logins.verify_login(_auth(request), prompt.person(session), session.login_id, "backup_code",
+        result = await logins.verify_login(auth_of(request), prompt.person(session), session.login_id, "backup_code",
                                              form.get("backup_code", ""))
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         if exc.code == "login_failed":
             return await _show_prompt(request, session, cookie)
-        account = await prompt.account_of(_auth(request), session)
+        account = await prompt.account_of(auth_of(request), session)
         if exc.code in ("wrong_code", "replayed_code"):
-            message = _text(request, account, "backup.wrong", left=exc.extra.get("attempts_left", ""))
+            message = text_of(request, account, "backup.wrong", left=exc.extra.get("attempts_left", ""))
         elif exc.code == "invalid_code_format":
-            message = _text(request, account, "backup.format")
+            message = text_of(request, account, "backup.format")
         else:
             message = _code_error(request, account, exc)
         return await _backup_page(request, session, cookie, error=message, status=422)
@@ -211,14 +214,14 @@ async def prompt_backup(request: web.Request) -> web.StreamResponse:
 
 async def prompt_email_link(request: web.Request) -> web.StreamResponse:
     session, cookie = await _prompt_session(request)
-    await _pages(request).form(request, cookie)
+    await pages_of(request).form(request, cookie)
     try:
-        await logins.send_login_link(_auth(request), prompt.person(session), session.login_id)
+        await logins.send_login_link(auth_of(request), prompt.person(session), session.login_id)
     except (Conflict, TooManyRequests) as exc:
         if exc.code in ("too_many_links", "no_backup_email", "mfa_locked"):
-            account = await prompt.account_of(_auth(request), session)
+            account = await prompt.account_of(auth_of(request), session)
             return await _show_prompt(request, session, cookie, status=422,
-                                      error=_text(request, account, f"error.{exc.code}.body",
+                                      error=text_of(request, account, f"error.{exc.code}.body",
                                                   until=_moment(request, account, exc.extra["locked_until"])
                                                   if exc.extra.get("locked_until") else ""))
         return await _show_prompt(request, session, cookie)
@@ -228,23 +231,23 @@ async def prompt_email_link(request: web.Request) -> web.StreamResponse:
 async def prompt_check_mail(request: web.Request) -> web.StreamResponse:
     """Waits for the emailed link (opened here or on the phone); reloads itself without JavaScript."""
     session, cookie = await _prompt_session(request)
-    view = await prompt.prompt_view(_auth(request), session)
+    view = await prompt.prompt_view(auth_of(request), session)
     if view.login.status != "pending" or view.expired:
         return await _show_prompt(request, session, cookie)
-    return _page(request, "check_mail.html", view.account, session=cookie, return_to=session.return_to,
-                 sent_to=domain.mask_email(view.account.backup_address or ""), refresh=3)
+    return render_page(request, "check_mail.html", view.account, session=cookie, return_to=session.return_to,
+                       sent_to=domain.mask_email(view.account.backup_address or ""), refresh=3)
 
 
 async def prompt_qr(request: web.Request) -> web.StreamResponse:
     session, _ = await _prompt_session(request)
-    return _qr(await enrolment.pending_uri(_auth(request), prompt.person(session), session.account_id))
+    return _qr(await enrolment.pending_uri(auth_of(request), prompt.person(session), session.account_id))
 
 
 async def prompt_enroll(request: web.Request) -> web.StreamResponse:
     session, cookie = await _prompt_session(request)
-    form = await _pages(request).form(request, cookie)
+    form = await pages_of(request).form(request, cookie)
     code = "".join(form.get("code", "").split())
-    auth = _auth(request)
+    auth = auth_of(request)
     try:
         result = await enrolment.confirm_enrollment(auth, prompt.person(session), session.account_id, code,
                                                    session.login_id)
@@ -255,21 +258,21 @@ async def prompt_enroll(request: web.Request) -> web.StreamResponse:
         if exc.code in ("no_pending_enrollment", "enrollment_expired"):
             account = await prompt.account_of(auth, session)
             return await _show_prompt(request, session, cookie, status=422,
-                                      error=_text(request, account, "enroll.expired"))
+                                      error=text_of(request, account, "enroll.expired"))
         return await _show_prompt(request, session, cookie)
     account = await prompt.account_of(auth, session)
-    return _page(request, "backup_codes.html", account, session=cookie, return_to=session.return_to,
-                 codes=result["backup_codes"], action="/mfa/prompt/finish", languages=[])
+    return render_page(request, "backup_codes.html", account, session=cookie, return_to=session.return_to,
+                       codes=result["backup_codes"], action="/mfa/prompt/finish", languages=[])
 
 
 async def prompt_finish(request: web.Request) -> web.StreamResponse:
     session, cookie = await _prompt_session(request)
-    form = await _pages(request).form(request, cookie)
-    view = await prompt.prompt_view(_auth(request), session)
+    form = await pages_of(request).form(request, cookie)
+    view = await prompt.prompt_view(auth_of(request), session)
     if form.get("saved") != "yes" and view.login.status == "succeeded":
-        return _page(request, "backup_codes.html", view.account, session=cookie, return_to=session.return_to,
-                     codes=[], action="/mfa/prompt/finish", status=422,
-                     error=_text(request, view.account, "codes.tick_box"))
+        return render_page(request, "backup_codes.html", view.account, session=cookie, return_to=session.return_to,
+                           codes=[], action="/mfa/prompt/finish", status=422,
+                           error=text_of(request, view.account, "codes.tick_box"))
     return await _show_prompt(request, session, cookie)
 
 
@@ -280,7 +283,7 @@ def _token_cookie(request: web.Request, name: str, here: str) -> web.StreamRespo
     token = request.query.get("token")
     if token:
         response = redirect(here)
-        _pages(request).set_cookie(response, name, token[:200], max_age=TOKEN_COOKIE_AGE, path=here)
+        pages_of(request).set_cookie(response, name, token[:200], max_age=TOKEN_COOKIE_AGE, path=here)
         return response
     cookie = request.cookies.get(name)
     if not cookie:
@@ -292,35 +295,35 @@ async def login_link_page(request: web.Request) -> web.StreamResponse:
     token = _token_cookie(request, LINK_COOKIE, "/mfa/login-link")
     if not isinstance(token, str):
         return token
-    link, account = await prompt.login_link_info(_auth(request), token)
+    link, account = await prompt.login_link_info(auth_of(request), token)
     if link is None or account is None:
         raise PageError(410, "invalid_token")
     if link.used_at is not None:
         raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
     if link.expires_at <= now():
         raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
-    back = await prompt.return_of_login(_auth(request), link.company_id, link.login_id)
-    return _page(request, "link.html", account, session=token, return_to=back[0] if back else None,
-                 prefix="link", action="/mfa/login-link", address="")
+    back = await prompt.return_of_login(auth_of(request), link.company_id, link.login_id)
+    return render_page(request, "link.html", account, session=token, return_to=back[0] if back else None,
+                       prefix="link", action="/mfa/login-link", address="")
 
 
 async def login_link_redeem(request: web.Request) -> web.StreamResponse:
     token = request.cookies.get(LINK_COOKIE)
-    await _pages(request).form(request, token)
-    auth = _auth(request)
+    await pages_of(request).form(request, token)
+    auth = auth_of(request)
     link, account = await prompt.login_link_info(auth, token or "")
     if link is None or account is None:
         raise PageError(410, "invalid_token")
     try:
         await logins.redeem_login_link(auth, prompt.person_of(account.account_id, link.company_id), token or "")
     except MfaError as exc:
-        raise _for(account, exc) from exc
+        raise page_error(account, exc) from exc
     back = await prompt.return_of_login(auth, link.company_id, link.login_id)
     if back:
         response = redirect(prompt.success_url(back[0], back[1], link.login_id))
     else:
-        response = _page(request, "done.html", account, prefix="link_done", address="", back_url=None)
-    _pages(request).clear_cookie(response, LINK_COOKIE, path="/mfa/login-link")
+        response = render_page(request, "done.html", account, prefix="link_done", address="", back_url=None)
+    pages_of(request).clear_cookie(response, LINK_COOKIE, path="/mfa/login-link")
     return response
 
 
@@ -328,30 +331,30 @@ async def confirm_page(request: web.Request) -> web.StreamResponse:
     token = _token_cookie(request, CONFIRM_COOKIE, "/mfa/backup-email/confirm")
     if not isinstance(token, str):
         return token
-    row, account = await prompt.confirm_info(_auth(request), token)
+    row, account = await prompt.confirm_info(auth_of(request), token)
     if row is None or account is None:
         raise PageError(410, "invalid_token")
     if row.verified_at is not None:
         raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
     if row.confirm_expires_at is None or row.confirm_expires_at <= now():
         raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
-    return _page(request, "link.html", account, session=token, prefix="confirm", action="/mfa/backup-email/confirm",
-                 address=row.address)
+    return render_page(request, "link.html", account, session=token, prefix="confirm", action="/mfa/backup-email/confirm",
+                       address=row.address)
 
 
 async def confirm_post(request: web.Request) -> web.StreamResponse:
     token = request.cookies.get(CONFIRM_COOKIE)
-    await _pages(request).form(request, token)
-    row, account = await prompt.confirm_info(_auth(request), token or "")
+    await pages_of(request).form(request, token)
+    row, account = await prompt.confirm_info(auth_of(request), token or "")
     if row is None or account is None:
         raise PageError(410, "invalid_token")
     try:
         result = await backup_email.confirm_backup_email(
-            _auth(request), prompt.person_of(row.account_id, row.company_id), token or "")
+            auth_of(request), prompt.person_of(row.account_id, row.company_id), token or "")
     except MfaError as exc:
-        raise _for(account, exc) from exc
-    response = _page(request, "done.html", account, prefix="confirm_done", address=result["address"], back_url=None)
-    _pages(request).clear_cookie(response, CONFIRM_COOKIE, path="/mfa/backup-email/confirm")
+        raise page_error(account, exc) from exc
+    response = render_page(request, "done.html", account, prefix="confirm_done", address=result["address"], back_url=None)
+    pages_of(request).clear_cookie(response, CONFIRM_COOKIE, path="/mfa/backup-email/confirm")
     return response
 
 
@@ -359,24 +362,24 @@ async def confirm_post(request: web.Request) -> web.StreamResponse:
 
 async def _portal_session(request: web.Request) -> tuple[PageSession, str]:
     cookie = request.cookies.get(PORTAL_COOKIE, "")
-    return await prompt.session_of(_auth(request), PORTAL, cookie), cookie
+    return await prompt.session_of(auth_of(request), PORTAL, cookie), cookie
 
 
 async def portal_page(request: web.Request) -> web.StreamResponse:
     if "token" in request.query:
-        return await _exchange(request, PORTAL, PORTAL_COOKIE, "/mfa/my-login")
+        return await exchange_link(request, PORTAL, PORTAL_COOKIE, "/mfa/my-login")
     session, cookie = await _portal_session(request)
     return await _show_portal(request, session, cookie)
 
 
 async def _show_portal(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
                        status: int = 200) -> web.Response:
-    account = await prompt.account_of(_auth(request), session)
-    return _page(request, "my_login.html", account, session=cookie, status=status, error=error,
-                 enabled=account.totp_secret is not None, enrolled_at=account.enrolled_at,
-                 forced=account.forced, codes_left=account.backup_codes_left,
-                 backup_address=account.backup_address, backup_verified=account.backup_verified_at is not None,
-                 login_email=account.email, back_url=session.return_to)
+    account = await prompt.account_of(auth_of(request), session)
+    return render_page(request, "my_login.html", account, session=cookie, status=status, error=error,
+                       enabled=account.totp_secret is not None, enrolled_at=account.enrolled_at,
+                       forced=account.forced, codes_left=account.backup_codes_left,
+                       backup_address=account.backup_address, backup_verified=account.backup_verified_at is not None,
+                       login_email=account.email, back_url=session.return_to)
 
 
 async def portal_setup_page(request: web.Request) -> web.StreamResponse:
@@ -386,19 +389,19 @@ async def portal_setup_page(request: web.Request) -> web.StreamResponse:
 
 async def _portal_setup(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
                         status: int = 200) -> web.Response:
-    account = await prompt.account_of(_auth(request), session)
+    account = await prompt.account_of(auth_of(request), session)
     if account.totp_secret is not None:
         return await _show_portal(request, session, cookie)
-    shown = await _enrollment(_auth(request), session)
-    return _page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
-                 qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/setup", secret_grouped=shown,
-                 back_url="/mfa/my-login")
+    shown = await _enrollment(auth_of(request), session)
+    return render_page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
+                       qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/setup", secret_grouped=shown,
+                       back_url="/mfa/my-login")
 
 
 async def portal_setup(request: web.Request) -> web.StreamResponse:
     session, cookie = await _portal_session(request)
-    form = await _pages(request).form(request, cookie)
-    auth = _auth(request)
+    form = await pages_of(request).form(request, cookie)
+    auth = auth_of(request)
     account = await prompt.account_of(auth, session)
     try:
         result = await enrolment.confirm_enrollment(auth, prompt.person(session), session.account_id,
@@ -407,65 +410,65 @@ async def portal_setup(request: web.Request) -> web.StreamResponse:
         return await _portal_setup(request, session, cookie, error=_code_error(request, account, exc), status=422)
     except (Conflict, Gone) as exc:
         if exc.code in ("no_pending_enrollment", "enrollment_expired"):
-            return await _portal_setup(request, session, cookie, error=_text(request, account, "enroll.expired"),
+            return await _portal_setup(request, session, cookie, error=text_of(request, account, "enroll.expired"),
                                        status=422)
         return await _show_portal(request, session, cookie)
-    return _page(request, "backup_codes.html", account, session=cookie, codes=result["backup_codes"],
-                 action="/mfa/my-login/saved", languages=[])
+    return render_page(request, "backup_codes.html", account, session=cookie, codes=result["backup_codes"],
+                       action="/mfa/my-login/saved", languages=[])
 
 
 async def portal_qr(request: web.Request) -> web.StreamResponse:
     session, _ = await _portal_session(request)
-    return _qr(await enrolment.pending_uri(_auth(request), prompt.person(session), session.account_id))
+    return _qr(await enrolment.pending_uri(auth_of(request), prompt.person(session), session.account_id))
 
 
 async def portal_saved(request: web.Request) -> web.StreamResponse:
     session, cookie = await _portal_session(request)
-    await _pages(request).form(request, cookie)
+    await pages_of(request).form(request, cookie)
     return redirect("/mfa/my-login?notice=codes_saved")
 
 
 async def portal_codes(request: web.Request) -> web.StreamResponse:
     session, cookie = await _portal_session(request)
-    await _pages(request).form(request, cookie)
+    await pages_of(request).form(request, cookie)
     try:
-        result = await enrolment.regenerate_backup_codes(_auth(request), prompt.person(session), session.account_id)
+        result = await enrolment.regenerate_backup_codes(auth_of(request), prompt.person(session), session.account_id)
     except Conflict:
         return await _show_portal(request, session, cookie)
-    account = await prompt.account_of(_auth(request), session)
-    return _page(request, "backup_codes.html", account, session=cookie, codes=result["backup_codes"],
-                 action="/mfa/my-login/saved", languages=[])
+    account = await prompt.account_of(auth_of(request), session)
+    return render_page(request, "backup_codes.html", account, session=cookie, codes=result["backup_codes"],
+                       action="/mfa/my-login/saved", languages=[])
 
 
 async def portal_backup_email(request: web.Request) -> web.StreamResponse:
     session, cookie = await _portal_session(request)
-    form = await _pages(request).form(request, cookie)
-    auth = _auth(request)
+    form = await pages_of(request).form(request, cookie)
+    auth = auth_of(request)
     try:
         await backup_email.set_backup_email(auth, prompt.person(session), session.account_id, form.get("email", ""))
     except BadRequest as exc:
         account = await prompt.account_of(auth, session)
         key = "portal.email_same" if exc.code == "same_as_login_email" else "portal.email_invalid"
-        return await _show_portal(request, session, cookie, error=_text(request, account, key), status=422)
+        return await _show_portal(request, session, cookie, error=text_of(request, account, key), status=422)
     return redirect("/mfa/my-login?notice=email_sent")
 
 
 async def portal_disable(request: web.Request) -> web.StreamResponse:
     session, cookie = await _portal_session(request)
-    form = await _pages(request).form(request, cookie)
-    auth = _auth(request)
+    form = await pages_of(request).form(request, cookie)
+    auth = auth_of(request)
     account = await prompt.account_of(auth, session)
     if account.forced:
         # Seed: turning MFA off is not possible while it is required; the page says why.
-        return await _show_portal(request, session, cookie, error=_text(request, account, "portal.off_forced"),
+        return await _show_portal(request, session, cookie, error=text_of(request, account, "portal.off_forced"),
                                   status=409)
     try:
         await disable.disable_with_backup_code(auth, prompt.person(session), session.account_id,
                                                 form.get("backup_code", ""))
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         message = (_code_error(request, account, exc) if exc.code == "mfa_locked"
-                   else _text(request, account, "backup.format") if exc.code == "invalid_code_format"
-                   else _text(request, account, "portal.off_wrong"))
+                   else text_of(request, account, "backup.format") if exc.code == "invalid_code_format"
+                   else text_of(request, account, "portal.off_wrong"))
         return await _show_portal(request, session, cookie, error=message, status=422)
     except Conflict:
         return await _show_portal(request, session, cookie)
@@ -475,14 +478,14 @@ async def portal_disable(request: web.Request) -> web.StreamResponse:
 async def portal_replace(request: web.Request) -> web.StreamResponse:
     """Replacing the app, first step: the present app's code proves it is the person."""
     session, cookie = await _portal_session(request)
-    form = await _pages(request).form(request, cookie)
-    auth = _auth(request)
+    form = await pages_of(request).form(request, cookie)
+    auth = auth_of(request)
     try:
         await replacement.start_replacement(auth, prompt.person(session), session.account_id,
                                             "".join(form.get("code", "").split()))
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         account = await prompt.account_of(auth, session)
-        message = _code_error(request, account, exc) if exc.code != "invalid_code" else _text(
+        message = _code_error(request, account, exc) if exc.code != "invalid_code" else text_of(
             request, account, "portal.replace_wrong")
         return await _show_portal(request, session, cookie, error=message, status=422)
     except Conflict:
@@ -497,22 +500,22 @@ async def portal_replace_page(request: web.Request) -> web.StreamResponse:
 
 async def _replace_page(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
                         status: int = 200) -> web.Response:
-    auth = _auth(request)
+    auth = auth_of(request)
     account = await prompt.account_of(auth, session)
     secret = await prompt.pending_secret(auth, session.account_id)
     if account.totp_secret is None:
         return await _show_portal(request, session, cookie)
     if secret is None:  # the replacement ran out: start again from My login
-        return await _show_portal(request, session, cookie, error=_text(request, account, "portal.replace_expired"))
-    return _page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
-                 replacing=True, qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/replace",
-                 secret_grouped=domain.group_secret(secret), back_url="/mfa/my-login")
+        return await _show_portal(request, session, cookie, error=text_of(request, account, "portal.replace_expired"))
+    return render_page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
+                       replacing=True, qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/replace",
+                       secret_grouped=domain.group_secret(secret), back_url="/mfa/my-login")
 
 
 async def portal_replace_confirm(request: web.Request) -> web.StreamResponse:
     session, cookie = await _portal_session(request)
-    form = await _pages(request).form(request, cookie)
-    auth = _auth(request)
+    form = await pages_of(request).form(request, cookie)
+    auth = auth_of(request)
     try:
         await replacement.confirm_replacement(auth, prompt.person(session), session.account_id,
                                               "".join(form.get("code", "").split()))

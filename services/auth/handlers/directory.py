@@ -95,3 +95,34 @@ async def get_status(auth: Auth, caller: Caller, account_id: str) -> dict[str, A
     async with auth.pool.acquire() as conn:
         account = await load_account(conn, caller, account_id)
     return mfa_status(account)
+
+
+async def require_for_company(auth: Auth, caller: Caller, company_id: str, required: bool) -> None:
+    """Change only whether a company requires MFA (the admin pages' switch), as a PUT of it would.
+
+    Read and written under one row lock, so a concurrent upstream change of the name is not undone.
+    """
+    async with auth.pool.acquire() as conn, conn.transaction():
+        company = await store.lock_company(conn, company_id)
+        if company is None or not caller.sees(company_id):
+            raise NotFound(f"No company {company_id!r}.", code="company_not_found")
+        await apply_company(conn, caller, {"company_id": company_id, "name": company.name, "mfa_required": required},
+                            publish=True)
+
+
+async def require_for_account(auth: Auth, caller: Caller, account_id: str, required: bool) -> None:
+    """Change only an account's own `mfa_required` (the admin pages' switch), as a PUT of it would.
+
+    Read and written under the account's row lock: the names, email, role and locale stay what
+    upstream last set, even when it changes them at the same moment.
+    """
+    async with auth.pool.acquire() as conn, conn.transaction():
+        account = await load_account(conn, caller, account_id, lock=True)
+        data: dict[str, Any] = {
+            "account_id": account_id, "company_id": account.company_id, "email": account.email,
+            "first_name": account.first_name, "last_name": account.last_name, "role": account.role,
+            "mfa_required": required,
+        }
+        if account.locale:
+            data["locale"] = account.locale
+        await apply_account(conn, caller, data, publish=True)
