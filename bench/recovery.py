@@ -45,7 +45,17 @@ HELPDESK = "helpdesk@mfa.localhost"
 
 
 def jpeg(size: int) -> bytes:
-    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(size - 11)
+    """A real JPEG of noise (the service decodes every photo), close to `size` bytes, padded after its end."""
+    import io
+
+    from PIL import Image
+
+    side = max(8, int((size / 4) ** 0.5))
+    img = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=95)
+    data = out.getvalue()
+    return data + b"\0" * max(0, size - len(data))
 
 
 def phone_mail(email: str, company: str, photo: bytes) -> bytes:

@@ -129,9 +129,18 @@ def iso(value: datetime | None) -> str | None:
 
 
 def parse_time(value: str) -> datetime:
-    """An ISO 8601 timestamp as an aware datetime, a value without offset read as UTC; ValueError if none."""
+    """An ISO 8601 timestamp as an aware datetime, a value without offset read as UTC; ValueError if none.
+
+    Also ValueError when the instant lies outside years 1 to 9999 in UTC (`9999-12-31T23:59:59-23:59`,
+    year 1 at `+14:00`): Python holds such a value, but neither its UTC conversion nor PostgreSQL does.
+    """
     parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{value[:40]} is out of range in UTC") from exc
+    return parsed
 
 
 def new_event(

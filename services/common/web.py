@@ -38,6 +38,10 @@ SERVICE_NAME = web.AppKey("service_name", str)
 PRINCIPAL = web.RequestKey("principal", Principal) if hasattr(web, "RequestKey") else "principal"
 PROBLEM_TYPE = "application/problem+json"
 MAX_BODY = 64 * 1024
+READ_CHUNK = 64 * 1024
+# Query values, path segments and multipart part names may hold no control character: PostgreSQL
+# refuses U+0000 in text, and none of them has a use for the others.
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 # The id goes into logs, the outbox, the AMQP `correlation_id` property (at most 255 bytes) and
 # the response header: only plain ASCII that every one of them carries as is.
 _CORRELATION_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,100}")
@@ -77,6 +81,7 @@ async def edge_middleware(request: web.Request, handler: Callable[[web.Request],
     structlog.contextvars.bind_contextvars(service=service, correlation_id=correlation_id)
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
+        check_request_text(request)
         if request.path.startswith("/v1/"):
             await authenticate(request)
         response = await handler(request)
@@ -107,6 +112,20 @@ async def edge_middleware(request: web.Request, handler: Callable[[web.Request],
         duration_ms=round(elapsed * 1000, 2),
     )
     return response
+
+
+def check_request_text(request: web.Request) -> None:
+    """400 `invalid_characters` for a control character (U+0000 above all) in the path or a query value.
+
+    One check at the edge, so no handler passes such text to the database (a 500) or to a log.
+    """
+    if CONTROL_CHARACTERS.search(request.path):
+        raise BadRequest("The path holds a control character.", code="invalid_characters")
+    for name, value in request.query.items():
+        if CONTROL_CHARACTERS.search(name) or CONTROL_CHARACTERS.search(value):
+            field = CONTROL_CHARACTERS.sub("\ufffd", name)[:100]
+            raise BadRequest(f"The query parameter {field} holds a control character.", code="invalid_characters",
+                             field=field)
 
 
 def _correlation_id(sent: str) -> str:
@@ -144,14 +163,7 @@ def compile_schema(schema: dict) -> Callable[[Any], Any]:
 
 async def read_json(request: web.Request, validate: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """The request body as a JSON object, checked against `validate`; 400 with a clear code otherwise."""
-    if request.content_length and request.content_length > MAX_BODY:
-        raise PayloadTooLarge(f"The body is larger than {MAX_BODY} bytes.")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"The body is larger than {MAX_BODY} bytes.") from exc
-    if len(raw) > MAX_BODY:
-        raise PayloadTooLarge(f"The body is larger than {MAX_BODY} bytes.")
+    raw = await read_body(request, MAX_BODY)
     if not raw.strip():
         body: Any = {}
     else:
@@ -178,6 +190,19 @@ async def read_json(request: web.Request, validate: Callable[[Any], Any] | None 
         except fastjsonschema.JsonSchemaException as exc:
             raise BadRequest(f"Invalid request: {exc.message}", code="validation_failed") from exc
     return body
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, at most `limit` bytes whether its length is declared or it comes chunked; 413 past it."""
+    too_large = PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = bytearray()
+    while chunk := await request.content.read(READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 # fastjsonschema's failed keyword -> the problem code; any other keyword is `validation_failed`.

@@ -473,10 +473,23 @@ def _recovery_opened(event, data, ctx) -> list[MailPlan]:
     return plans
 
 
+def _outcome_addresses(data: Mapping[str, Any]) -> list[Any]:
+    """Where a ticket's decision goes: the matched account's login and backup emails, else the requester.
+
+    A request may give any address (a spoofed mail, another company's key); when an account matched,
+    its decision goes only to the account's own addresses, so an approval never reaches a stranger.
+    """
+    own = [a for a in (data.get("account_email"), data.get("backup_email")) if _is_address(a)]
+    if own:
+        return list(dict.fromkeys(own))
+    return [_person_address(data)]
+
+
 def _recovery_approved(event, data, ctx) -> list[MailPlan]:
     values, problem = _safely(lambda: {**_ticket_values(event, data, ctx), "agent": _s(data.get("agent"))})
-    return [_plan(1, "recovery_approved", _person_address(data), name=_name(data), values=values, data=data,
-                  reply_to=ctx.helpdesk_email, problem=problem)]
+    return [_plan(seq, "recovery_approved", address, name=_name(data), values=values, data=data,
+                  reply_to=ctx.helpdesk_email, problem=problem)
+            for seq, address in enumerate(_outcome_addresses(data), start=1)]
 
 
 def _recovery_rejected(event, data, ctx) -> list[MailPlan]:
@@ -487,8 +500,9 @@ def _recovery_rejected(event, data, ctx) -> list[MailPlan]:
         return {**_ticket_values(event, data, ctx), "agent": _s(data.get("agent")), "reason": reason}
 
     values, problem = _safely(build)
-    return [_plan(1, "recovery_rejected", _person_address(data), name=_name(data), values=values, data=data,
-                  reply_to=ctx.helpdesk_email, problem=problem)]
+    return [_plan(seq, "recovery_rejected", address, name=_name(data), values=values, data=data,
+                  reply_to=ctx.helpdesk_email, problem=problem)
+            for seq, address in enumerate(_outcome_addresses(data), start=1)]
 
 
 def _is_address(value: Any) -> bool:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from aiohttp import BodyPartReader, web
+import dataclasses
 
-from ..common.errors import BadRequest, MfaError, NotFound, PayloadTooLarge, TooManyRequests, UnsupportedMedia
+from aiohttp import web
+
+from ..common.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unavailable,
+    UnsupportedMedia,
+)
 from ..common.events import Actor
+from ..common.multipart import multipart_parts, read_part
 from ..common.web import (
     RUNTIME,
     compile_schema,
@@ -30,8 +40,11 @@ from .domain import (
     valid_email,
     valid_ip,
 )
+from .imaging import PhotoRejected, reencode_photo
+from .workers import JobTimeout, ParsePool
 
 LIMITS = web.AppKey("recovery_limits", RateLimits)
+PARSERS = web.AppKey("recovery_parsers", ParsePool)
 RATE_KEY = web.AppKey("recovery_rate_key", bytes)
 
 TEXT_FIELDS = ("email", "first_name", "last_name", "company_name", "ip")
@@ -39,7 +52,8 @@ REQUIRED_TEXT = ("email", "first_name", "last_name", "company_name")
 MAX_TEXT_FIELD_BYTES = 1024
 MAX_OTHER_PART_BYTES = 16 * 1024
 MAX_FORM_BYTES = MAX_PHOTO_BYTES + 256 * 1024
-CHUNK = 64 * 1024
+# The form has six fields; a few unknown ones are tolerated, thousands of empty parts are not.
+MAX_FORM_PARTS = 20
 
 _AGENT = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^\S(?:[^\x00-\x1f\x7f]*\S)?$"}
 _validate_claim = compile_schema({
@@ -56,52 +70,37 @@ _validate_reject = compile_schema({
 })
 
 
-async def _read_part(part: BodyPartReader, limit: int, too_large: MfaError) -> bytes:
-    buf = bytearray()
-    while chunk := await part.read_chunk(CHUNK):
-        buf += chunk
-        if len(buf) > limit:
-            raise too_large
-    return bytes(buf)
-
-
 async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]:
-    """The multipart form's text fields and photo bytes, with size limits enforced while reading."""
-    if request.content_length and request.content_length > MAX_FORM_BYTES:
-        raise PayloadTooLarge(f"The form is larger than {MAX_FORM_BYTES} bytes; the photo may be 10 MB at most.",
-                              code="photo_too_large")
+    """The multipart form's text fields and photo bytes, with limits on bytes and parts enforced while reading."""
     if request.content_type != "multipart/form-data":
         raise UnsupportedMedia("Send the request as multipart/form-data.", code="multipart_required")
     fields: dict[str, str] = {}
     photo: bytes | None = None
     other = 0
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise BadRequest("Nested multipart bodies are not accepted.", code="invalid_multipart")
-            name = part.name or ""
-            if name == "photo":
-                if photo is not None:
-                    raise BadRequest("Send one photo.", code="duplicate_field", field="photo")
-                photo = await _read_part(part, MAX_PHOTO_BYTES, PayloadTooLarge(
-                    "The photo is larger than 10 MB.", code="photo_too_large"))
-            elif name in TEXT_FIELDS:
-                if name in fields:
-                    raise BadRequest(f"The field {name} is sent twice.", code="duplicate_field", field=name)
-                raw = await _read_part(part, MAX_TEXT_FIELD_BYTES, BadRequest(
-                    f"The field {name} is too long.", code="field_too_long", field=name))
-                try:
-                    fields[name] = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise BadRequest(f"The field {name} is not UTF-8.", code="invalid_characters", field=name) from exc
-            else:
-                other += len(await _read_part(part, MAX_OTHER_PART_BYTES, PayloadTooLarge(
-                    f"Unexpected part {name[:50]!r} is too large.", code="payload_too_large")))
-                if other > MAX_OTHER_PART_BYTES:
-                    raise PayloadTooLarge("Too much unexpected data in the form.", code="payload_too_large")
-    except (ValueError, AssertionError, KeyError) as exc:  # aiohttp's signals for a broken multipart body
-        raise BadRequest(f"The multipart body cannot be read: {exc}", code="invalid_multipart") from exc
+    too_large = PayloadTooLarge(f"The form is larger than {MAX_FORM_BYTES} bytes; the photo may be 10 MB at most.",
+                                code="photo_too_large")
+    async for part in multipart_parts(request, max_bytes=MAX_FORM_BYTES, max_parts=MAX_FORM_PARTS,
+                                      too_large=too_large):
+        name = part.name or ""
+        if name == "photo":
+            if photo is not None:
+                raise BadRequest("Send one photo.", code="duplicate_field", field="photo")
+            photo = await read_part(part, MAX_PHOTO_BYTES, PayloadTooLarge(
+                "The photo is larger than 10 MB.", code="photo_too_large"))
+        elif name in TEXT_FIELDS:
+            if name in fields:
+                raise BadRequest(f"The field {name} is sent twice.", code="duplicate_field", field=name)
+            raw = await read_part(part, MAX_TEXT_FIELD_BYTES, BadRequest(
+                f"The field {name} is too long.", code="field_too_long", field=name))
+            try:
+                fields[name] = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadRequest(f"The field {name} is not UTF-8.", code="invalid_characters", field=name) from exc
+        else:
+            other += len(await read_part(part, MAX_OTHER_PART_BYTES, PayloadTooLarge(
+                f"Unexpected part {name[:50]!r} is too large.", code="payload_too_large")))
+            if other > MAX_OTHER_PART_BYTES:
+                raise PayloadTooLarge("Too much unexpected data in the form.", code="payload_too_large")
     return fields, photo
 
 
@@ -145,6 +144,21 @@ def form_request(fields: dict[str, str], photo: bytes | None, remote: str | None
     )
 
 
+async def checked_photo(parsers: ParsePool, data: bytes) -> Photo:
+    """The photo decoded and re-encoded in the parse pool (no EXIF left); 400/413 when it is no usable image."""
+    try:
+        return await parsers.run(reencode_photo, data)
+    except PhotoRejected as exc:
+        if exc.code == "photo_too_large":
+            raise PayloadTooLarge(exc.detail, code="photo_too_large") from exc
+        if exc.code == "photo_unsupported_type":
+            raise UnsupportedMedia(exc.detail, code="unsupported_photo_type") from exc
+        raise BadRequest(exc.detail, code="photo_not_an_image", field="photo") from exc
+    except JobTimeout as exc:
+        raise Unavailable("The photo could not be checked in time; try again shortly.", code="intake_busy",
+                          retry_after=30) from exc
+
+
 async def create_request(request: web.Request) -> web.Response:
     """POST /v1/recovery-requests: the same 202 whether or not the account exists."""
     principal = require_role(request, "service", "helpdesk")
@@ -155,6 +169,7 @@ async def create_request(request: web.Request) -> web.Response:
     if retry_after is not None:
         raise TooManyRequests("Too many recovery requests; try again later.", code="rate_limited",
                               retry_after=retry_after)
+    intake = dataclasses.replace(intake, photo=await checked_photo(request.app[PARSERS], photo))
     result = await handlers.open_ticket(pool, intake, actor=Actor("api_key", principal.key_id),
                                         correlation_id=current_correlation_id(),
                                         scope_company_id=principal.company_id)

@@ -14,15 +14,25 @@ from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
 from . import handlers
-from .api import LIMITS, MAX_FORM_BYTES, RATE_KEY, add_routes
+from .api import LIMITS, MAX_FORM_BYTES, PARSERS, RATE_KEY, add_routes
 from .consumers import directory_consumer
 from .domain import RateLimits
 from .handlers import SCHEMA
 from .inbound import InboundMailbox, MailboxHandler
+from .workers import ParsePool
 
 log = get_logger("recovery")
 
 PURGE_INTERVAL = 3600.0  # photos expire after 30 days; checking hourly keeps them at most an hour longer
+
+
+async def parse_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The worker processes that parse mails and decode photos, for the app's lifetime."""
+    await app[PARSERS].start()
+    try:
+        yield
+    finally:
+        await app[PARSERS].stop()
 
 
 async def mailbox_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -31,7 +41,7 @@ async def mailbox_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = runtime.settings
     assert runtime.pool is not None
     handler = MailboxHandler(runtime.pool, rate_key=app[RATE_KEY], limits=app[LIMITS],
-                             mailbox=(settings.helpdesk_email,))
+                             mailbox=(settings.helpdesk_email,), parsers=app[PARSERS])
     hostname = settings.helpdesk_email.rpartition("@")[2] or "mfa.localhost"
     mailbox = InboundMailbox(handler, settings.host, settings.inbound_smtp_port, hostname=hostname)
     await mailbox.start()
@@ -69,13 +79,16 @@ async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
             log.warning("recovery_purge_stop_timeout")
 
 
-def create_app(runtime: Runtime, *, limits: RateLimits | None = None) -> web.Application:
-    """The recovery app; `limits` overrides the intake rate limits (tests)."""
+def create_app(runtime: Runtime, *, limits: RateLimits | None = None,
+               parsers: ParsePool | None = None) -> web.Application:
+    """The recovery app; `limits` overrides the intake rate limits, `parsers` the parse pool (tests)."""
     app = create_base_app(runtime, "recovery", SCHEMA, client_max_size=MAX_FORM_BYTES)
     settings = runtime.settings
     app[LIMITS] = limits or RateLimits(per_sender=settings.recovery_rate_per_sender, per_ip=settings.recovery_rate_per_ip)
     app[RATE_KEY] = Keyring(runtime.settings.secret_keys).derive("recovery-rate-limit")
+    app[PARSERS] = parsers or ParsePool()
     add_routes(app)
+    app.cleanup_ctx.append(parse_pool_ctx)
     app.cleanup_ctx.append(workers_ctx(SCHEMA, lambda rt: [directory_consumer(rt)]))
     app.cleanup_ctx.append(mailbox_ctx)
     app.cleanup_ctx.append(purge_ctx)

@@ -78,7 +78,8 @@ async def on_mfa_disabled(conn: asyncpg.Connection, event: dict[str, Any]) -> No
 
 async def on_backup_email_confirmed(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
     data = event["data"]
-    await store.set_backup_confirmed(conn, data["account_id"], data["company_id"], event_time(event))
+    await store.set_backup_confirmed(conn, data["account_id"], data["company_id"], data["backup_email"].strip(),
+                                     event_time(event))
 
 
 HANDLERS: dict[str, Handler] = {

@@ -1,4 +1,4 @@
-"""Pure rules of recovery tickets: field checks, photo sniffing, completeness, joining, decisions.
+"""Pure rules of recovery tickets: field checks, photo sniffing, completeness, decisions.
 
 No I/O here: the use cases in handlers.py load state, call these functions and store the result.
 """
@@ -30,6 +30,7 @@ STATUSES = (*UNDECIDED, *DECIDED)
 PROBLEM_FIELD = {
     "photo_too_large": "photo",
     "photo_unsupported_type": "photo",
+    "photo_not_an_image": "photo",
     "photo_expired": "photo",
     "invalid_email": "email",
     "invalid_first_name": "first_name",
@@ -152,21 +153,6 @@ class IntakeRequest:
 
 
 @dataclass(frozen=True)
-class TicketState:
-    """What a join needs to know of an undecided ticket."""
-
-    ticket_id: str
-    status: str
-    requester_email: str
-    first_name: str
-    last_name: str
-    company_name: str
-    has_photo: bool
-    problems: tuple[str, ...] = ()
-    reply_to: str | None = None
-
-
-@dataclass(frozen=True)
 class TicketFields:
     """The fields a ticket row gets after an intake (new or joined)."""
 
@@ -178,7 +164,6 @@ class TicketFields:
     missing: list[str]
     problems: list[str]
     reply_to: str | None = None
-    replace_photo: bool = False  # the request brings a photo: it replaces the ticket's
 
 
 def relevant_problems(problems: tuple[str, ...] | list[str], missing: list[str]) -> list[str]:
@@ -203,37 +188,6 @@ def new_ticket_fields(req: IntakeRequest) -> TicketFields:
         missing=missing,
         problems=relevant_problems(req.problems, missing),
         reply_to=req.reply_to,
-        replace_photo=req.photo is not None,
-    )
-
-
-def join_ticket(existing: TicketState, req: IntakeRequest) -> TicketFields:
-    """Merge a repeated request into the undecided ticket of the same person.
-
-    The newest non-empty value of each field wins (a second mail usually corrects the first), a
-    new photo replaces the old one, and a claimed ticket stays with its agent.
-    """
-    first = req.first_name or existing.first_name
-    last = req.last_name or existing.last_name
-    company = req.company_name or existing.company_name
-    email = req.email or existing.requester_email
-    has_photo = req.photo is not None or existing.has_photo
-    present = {"email": email, "first_name": first, "last_name": last, "company_name": company, "photo": has_photo}
-    missing = [f for f in REQUIRED_FIELDS if not present[f]]
-    if existing.status == "claimed":
-        status = "claimed"
-    else:
-        status = "incomplete" if missing else "open"
-    return TicketFields(
-        status=status,
-        requester_email=email,
-        first_name=first,
-        last_name=last,
-        company_name=company,
-        missing=missing,
-        problems=relevant_problems((*req.problems, *existing.problems), missing),
-        reply_to=req.reply_to or existing.reply_to,
-        replace_photo=req.photo is not None,
     )
 
 

@@ -2,6 +2,13 @@
 
 Each use case loads what it needs, asks domain.py, and writes state and events in one
 transaction (events through the outbox), so nothing is ever half-stored.
+
+Transactions: every use case here is called by an edge that holds no connection (the HTTP api,
+the SMTP intake, the purge loop) and always opens its own, from the pool it is given. The
+directory's use cases (consumers.py) are the other kind: the consumer edge hands them a connection
+already inside the transaction that records the event as processed. No use case is both. Rows
+come from store.py as dataclasses (`store.Ticket`, `store.AccountDetails`, ...), and a statement
+that changes a ticket returns it, so nothing is read twice.
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ import structlog
 
 from ..common.apikeys import Principal
 from ..common.crypto import keyed_hash
-from ..common.errors import BadRequest, Gone, NotFound
-from ..common.events import Actor, iso, new_event
+from ..common.errors import BadRequest, Conflict, Gone, NotFound
+from ..common.events import Actor, iso, new_event, parse_time
 from ..common.logs import get_logger
 from ..common.outbox import add_events
+from ..common.web import CONTROL_CHARACTERS
 from . import domain, store
-from .domain import IntakeRequest, RateLimits, TicketFields, TicketState
+from .domain import IntakeRequest, RateLimits, TicketFields
+from .store import Ticket
 
 log = get_logger("recovery")
 
@@ -35,12 +44,12 @@ MAILBOX_ACTOR = Actor("system", "recovery-mailbox")
 
 @dataclass(frozen=True)
 class IntakeResult:
-    """What an intake did: the ticket it opened or joined."""
+    """What an intake did: the ticket it opened, and the undecided tickets of the same person before it."""
 
     ticket_id: str
     status: str
-    joined: bool
     missing: list[str]
+    related_ticket_ids: list[str]
 
 
 def photo_path(ticket_id: str) -> str:
@@ -72,82 +81,65 @@ async def check_rate_limit(pool: asyncpg.Pool, rate_key: bytes, limits: RateLimi
     return limits.retry_after(now) if over else None
 
 
-def _state(row: asyncpg.Record) -> TicketState:
-    return TicketState(
-        ticket_id=row["ticket_id"], status=row["status"], requester_email=row["requester_email"],
-        first_name=row["first_name"], last_name=row["last_name"], company_name=row["company_name"],
-        has_photo=row["has_photo"], problems=tuple(row["problems"]), reply_to=row["reply_to"],
-    )
-
-
 async def open_ticket(pool: asyncpg.Pool, req: IntakeRequest, *, actor: Actor, correlation_id: str | None,
                       scope_company_id: str | None = None) -> IntakeResult:
-    """Open a ticket for `req`, or join the undecided ticket of the same email and company.
+    """Open a ticket of its own for `req`, linked to the undecided tickets of the same email and company.
 
-    The caller's answer never depends on whether an account matched: only the helpdesk sees that.
+    No request changes another request's ticket: a second request, from another key or a spoofed
+    mail, can neither replace the names, photo or reply address an agent is checking nor unfreeze
+    a claimed ticket. The caller's answer never depends on whether an account matched.
     """
     email_key, company_key = req.email_key, req.company_key
     account_id = company_id = None
+    related: list[str] = []
+    ticket_id = str(uuid.uuid4())
+    fields = domain.new_ticket_fields(req)
     async with pool.acquire() as conn, conn.transaction():
-        existing = replaced = None
         if email_key and company_key:
+            # One person's intakes one after the other, so each sees the tickets opened before it.
             await store.lock_person(conn, email_key, company_key)
             matches = await store.find_accounts(conn, email_key, company_key, scope_company_id)
             if len(matches) == 1:
-                account_id, company_id = matches[0]["account_id"], matches[0]["company_id"]
-            existing = await store.undecided_ticket_for(conn, email_key, company_key)
-        if existing is not None:
-            ticket_id = existing["ticket_id"]
-            fields = domain.join_ticket(_state(existing), req)
-            await store.update_joined_ticket(conn, ticket_id, fields, account_id, company_id)
-            account_id = account_id or existing["account_id"]
-            company_id = company_id or existing["company_id"]
-            if fields.replace_photo:
-                replaced = await store.delete_photo(conn, ticket_id, "replaced")
-        else:
-            ticket_id = str(uuid.uuid4())
-            fields = domain.new_ticket_fields(req)
-            await store.insert_ticket(
-                conn, ticket_id=ticket_id, channel=req.channel, fields=fields, email_key=email_key,
-                company_key=company_key, scope_company_id=scope_company_id, account_id=account_id,
-                company_id=company_id,
-            )
-        if fields.replace_photo and req.photo is not None:
+                account_id, company_id = matches[0].account_id, matches[0].company_id
+            related = await store.undecided_ticket_ids_for(conn, email_key, company_key)
+        await store.insert_ticket(
+            conn, ticket_id=ticket_id, channel=req.channel, fields=fields, email_key=email_key,
+            company_key=company_key, scope_company_id=scope_company_id, account_id=account_id,
+            company_id=company_id,
+        )
+        if req.photo is not None:
             await store.put_photo(conn, ticket_id, req.photo, hashlib.sha256(req.photo.data).digest())
-        has_photo = req.photo is not None or (existing is not None and existing["has_photo"])
         event = new_event(
             "RecoveryTicketOpened",
-            _opened_data(ticket_id, req.channel, fields, account_id, company_id, has_photo, existing is not None),
+            _opened_data(ticket_id, req.channel, fields, account_id, company_id, req.photo is not None, related),
             source=SOURCE,
             subject=account_id or ticket_id,
             company_id=company_id,
             correlation_id=correlation_id,
             actor=actor,
         )
-        events = [event]
-        if replaced is not None:
-            events.insert(0, _photo_deleted(replaced, account_id, company_id, correlation_id, actor))
-        await add_events(conn, SCHEMA, events)
-    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, ticket_status=fields.status)
-    return IntakeResult(ticket_id, fields.status, existing is not None, fields.missing)
+        await add_events(conn, SCHEMA, [event])
+    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, ticket_status=fields.status,
+                                           related_tickets=len(related))
+    return IntakeResult(ticket_id, fields.status, fields.missing, related)
 
 
-def _photo_deleted(deleted: asyncpg.Record, account_id: str | None, company_id: str | None,
+def _photo_deleted(deleted: store.PhotoDeletion, account_id: str | None, company_id: str | None,
                    correlation_id: str | None = None, actor: Actor | None = None) -> dict[str, Any]:
-    """The event of a photo's deletion (the row `store.delete_photo` returned): what, why, when; never the photo."""
+    """The event of a photo's deletion (what `store.delete_photo` returned): what, why, when; never the photo."""
     return new_event(
         "RecoveryPhotoDeleted",
-        {"ticket_id": deleted["ticket_id"], "account_id": account_id, "company_id": company_id,
-         "reason": deleted["reason"], "content_type": deleted["content_type"], "size": deleted["size"],
-         "sha256": bytes(deleted["sha256"]).hex(), "received_at": iso(deleted["received_at"]),
-         "deleted_at": iso(deleted["deleted_at"])},
-        source=SOURCE, subject=account_id or deleted["ticket_id"], company_id=company_id, correlation_id=correlation_id,
+        {"ticket_id": deleted.ticket_id, "account_id": account_id, "company_id": company_id,
+         "reason": deleted.reason, "content_type": deleted.content_type, "size": deleted.size,
+         "sha256": deleted.sha256.hex(), "received_at": iso(deleted.received_at),
+         "deleted_at": iso(deleted.deleted_at)},
+        source=SOURCE, subject=account_id or deleted.ticket_id, company_id=company_id, correlation_id=correlation_id,
         **({"actor": actor} if actor is not None else {}),
     )
 
 
 def _opened_data(ticket_id: str, channel: str, fields: TicketFields, account_id: str | None,
-                 company_id: str | None, has_photo: bool, joined: bool) -> dict[str, Any]:
+                 company_id: str | None, has_photo: bool, related: list[str]) -> dict[str, Any]:
     return {
         "ticket_id": ticket_id,
         "requester_email": fields.requester_email,
@@ -161,7 +153,8 @@ def _opened_data(ticket_id: str, channel: str, fields: TicketFields, account_id:
         "missing": fields.missing,
         "problems": fields.problems,
         "photo_ref": photo_path(ticket_id) if has_photo else None,
-        "joined": joined,
+        "joined": False,  # kept for consumers of v1: requests no longer join tickets
+        "related_ticket_ids": related,
         "reply_to": fields.reply_to,
     }
 
@@ -169,101 +162,99 @@ def _opened_data(ticket_id: str, channel: str, fields: TicketFields, account_id:
 # ---- helpdesk
 
 
-async def _ensure_match(conn: asyncpg.Connection, row: asyncpg.Record) -> tuple[str | None, str | None]:
-    """The ticket's account; matched now if the directory learnt of it after the intake."""
-    if row["account_id"] is not None or not (row["email_key"] and row["company_key"]):
-        return row["account_id"], row["company_id"]
-    matches = await store.find_accounts(conn, row["email_key"], row["company_key"], row["scope_company_id"])
+async def _ensure_match(conn: asyncpg.Connection, ticket: Ticket) -> Ticket:
+    """The ticket, matched now to its account if the directory learnt of it after the intake."""
+    if ticket.account_id is not None or not (ticket.email_key and ticket.company_key):
+        return ticket
+    matches = await store.find_accounts(conn, ticket.email_key, ticket.company_key, ticket.scope_company_id)
     if len(matches) != 1:
-        return None, None
-    account_id, company_id = matches[0]["account_id"], matches[0]["company_id"]
-    await store.set_match(conn, row["ticket_id"], account_id, company_id)
-    return account_id, company_id
+        return ticket
+    return await store.set_match(conn, ticket.ticket_id, matches[0].account_id, matches[0].company_id)
 
 
 async def _visible_ticket(conn: asyncpg.Connection, ticket_id: str, principal: Principal,
-                          *, for_update: bool = False) -> tuple[asyncpg.Record, str | None, str | None]:
-    row = await store.get_ticket(conn, ticket_id, for_update=for_update)
-    if row is None:
+                          *, for_update: bool = False) -> Ticket:
+    ticket = await store.get_ticket(conn, ticket_id, for_update=for_update)
+    if ticket is None:
         raise NotFound("No such recovery ticket.", code="ticket_not_found")
-    account_id, company_id = await _ensure_match(conn, row)
+    ticket = await _ensure_match(conn, ticket)
     # A key bound to a company sees only tickets matched to it: anything else is "not found".
-    if not principal.sees(company_id):
+    if not principal.sees(ticket.company_id):
         raise NotFound("No such recovery ticket.", code="ticket_not_found")
-    return row, account_id, company_id
+    return ticket
 
 
-async def _view(conn: asyncpg.Connection, ticket_id: str) -> dict[str, Any]:
-    row = await store.get_ticket(conn, ticket_id)
-    assert row is not None
-    meta = await store.photo_meta(conn, ticket_id)
-    deletion = None if meta else await store.last_photo_deletion(conn, ticket_id)
-    details = await store.account_details(conn, row["account_id"]) if row["account_id"] else None
+async def _view(conn: asyncpg.Connection, ticket: Ticket) -> dict[str, Any]:
+    """The helpdesk's view of `ticket` as just read or written (it is not read again)."""
+    meta = await store.photo_meta(conn, ticket.ticket_id)
+    deletion = None if meta else await store.last_photo_deletion(conn, ticket.ticket_id)
+    details = await store.account_details(conn, ticket.account_id) if ticket.account_id else None
     match = None
     if details is not None:
         match = {
-            "account_id": details["account_id"],
-            "company_id": details["company_id"],
-            "company_name": details["company_name"],
-            "email": details["email"],
-            "first_name": details["first_name"],
-            "last_name": details["last_name"],
-            "role": details["role"],
-            "mfa_enabled": details["mfa_enabled"],
-            "mfa_forced": bool(details["company_mfa_required"] or details["account_mfa_required"]),
-            "company_mfa_required": details["company_mfa_required"],
-            "account_mfa_required": details["account_mfa_required"],
-            "backup_email_confirmed": details["backup_email_confirmed"],
-            "names_match": domain.names_match(row["first_name"], row["last_name"], details["first_name"],
-                                              details["last_name"]),
+            "account_id": details.account_id,
+            "company_id": details.company_id,
+            "company_name": details.company_name,
+            "email": details.email,
+            "first_name": details.first_name,
+            "last_name": details.last_name,
+            "role": details.role,
+            "mfa_enabled": details.mfa_enabled,
+            "mfa_forced": details.mfa_forced,
+            "company_mfa_required": details.company_mfa_required,
+            "account_mfa_required": details.account_mfa_required,
+            "backup_email_confirmed": details.backup_email_confirmed,
+            "names_match": domain.names_match(ticket.first_name, ticket.last_name, details.first_name,
+                                              details.last_name),
         }
+    related = await store.related_ticket_ids(conn, ticket.ticket_id, ticket.email_key, ticket.company_key)
     return {
-        **_summary(row, meta is not None),
-        "reply_to": row["reply_to"],
-        "problems": list(row["problems"]),
-        "claimed_at": iso(row["claimed_at"]),
-        "decided_by": row["decided_by"],
-        "decided_at": iso(row["decided_at"]),
-        "decision_note": row["decision_note"],
+        **_summary(ticket, meta is not None),
+        "related_ticket_ids": related,
+        "reply_to": ticket.reply_to,
+        "problems": ticket.problems,
+        "claimed_at": iso(ticket.claimed_at),
+        "decided_by": ticket.decided_by,
+        "decided_at": iso(ticket.decided_at),
+        "decision_note": ticket.decision_note,
         "photo": {
             "available": meta is not None,
-            "url": photo_path(ticket_id) if meta else None,
-            "content_type": meta["content_type"] if meta else None,
-            "size": meta["size"] if meta else None,
-            "received_at": iso(meta["received_at"]) if meta else None,
-            "deleted_at": iso(deletion["deleted_at"]) if deletion else None,
-            "deletion_reason": deletion["reason"] if deletion else None,
+            "url": photo_path(ticket.ticket_id) if meta else None,
+            "content_type": meta.content_type if meta else None,
+            "size": meta.size if meta else None,
+            "received_at": iso(meta.received_at) if meta else None,
+            "deleted_at": iso(deletion.deleted_at) if deletion else None,
+            "deletion_reason": deletion.reason if deletion else None,
         },
         "match": match,
     }
 
 
-def _summary(row: asyncpg.Record, has_photo: bool) -> dict[str, Any]:
+def _summary(ticket: Ticket, has_photo: bool) -> dict[str, Any]:
     return {
-        "ticket_id": row["ticket_id"],
-        "status": row["status"],
-        "channel": row["channel"],
-        "requester_email": row["requester_email"],
-        "first_name": row["first_name"],
-        "last_name": row["last_name"],
-        "company_name": row["company_name"],
-        "missing": list(row["missing"]),
-        "matched": row["account_id"] is not None,
-        "account_id": row["account_id"],
-        "company_id": row["company_id"],
+        "ticket_id": ticket.ticket_id,
+        "status": ticket.status,
+        "channel": ticket.channel,
+        "requester_email": ticket.requester_email,
+        "first_name": ticket.first_name,
+        "last_name": ticket.last_name,
+        "company_name": ticket.company_name,
+        "missing": ticket.missing,
+        "matched": ticket.account_id is not None,
+        "account_id": ticket.account_id,
+        "company_id": ticket.company_id,
         "has_photo": has_photo,
-        "request_count": row["request_count"],
-        "claimed_by": row["claimed_by"],
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
+        "request_count": ticket.request_count,
+        "claimed_by": ticket.claimed_by,
+        "created_at": iso(ticket.created_at),
+        "updated_at": iso(ticket.updated_at),
     }
 
 
 async def get_ticket(pool: asyncpg.Pool, ticket_id: str, principal: Principal) -> dict[str, Any]:
     """One ticket with its photo's state and the matched account, as the helpdesk sees it."""
     async with pool.acquire() as conn, conn.transaction():
-        await _visible_ticket(conn, ticket_id, principal)
-        return await _view(conn, ticket_id)
+        return await _view(conn, await _visible_ticket(conn, ticket_id, principal))
 
 
 def encode_cursor(created_at: datetime, ticket_id: str) -> str:
@@ -271,10 +262,17 @@ def encode_cursor(created_at: datetime, ticket_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, ticket_id) a cursor of `encode_cursor` holds; 400 `invalid_cursor` for anything else.
+
+    A cursor comes back from outside: its text may hold anything the database refuses (U+0000, an
+    out-of-range time), so it is checked as strictly as it was made.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, _, ticket_id = raw.partition("|")
-        return datetime.fromisoformat(stamp), ticket_id
+        if not 1 <= len(ticket_id) <= 128 or CONTROL_CHARACTERS.search(ticket_id):
+            raise ValueError("not a ticket id")
+        return parse_time(stamp), ticket_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise BadRequest("The cursor is not one this API returned.", code="invalid_cursor") from exc
 
@@ -289,8 +287,8 @@ async def list_tickets(pool: asyncpg.Pool, principal: Principal, *, statuses: li
     more = len(rows) > limit
     rows = rows[:limit]
     return {
-        "tickets": [_summary(r, r["has_photo"]) for r in rows],
-        "next": encode_cursor(rows[-1]["created_at"], rows[-1]["ticket_id"]) if more and rows else None,
+        "tickets": [_summary(t, t.has_photo) for t in rows],
+        "next": encode_cursor(rows[-1].created_at, rows[-1].ticket_id) if more and rows else None,
     }
 
 
@@ -303,20 +301,20 @@ async def get_photo(pool: asyncpg.Pool, ticket_id: str, principal: Principal) ->
             if await store.last_photo_deletion(conn, ticket_id):
                 raise Gone("The photo was deleted (the ticket was decided or it expired).", code="photo_deleted")
             raise NotFound("This ticket has no photo.", code="no_photo")
-    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, photo_bytes=photo["size"])
-    return bytes(photo["data"]), photo["content_type"]
+    structlog.contextvars.bind_contextvars(ticket_id=ticket_id, photo_bytes=photo.size)
+    assert photo.data is not None  # get_photo reads the bytes
+    return photo.data, photo.content_type
 
 
 async def claim(pool: asyncpg.Pool, ticket_id: str, principal: Principal, *, agent: str,
                 force: bool = False) -> dict[str, Any]:
     """An agent takes the ticket; nobody else decides it while they hold it."""
     async with pool.acquire() as conn, conn.transaction():
-        row, _, _ = await _visible_ticket(conn, ticket_id, principal, for_update=True)
-        domain.check_claim(row["status"], row["claimed_by"], agent, force)
-        await store.claim_ticket(conn, ticket_id, agent)
-        view = await _view(conn, ticket_id)
+        ticket = await _visible_ticket(conn, ticket_id, principal, for_update=True)
+        domain.check_claim(ticket.status, ticket.claimed_by, agent, force)
+        view = await _view(conn, await store.claim_ticket(conn, ticket_id, agent))
     structlog.contextvars.bind_contextvars(ticket_id=ticket_id, agent=agent)
-    log.info("recovery_ticket_claimed", previous=row["claimed_by"])
+    log.info("recovery_ticket_claimed", previous=ticket.claimed_by)
     return view
 
 
@@ -324,23 +322,29 @@ async def decide(pool: asyncpg.Pool, ticket_id: str, principal: Principal, *, ac
                  text: str, actor: Actor, correlation_id: str | None) -> dict[str, Any]:
     """Approve or reject a ticket, once: the decision, the photo's deletion and the event in one transaction."""
     async with pool.acquire() as conn, conn.transaction():
-        row, account_id, company_id = await _visible_ticket(conn, ticket_id, principal, for_update=True)
+        ticket = await _visible_ticket(conn, ticket_id, principal, for_update=True)
+        account_id, company_id = ticket.account_id, ticket.company_id
         live = await store.account_details(conn, account_id) if account_id else None
-        domain.check_decision(action, row["status"], row["claimed_by"], agent, list(row["missing"]),
-                              live["account_id"] if live else None)
+        domain.check_decision(action, ticket.status, ticket.claimed_by, agent, ticket.missing,
+                              live.account_id if live else None)
         status = "approved" if action == "approve" else "rejected"
-        await store.decide_ticket(conn, ticket_id, status, agent, text)
+        decided = await store.decide_ticket(conn, ticket_id, status, agent, text)
+        if decided is None:  # cannot happen under the row lock; kept so a change elsewhere fails loudly
+            raise Conflict("This ticket has already been decided.", code="already_decided")
         deleted = await store.delete_photo(conn, ticket_id, "decided")
         data: dict[str, Any] = {
             "ticket_id": ticket_id,
-            "requester_email": row["requester_email"],
-            "first_name": row["first_name"],
-            "last_name": row["last_name"],
-            "company_name": row["company_name"],
+            "requester_email": ticket.requester_email,
+            "first_name": ticket.first_name,
+            "last_name": ticket.last_name,
+            "company_name": ticket.company_name,
             "account_id": account_id if live else None,
             "company_id": company_id,
             "agent": agent,
-            "reply_to": row["reply_to"],
+            "reply_to": ticket.reply_to,
+            # The outcome goes to the account's own addresses, never only to one the request gave.
+            "account_email": live.email if live else None,
+            "backup_email": live.backup_email if live and live.backup_email_confirmed else None,
         }
         if action == "approve":
             data["note"] = text
@@ -354,7 +358,7 @@ async def decide(pool: asyncpg.Pool, ticket_id: str, principal: Principal, *, ac
         if deleted is not None:
             events.append(_photo_deleted(deleted, data["account_id"], company_id, correlation_id, actor))
         await add_events(conn, SCHEMA, events)
-        view = await _view(conn, ticket_id)
+        view = await _view(conn, decided)
     structlog.contextvars.bind_contextvars(ticket_id=ticket_id, agent=agent, decision=status)
     log.info("recovery_ticket_decided", photo_deleted=deleted is not None)
     return view
@@ -373,10 +377,10 @@ async def purge_expired_photos(pool: asyncpg.Pool, *, now: datetime | None = Non
             tickets = await store.expired_photo_tickets(conn, cutoff, batch)
             events = []
             for ticket in tickets:
-                deleted = await store.delete_photo(conn, ticket["ticket_id"], "expired")
-                await store.mark_photo_expired(conn, ticket["ticket_id"])
+                deleted = await store.delete_photo(conn, ticket.ticket_id, "expired")
+                await store.mark_photo_expired(conn, ticket.ticket_id)
                 if deleted is not None:
-                    events.append(_photo_deleted(deleted, ticket["account_id"], ticket["company_id"]))
+                    events.append(_photo_deleted(deleted, ticket.account_id, ticket.company_id))
             await add_events(conn, SCHEMA, events)
         total += len(tickets)
         if len(tickets) < batch:

@@ -24,7 +24,8 @@ from ..common.errors import DATABASE_UNAVAILABLE
 from ..common.logs import get_logger
 from .domain import MAX_MAIL_BYTES, IntakeRequest, RateLimits, normalize_email
 from .handlers import MAILBOX_ACTOR, check_rate_limit, open_ticket
-from .mailparse import parse_mail
+from .mailparse import read_mail
+from .workers import JobTimeout, ParsePool
 
 log = get_logger("recovery.smtp")
 
@@ -54,8 +55,10 @@ def is_automatic(raw: bytes, envelope_sender: str) -> bool:
 class MailboxHandler:
     """aiosmtpd handler: one intake per message, with one summary log line."""
 
-    def __init__(self, pool: asyncpg.Pool, *, rate_key: bytes, limits: RateLimits, mailbox: tuple[str, ...]) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, rate_key: bytes, limits: RateLimits, mailbox: tuple[str, ...],
+                 parsers: ParsePool) -> None:
         self.pool = pool
+        self.parsers = parsers
         self.rate_key = rate_key
         self.limits = limits
         self.mailbox = mailbox
@@ -100,10 +103,16 @@ class MailboxHandler:
                 # Same answer as an accepted mail: the sender learns nothing, the helpdesk is not flooded.
                 outcome = "dropped_rate_limited"
                 return "250 OK"
-            request = await asyncio.to_thread(parse_mail, raw, mailbox=self.mailbox, envelope_sender=sender, ip=ip)
+            try:
+                # In a worker process: a hostile mail costs a worker, never the loop that answers logins.
+                request = await self.parsers.run(read_mail, raw, self.mailbox, sender, ip)
+            except JobTimeout:
+                outcome = "rejected_parse_timeout"
+                return "554 5.6.0 The message could not be read; it was not accepted"
             result = await open_ticket(self.pool, request, actor=MAILBOX_ACTOR, correlation_id=correlation_id)
-            outcome = "joined" if result.joined else "opened"
+            outcome = "opened"
             summary.update(ticket_id=result.ticket_id, ticket_status=result.status, missing=result.missing,
+                           related_tickets=len(result.related_ticket_ids),
                            problems=list(request.problems))
             return "250 OK"
         except DATABASE_UNAVAILABLE as exc:

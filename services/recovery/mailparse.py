@@ -8,13 +8,14 @@ problem code says why, so the ticket opens as `incomplete` and the requester is 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses
-from html.parser import HTMLParser
+from html import unescape
 
 from .domain import (
     MAX_PHOTO_BYTES,
@@ -26,6 +27,7 @@ from .domain import (
     sniff_image,
     valid_email,
 )
+from .imaging import PhotoRejected, reencode_photo
 
 MAX_PARTS = 200  # a mail with more parts than this is not a phone's recovery request
 MAX_TEXT_CHARS = 100_000  # only the start of a body is read for the fields
@@ -37,14 +39,26 @@ MAX_BOUNDARY_LINES = 1000
 # The parser's cost grows with lines; a 10 MB photo in base64 is ~185,000 lines of 76 characters.
 MAX_LINES = 250_000
 MAX_HEADER_CHARS = 2000
+# Every pattern below runs over one line at a time, cut to this length: what a person types on one
+# line of a recovery mail is far shorter, and the cost of each match stays bounded by it.
+MAX_LINE_CHARS = 2000
+# At most this many "@" are looked at per text, so a body of at-signs costs no more than a page of text.
+MAX_AT_SIGNS = 1000
+MAX_LOCAL_CHARS = 64
+MAX_DOMAIN_CHARS = 253
 # Spelled out case by case: an order of magnitude faster on 15 MB than IGNORECASE with MULTILINE.
 _MULTIPART_HEADER = re.compile(
     rb"\n[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-[Tt][Yy][Pp][Ee]:[ \t]*(?:\r?\n[ \t]+)?[Mm][Uu][Ll][Tt][Ii][Pp][Aa][Rr][Tt]/")
 
 _SUBJECT_PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|wg|sv|vs|tr|antw|doorst|rif|r)\s*(?:\[\d+\])?\s*[:\uff1a]\s*)+", re.I)
 _SUBJECT_PHRASE = re.compile(r"\breset(?:ting)?\s+(?:the\s+|my\s+|of\s+)?mfa(?:\s+authenticator)?\b", re.I)
-_ADDRESS = re.compile(r"[A-Za-z0-9._%+'\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
-_LABEL_LINE = re.compile(r"^\s*[*\-\u2022]?\s*(?P<label>[^\W\d_][\w \-'.]{0,40}?)\s*[:\uff1a=]\s*(?P<value>.*\S)\s*$")
+# Addresses are found from their "@" outwards (see find_addresses), never by a pattern that starts
+# at every character: `[...]+@` over a long line without "@" backtracks quadratically.
+_AT = re.compile("@")
+_LOCAL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+'-")
+_DOMAIN = re.compile(r"[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})+")
+# No two adjacent parts can match the same characters, so a line is matched in one pass.
+_LABEL_LINE = re.compile(r"\s*(?:[*\-\u2022]\s*)?(?P<label>[^\W\d_][\w \-'.]{0,40}?)\s{0,40}[:\uff1a=]")
 _MY_NAME = re.compile(r"\b(?:my name is|mijn naam is|ich heiße|je m'appelle)\s+(?P<rest>[^\n]{1,120})", re.I)
 _QUOTE_MARKERS = re.compile(
     r"^\s*(?:on\s.{0,200}\swrote:|op\s.{0,200}\sschreef.*:|am\s.{0,200}\sschrieb.*:|"
@@ -76,6 +90,22 @@ def parse_mail(raw: bytes, *, mailbox: tuple[str, ...] = (), envelope_sender: st
         return _read(msg, {normalize_email(a) for a in mailbox}, sender, fallback_reply, ip)
     except Exception:  # the bytes come from anyone on the internet; a failure is a finding
         return unreadable
+
+
+def read_mail(raw: bytes, mailbox: tuple[str, ...], envelope_sender: str, ip: str) -> IntakeRequest:
+    """The whole reading of a mail, as the parse pool runs it: :func:`parse_mail`, then the photo re-encoded.
+
+    A photo that does not decode is dropped with its problem code (`photo_not_an_image`), as a
+    photo of the wrong type is: the ticket opens incomplete and the requester is asked again.
+    """
+    request = parse_mail(raw, mailbox=mailbox, envelope_sender=envelope_sender, ip=ip)
+    if request.photo is None:
+        return request
+    try:
+        photo = reencode_photo(request.photo.data)
+    except PhotoRejected as exc:
+        return dataclasses.replace(request, photo=None, problems=(*request.problems, exc.code))
+    return dataclasses.replace(request, photo=photo)
 
 
 def within_bounds(raw: bytes) -> bool:
@@ -142,17 +172,49 @@ def _account_email(chunks: list[str], fields: dict[str, str], from_addr: str, ma
                    problems: list[str]) -> str:
     """A labelled address, else the first address written in the body, else the sender's."""
     if "email" in fields:
-        found = _ADDRESS.search(fields["email"])
-        if found and valid_email(found.group(0)):
-            return found.group(0)
+        found = next(find_addresses(fields["email"]), None)
+        if found and valid_email(found):
+            return found
         problems.append("invalid_email")
     for chunk in chunks:
-        for address in _ADDRESS.findall(chunk):
+        for address in find_addresses(chunk):
             if normalize_email(address) not in mailbox and valid_email(address):
                 return address
     if from_addr and valid_email(from_addr) and normalize_email(from_addr) not in mailbox:
         return from_addr
     return ""
+
+
+def find_addresses(text: str):
+    """The email addresses written in `text`, in order; linear in its length, at most MAX_AT_SIGNS looked at.
+
+    Each "@" is grown outwards: up to 64 address characters to its left (a longer run is no
+    address) and a dotted domain to its right.
+    """
+    end_of_last = 0
+    for count, at in enumerate(_AT.finditer(text)):
+        if count >= MAX_AT_SIGNS:
+            return
+        pos = at.start()
+        if pos < end_of_last:
+            continue
+        start = pos
+        while start > max(end_of_last, pos - MAX_LOCAL_CHARS - 1) and text[start - 1] in _LOCAL_CHARS:
+            start -= 1
+        if start == pos or pos - start > MAX_LOCAL_CHARS:
+            continue
+        domain = _DOMAIN.match(text, pos + 1, pos + 1 + MAX_DOMAIN_CHARS)
+        if domain is None:
+            continue
+        end_of_last = domain.end()
+        yield text[start:end_of_last]
+
+
+def bounded_lines(text: str) -> str:
+    """`text` with every line cut to MAX_LINE_CHARS: the bound on work of every per-line pattern."""
+    if all(len(line) <= MAX_LINE_CHARS for line in text.splitlines()):
+        return text
+    return "\n".join(line[:MAX_LINE_CHARS] for line in text.splitlines())
 
 
 def _names(chunks: list[str], fields: dict[str, str], from_name: str, problems: list[str]) -> tuple[str, str]:
@@ -303,72 +365,58 @@ def part_text(part: Message) -> str:
         content = payload.decode("utf-8", "replace")
     content = content[:MAX_TEXT_CHARS]
     if part.get_content_subtype() == "html":
-        return html_to_text(content)
-    return content
+        content = html_to_text(content)
+    return bounded_lines(content)
 
 
-class _TextExtractor(HTMLParser):
-    """Visible text of an HTML body; blockquotes come out as `> ` quoted lines."""
-
-    BLOCKS = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "hr", "pre"}
-    HIDDEN = {"script", "style", "head", "title"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.lines: list[tuple[int, list[str]]] = [(0, [])]
-        self.quote = 0
-        self.hidden = 0
-
-    def _newline(self) -> None:
-        self.lines.append((self.quote, []))
-
-    def handle_starttag(self, tag, attrs):
-        if tag in self.HIDDEN:
-            self.hidden += 1
-        elif tag == "blockquote":
-            self.quote += 1
-            self._newline()
-        elif tag in self.BLOCKS:
-            self._newline()
-
-    def handle_startendtag(self, tag, attrs):
-        if tag in self.BLOCKS:
-            self._newline()
-
-    def handle_endtag(self, tag):
-        if tag in self.HIDDEN:
-            self.hidden = max(0, self.hidden - 1)
-        elif tag == "blockquote":
-            self.quote = max(0, self.quote - 1)
-            self._newline()
-        elif tag in self.BLOCKS:
-            self._newline()
-
-    def handle_data(self, data):
-        if not self.hidden:
-            depth, parts = self.lines[-1]
-            if depth != self.quote:
-                self.lines.append((self.quote, []))
-            self.lines[-1][1].append(data)
-
-    def text(self) -> str:
-        out = []
-        for depth, parts in self.lines:
-            line = " ".join("".join(parts).split())
-            if line:
-                out.append("> " * depth + line)
-        return "\n".join(out)
+# One token of HTML: a tag (its attributes up to 2000 characters, never across another "<"), the
+# start of a comment, or a declaration or processing instruction. Because no part of it can run past
+# the next "<", a failed match costs at most the distance to it, and a whole body is read in linear
+# time (html.parser rescans an unclosed tag from its start on each "<": minutes for `<a <a <a ...`).
+_HTML_TOKEN = re.compile(r"<(?:(?P<close>/?)(?P<name>[A-Za-z][A-Za-z0-9]{0,20})(?P<rest>[^<>]{0,2000})>"
+                         r"|(?P<comment>!--)|[!?][^<>]{0,2000}>)")
+_HTML_BLOCKS = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "hr", "pre"}
+_HTML_HIDDEN = {"script", "style", "head", "title"}
 
 
 def html_to_text(html: str) -> str:
-    """The visible text of an HTML body, one block per line."""
-    parser = _TextExtractor()
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:  # broken HTML: keep what was read
-        pass
-    return parser.text()
+    """The visible text of an HTML body, one block per line; blockquotes come out as `> ` quoted lines.
+
+    Linear in the length of `html`, whatever it holds; broken markup is read as text.
+    """
+    lines: list[tuple[int, list[str]]] = [(0, [])]
+    quote = hidden = pos = 0
+    while True:
+        token = _HTML_TOKEN.search(html, pos)
+        data = html[pos:token.start() if token else len(html)]
+        if data and not hidden:
+            if lines[-1][0] != quote:
+                lines.append((quote, []))
+            lines[-1][1].append(unescape(data))
+        if token is None:
+            break
+        pos = token.end()
+        if token.group("comment"):
+            end = html.find("-->", pos)
+            pos = len(html) if end < 0 else end + 3
+            continue
+        name = (token.group("name") or "").lower()
+        if not name:
+            continue
+        closing, empty = bool(token.group("close")), token.group("rest").endswith("/")
+        if name in _HTML_HIDDEN and not empty:
+            hidden = max(0, hidden - 1) if closing else hidden + 1
+        elif name == "blockquote" and not empty:
+            quote = max(0, quote - 1) if closing else quote + 1
+            lines.append((quote, []))
+        elif name in _HTML_BLOCKS:
+            lines.append((quote, []))
+    out = []
+    for depth, parts in lines:
+        line = " ".join("".join(parts).split())
+        if line:
+            out.append("> " * depth + line)
+    return "\n".join(out)
 
 
 def split_quoted(text: str) -> tuple[str, str]:
@@ -416,9 +464,10 @@ def labelled_fields(text: str) -> dict[str, str]:
         match = _LABEL_LINE.match(line)
         if not match:
             continue
+        value = line[match.end():].strip()
         kind = _label_kind(match.group("label"))
-        if kind and kind not in found:
-            found[kind] = match.group("value").strip()
+        if value and kind and kind not in found:
+            found[kind] = value
     # "First and last name: Jane Doe" reads as first_name by its prefix; it is a full name.
     if "first_name" in found and "last_name" not in found and "full_name" not in found:
         first, last = split_full_name(found["first_name"])

@@ -2,11 +2,113 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 import asyncpg
 
 from .domain import UNDECIDED, Photo, TicketFields
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A row of recovery.tickets (with `has_photo` where the query asks for it)."""
+
+    ticket_id: str
+    status: str
+    channel: str
+    requester_email: str
+    email_key: str | None
+    first_name: str
+    last_name: str
+    company_name: str
+    company_key: str | None
+    reply_to: str | None
+    missing: list[str]
+    problems: list[str]
+    scope_company_id: str | None
+    account_id: str | None
+    company_id: str | None
+    request_count: int
+    claimed_by: str | None
+    claimed_at: datetime | None
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_note: str | None
+    created_at: datetime
+    updated_at: datetime
+    has_photo: bool = False
+
+
+@dataclass(frozen=True)
+class AccountRef:
+    """An account of the directory read model, by id."""
+
+    account_id: str
+    company_id: str | None
+
+
+@dataclass(frozen=True)
+class AccountDetails:
+    """A live account with what the helpdesk checks and where a decision is mailed."""
+
+    account_id: str
+    company_id: str | None
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    role: str | None
+    account_mfa_required: bool
+    mfa_enabled: bool
+    backup_email_confirmed: bool
+    backup_email: str | None
+    company_name: str | None
+    company_mfa_required: bool
+
+    @property
+    def mfa_forced(self) -> bool:
+        return self.company_mfa_required or self.account_mfa_required
+
+
+@dataclass(frozen=True)
+class StoredPhoto:
+    """A ticket's photo (`data` is None where only the metadata was read)."""
+
+    content_type: str
+    size: int
+    received_at: datetime
+    sha256: bytes | None = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class PhotoDeletion:
+    """A row of recovery.photo_deletions (the photo's metadata, never the photo)."""
+
+    ticket_id: str
+    reason: str
+    deleted_at: datetime
+    content_type: str = ""
+    size: int = 0
+    sha256: bytes = b""
+    received_at: datetime | None = None
+
+
+def _row(cls, record: asyncpg.Record | None):
+    """`record` as a `cls`, taking the columns `cls` has (None stays None)."""
+    if record is None:
+        return None
+    names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in record.items() if k in names}
+    for key in ("missing", "problems"):
+        if key in values:
+            values[key] = list(values[key])
+    if "sha256" in values and values["sha256"] is not None:
+        values["sha256"] = bytes(values["sha256"])
+    if "data" in values and values["data"] is not None:
+        values["data"] = bytes(values["data"])
+    return cls(**values)
+
 
 TICKET_COLUMNS = (
     "ticket_id, status, channel, requester_email, email_key, first_name, last_name, company_name, company_key,"
@@ -88,14 +190,15 @@ async def set_mfa_enabled(conn: asyncpg.Connection, account_id: str, company_id:
     )
 
 
-async def set_backup_confirmed(conn: asyncpg.Connection, account_id: str, company_id: str, at: datetime) -> None:
+async def set_backup_confirmed(conn: asyncpg.Connection, account_id: str, company_id: str, backup_email: str,
+                               at: datetime) -> None:
     await conn.execute(
-        """INSERT INTO recovery.accounts (account_id, company_id, backup_email_confirmed, backup_at)
-           VALUES ($1, $2, true, $3)
-           ON CONFLICT (account_id) DO UPDATE SET backup_email_confirmed = true, backup_at = $3,
+        """INSERT INTO recovery.accounts (account_id, company_id, backup_email_confirmed, backup_email, backup_at)
+           VALUES ($1, $2, true, $3, $4)
+           ON CONFLICT (account_id) DO UPDATE SET backup_email_confirmed = true, backup_email = $3, backup_at = $4,
              company_id = COALESCE(accounts.company_id, $2)
-           WHERE accounts.backup_at IS NULL OR accounts.backup_at <= $3""",
-        account_id, company_id, at,
+           WHERE accounts.backup_at IS NULL OR accounts.backup_at <= $4""",
+        account_id, company_id, backup_email, at,
     )
 
 
@@ -103,46 +206,62 @@ _LIVE = "a.profile_at IS NOT NULL AND (a.removed_at IS NULL OR a.profile_at > a.
 
 
 async def find_accounts(conn: asyncpg.Connection, email_key: str, company_key: str,
-                        scope_company_id: str | None) -> list[asyncpg.Record]:
+                        scope_company_id: str | None) -> list[AccountRef]:
     """Live accounts with this email in a company of this name (normally one)."""
-    return await conn.fetch(
+    return [_row(AccountRef, r) for r in await conn.fetch(
         f"""SELECT a.account_id, a.company_id FROM recovery.accounts a
             JOIN recovery.companies c ON c.company_id = a.company_id
             WHERE a.email_key = $1 AND c.name_key = $2 AND {_LIVE}
               AND ($3::text IS NULL OR a.company_id = $3)
             LIMIT 2""",
         email_key, company_key, scope_company_id,
-    )
+    )]
 
 
-async def account_details(conn: asyncpg.Connection, account_id: str) -> asyncpg.Record | None:
+async def account_details(conn: asyncpg.Connection, account_id: str) -> AccountDetails | None:
     """The live account with its company, or None when unknown or removed."""
-    return await conn.fetchrow(
+    return _row(AccountDetails, await conn.fetchrow(
         f"""SELECT a.account_id, a.company_id, a.email, a.first_name, a.last_name, a.role,
-                   a.mfa_required AS account_mfa_required, a.mfa_enabled, a.backup_email_confirmed,
+                   a.mfa_required AS account_mfa_required, a.mfa_enabled, a.backup_email_confirmed, a.backup_email,
                    c.name AS company_name, COALESCE(c.mfa_required, false) AS company_mfa_required
             FROM recovery.accounts a LEFT JOIN recovery.companies c ON c.company_id = a.company_id
             WHERE a.account_id = $1 AND {_LIVE}""",
         account_id,
-    )
+    ))
 
 
 # ---- tickets
 
 
 async def lock_person(conn: asyncpg.Connection, email_key: str, company_key: str) -> None:
-    """Serialise intakes for one person, so concurrent requests join one ticket."""
+    """Serialise intakes for one person, so each sees the tickets opened before it."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"recovery:{email_key}\n{company_key}")
 
 
-async def undecided_ticket_for(conn: asyncpg.Connection, email_key: str, company_key: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"""SELECT {TICKET_COLUMNS}, EXISTS (SELECT 1 FROM recovery.photos p WHERE p.ticket_id = t.ticket_id)
-                   AS has_photo
-            FROM recovery.tickets t
-            WHERE email_key = $1 AND company_key = $2 AND status = ANY($3::text[]) FOR UPDATE""",
-        email_key, company_key, list(UNDECIDED),
+async def undecided_ticket_ids_for(conn: asyncpg.Connection, email_key: str, company_key: str,
+                                   limit: int = 20) -> list[str]:
+    """The undecided tickets of one person (email and company), oldest first."""
+    rows = await conn.fetch(
+        """SELECT ticket_id FROM recovery.tickets
+           WHERE email_key = $1 AND company_key = $2 AND status = ANY($3::text[])
+           ORDER BY created_at, ticket_id LIMIT $4""",
+        email_key, company_key, list(UNDECIDED), limit,
     )
+    return [r["ticket_id"] for r in rows]
+
+
+async def related_ticket_ids(conn: asyncpg.Connection, ticket_id: str, email_key: str | None,
+                             company_key: str | None, limit: int = 20) -> list[str]:
+    """The other tickets of the same person (email and company), whatever their status, oldest first."""
+    if not (email_key and company_key):
+        return []
+    rows = await conn.fetch(
+        """SELECT ticket_id FROM recovery.tickets
+           WHERE email_key = $1 AND company_key = $2 AND ticket_id <> $3
+           ORDER BY created_at, ticket_id LIMIT $4""",
+        email_key, company_key, ticket_id, limit,
+    )
+    return [r["ticket_id"] for r in rows]
 
 
 async def insert_ticket(conn: asyncpg.Connection, *, ticket_id: str, channel: str, fields: TicketFields,
@@ -151,38 +270,28 @@ async def insert_ticket(conn: asyncpg.Connection, *, ticket_id: str, channel: st
     await conn.execute(
         """INSERT INTO recovery.tickets (ticket_id, status, channel, requester_email, email_key, first_name, last_name,
                                          company_name, company_key, reply_to, missing, problems, scope_company_id,
-                                         account_id, company_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
+                                         account_id, company_id, created_at, updated_at)
+           -- clock_timestamp(), not now(): taken after the person's lock, so the queue and
+           -- related_ticket_ids follow the order in which the intakes ran, not when they began.
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, clock_timestamp(),
+                   clock_timestamp())""",
         ticket_id, fields.status, channel, fields.requester_email, email_key, fields.first_name, fields.last_name,
         fields.company_name, company_key, fields.reply_to, fields.missing, fields.problems, scope_company_id,
         account_id, company_id,
     )
 
 
-async def update_joined_ticket(conn: asyncpg.Connection, ticket_id: str, fields: TicketFields,
-                               account_id: str | None, company_id: str | None) -> None:
-    await conn.execute(
-        """UPDATE recovery.tickets SET status = $2, requester_email = $3, first_name = $4, last_name = $5,
-             company_name = $6, reply_to = $7, missing = $8, problems = $9,
-             account_id = COALESCE($10, account_id), company_id = COALESCE($11, company_id),
-             request_count = request_count + 1, updated_at = now()
-           WHERE ticket_id = $1""",
-        ticket_id, fields.status, fields.requester_email, fields.first_name, fields.last_name, fields.company_name,
-        fields.reply_to, fields.missing, fields.problems, account_id, company_id,
-    )
-
-
-async def get_ticket(conn: asyncpg.Connection, ticket_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def get_ticket(conn: asyncpg.Connection, ticket_id: str, *, for_update: bool = False) -> Ticket | None:
+    return _row(Ticket, await conn.fetchrow(
         f"SELECT {TICKET_COLUMNS} FROM recovery.tickets WHERE ticket_id = $1" + (" FOR UPDATE" if for_update else ""),
         ticket_id,
-    )
+    ))
 
 
 async def list_tickets(conn: asyncpg.Connection, *, statuses: list[str], company_id: str | None,
-                       after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
+                       after: tuple[datetime, str] | None, limit: int) -> list[Ticket]:
     """Tickets in queue order (oldest first), keyset-paginated after (created_at, ticket_id)."""
-    return await conn.fetch(
+    return [_row(Ticket, r) for r in await conn.fetch(
         f"""SELECT {TICKET_COLUMNS}, EXISTS (SELECT 1 FROM recovery.photos p WHERE p.ticket_id = t.ticket_id)
                    AS has_photo
             FROM recovery.tickets t
@@ -191,33 +300,36 @@ async def list_tickets(conn: asyncpg.Connection, *, statuses: list[str], company
               AND ($3::timestamptz IS NULL OR (created_at, ticket_id) > ($3, $4))
             ORDER BY created_at, ticket_id LIMIT $5""",
         statuses, company_id, after[0] if after else None, after[1] if after else "", limit,
-    )
+    )]
 
 
-async def set_match(conn: asyncpg.Connection, ticket_id: str, account_id: str, company_id: str) -> None:
-    await conn.execute(
-        "UPDATE recovery.tickets SET account_id = $2, company_id = $3, updated_at = now() WHERE ticket_id = $1",
+async def set_match(conn: asyncpg.Connection, ticket_id: str, account_id: str, company_id: str | None) -> Ticket:
+    """Record the account a ticket matched; the updated ticket."""
+    return _row(Ticket, await conn.fetchrow(
+        f"""UPDATE recovery.tickets SET account_id = $2, company_id = $3, updated_at = now() WHERE ticket_id = $1
+            RETURNING {TICKET_COLUMNS}""",
         ticket_id, account_id, company_id,
-    )
+    ))
 
 
-async def claim_ticket(conn: asyncpg.Connection, ticket_id: str, agent: str) -> None:
-    await conn.execute(
-        """UPDATE recovery.tickets SET status = 'claimed', claimed_by = $2, claimed_at = now(), updated_at = now()
-           WHERE ticket_id = $1""",
+async def claim_ticket(conn: asyncpg.Connection, ticket_id: str, agent: str) -> Ticket:
+    """Record the claim; the updated ticket (the caller holds its row lock)."""
+    return _row(Ticket, await conn.fetchrow(
+        f"""UPDATE recovery.tickets SET status = 'claimed', claimed_by = $2, claimed_at = now(), updated_at = now()
+            WHERE ticket_id = $1 RETURNING {TICKET_COLUMNS}""",
         ticket_id, agent,
-    )
+    ))
 
 
-async def decide_ticket(conn: asyncpg.Connection, ticket_id: str, status: str, agent: str, note: str) -> bool:
-    """Record the decision; False when another transaction decided first."""
-    done = await conn.fetchval(
-        """UPDATE recovery.tickets SET status = $2, decided_by = $3, decided_at = now(), decision_note = $4,
-             updated_at = now()
-           WHERE ticket_id = $1 AND status = ANY($5::text[]) RETURNING true""",
+async def decide_ticket(conn: asyncpg.Connection, ticket_id: str, status: str, agent: str,
+                        note: str) -> Ticket | None:
+    """Record the decision; the decided ticket, or None when another transaction decided first."""
+    return _row(Ticket, await conn.fetchrow(
+        f"""UPDATE recovery.tickets SET status = $2, decided_by = $3, decided_at = now(), decision_note = $4,
+              updated_at = now()
+            WHERE ticket_id = $1 AND status = ANY($5::text[]) RETURNING {TICKET_COLUMNS}""",
         ticket_id, status, agent, note, list(UNDECIDED),
-    )
-    return bool(done)
+    ))
 
 
 async def mark_photo_expired(conn: asyncpg.Connection, ticket_id: str) -> None:
@@ -244,46 +356,46 @@ async def put_photo(conn: asyncpg.Connection, ticket_id: str, photo: Photo, sha2
     )
 
 
-async def get_photo(conn: asyncpg.Connection, ticket_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def get_photo(conn: asyncpg.Connection, ticket_id: str) -> StoredPhoto | None:
+    return _row(StoredPhoto, await conn.fetchrow(
         "SELECT content_type, size, sha256, data, received_at FROM recovery.photos WHERE ticket_id = $1", ticket_id
-    )
+    ))
 
 
-async def photo_meta(conn: asyncpg.Connection, ticket_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def photo_meta(conn: asyncpg.Connection, ticket_id: str) -> StoredPhoto | None:
+    return _row(StoredPhoto, await conn.fetchrow(
         "SELECT content_type, size, received_at FROM recovery.photos WHERE ticket_id = $1", ticket_id
-    )
+    ))
 
 
-async def delete_photo(conn: asyncpg.Connection, ticket_id: str, reason: str) -> asyncpg.Record | None:
+async def delete_photo(conn: asyncpg.Connection, ticket_id: str, reason: str) -> PhotoDeletion | None:
     """Delete the ticket's photo and record the deletion in the same statement; None when there was none."""
-    return await conn.fetchrow(
+    return _row(PhotoDeletion, await conn.fetchrow(
         """WITH gone AS (DELETE FROM recovery.photos WHERE ticket_id = $1
                          RETURNING ticket_id, content_type, size, sha256, received_at)
            INSERT INTO recovery.photo_deletions (ticket_id, reason, content_type, size, sha256, received_at)
            SELECT ticket_id, $2, content_type, size, sha256, received_at FROM gone
            RETURNING id, ticket_id, reason, content_type, size, sha256, received_at, deleted_at""",
         ticket_id, reason,
-    )
+    ))
 
 
-async def last_photo_deletion(conn: asyncpg.Connection, ticket_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        """SELECT reason, deleted_at FROM recovery.photo_deletions WHERE ticket_id = $1 AND reason <> 'replaced'
-           ORDER BY id DESC LIMIT 1""",
+async def last_photo_deletion(conn: asyncpg.Connection, ticket_id: str) -> PhotoDeletion | None:
+    return _row(PhotoDeletion, await conn.fetchrow(
+        """SELECT ticket_id, reason, deleted_at FROM recovery.photo_deletions
+           WHERE ticket_id = $1 AND reason <> 'replaced' ORDER BY id DESC LIMIT 1""",
         ticket_id,
-    )
+    ))
 
 
-async def expired_photo_tickets(conn: asyncpg.Connection, cutoff: datetime, limit: int) -> list[asyncpg.Record]:
-    """Tickets (id, account, company) whose photo was received before `cutoff`, locked for the purge."""
-    return await conn.fetch(
-        """SELECT t.ticket_id, t.account_id, t.company_id
-           FROM recovery.photos p JOIN recovery.tickets t ON t.ticket_id = p.ticket_id
-           WHERE p.received_at < $1 ORDER BY p.received_at LIMIT $2 FOR UPDATE OF t SKIP LOCKED""",
+async def expired_photo_tickets(conn: asyncpg.Connection, cutoff: datetime, limit: int) -> list[Ticket]:
+    """Tickets whose photo was received before `cutoff`, locked for the purge."""
+    return [_row(Ticket, r) for r in await conn.fetch(
+        f"""SELECT {', '.join('t.' + c.strip() for c in TICKET_COLUMNS.split(','))}
+            FROM recovery.photos p JOIN recovery.tickets t ON t.ticket_id = p.ticket_id
+            WHERE p.received_at < $1 ORDER BY p.received_at LIMIT $2 FOR UPDATE OF t SKIP LOCKED""",
         cutoff, limit,
-    )
+    )]
 
 
 # ---- rate limits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from email.message import EmailMessage
 from email.mime.base import MIMEBase
@@ -13,21 +14,35 @@ from email.utils import formatdate, make_msgid
 HELPDESK = "helpdesk@mfa.localhost"
 
 
+def _image(fmt: str, width: int = 48, height: int = 32) -> bytes:
+    """A small real image of noise: something Pillow decodes, as the service now requires."""
+    from PIL import Image
+
+    img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    out = io.BytesIO()
+    if fmt == "HEIF":
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    img.save(out, format=fmt)
+    return out.getvalue()
+
+
 def jpeg(size: int = 2048) -> bytes:
-    """Bytes a JPEG decoder would start reading (SOI + APP0 JFIF), padded with noise."""
-    head = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-    return head + os.urandom(max(0, size - len(head) - 2)) + b"\xff\xd9"
+    """A real JPEG of `size` bytes: a small decodable image, padded with zeros after its end marker."""
+    head = _image("JPEG")
+    return head + b"\0" * max(0, size - len(head))
 
 
 def png(size: int = 1024) -> bytes:
-    head = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
-    return head + os.urandom(max(0, size - len(head)))
+    """A real PNG of `size` bytes (padding after IEND, which decoders ignore)."""
+    head = _image("PNG")
+    return head + b"\0" * max(0, size - len(head))
 
 
 def heic(size: int = 1024) -> bytes:
-    """An iPhone photo's first bytes: an ftyp box with brand heic."""
-    head = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
-    return head + os.urandom(max(0, size - len(head)))
+    """An iPhone photo: a real HEIC image (its size is what the encoder makes of it)."""
+    return _image("HEIF")
 
 
 def pdf(size: int = 1024) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 
 from services.common.errors import Conflict
 from services.recovery import domain
-from services.recovery.domain import IntakeRequest, Photo, TicketState
+from services.recovery.domain import IntakeRequest, Photo
 from services.recovery.mailparse import company_from_subject, html_to_text, parse_mail, split_full_name
 
 from .mails import (
@@ -205,20 +205,11 @@ def _req(**kw) -> IntakeRequest:
     return IntakeRequest(**{**base, **kw})
 
 
-def test_join_fills_gaps_and_completes_an_incomplete_ticket():
-    first = domain.new_ticket_fields(_req(photo=None, last_name="", problems=("photo_too_large",)))
+def test_a_new_ticket_is_incomplete_with_the_problems_that_explain_it():
+    first = domain.new_ticket_fields(_req(photo=None, last_name="", problems=("photo_too_large", "invalid_email")))
     assert first.status == "incomplete" and first.missing == ["last_name", "photo"]
-    assert first.problems == ["photo_too_large"]
-    state = TicketState("t1", first.status, first.requester_email, first.first_name, first.last_name,
-                        first.company_name, has_photo=False, problems=tuple(first.problems))
-    joined = domain.join_ticket(state, _req(first_name=""))
-    assert joined.status == "open" and joined.missing == [] and joined.problems == []
-    assert (joined.first_name, joined.last_name) == ("Jane", "Doe") and joined.replace_photo
-
-
-def test_join_keeps_a_claimed_ticket_claimed():
-    state = TicketState("t1", "claimed", "j@acme.example", "Jane", "Doe", "Acme", has_photo=True)
-    assert domain.join_ticket(state, _req(photo=None)).status == "claimed"
+    assert first.problems == ["photo_too_large"]  # the email is there: its problem no longer explains anything
+    assert domain.new_ticket_fields(_req()).status == "open"
 
 
 def test_decisions():
