@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/events.py --batched
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/mail.py
 	$(BIN)/python bench/audit.py
 

@@ -33,6 +33,7 @@ ACCOUNT = schema(_obj({
     "company_id": _ID, "email": {"type": "string", "minLength": 3, "maxLength": 254}, "first_name": _NAME,
     "last_name": _NAME, "role": {"enum": ["employee", "admin"]}, "mfa_required": {"type": "boolean"},
     "locale": {"type": "string", "maxLength": 20},
+    "time_zone": {"type": "string", "minLength": 1, "maxLength": 64},
 }, ["company_id", "email", "first_name", "last_name", "role", "mfa_required"]))
 CONFIRM = schema(_obj({"code": _CODE, "login_id": _ID}, ["code"]))
 BACKUP_EMAIL = schema(_obj({"email": {"type": "string", "minLength": 3, "maxLength": 254}}, ["email"]))

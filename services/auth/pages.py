@@ -17,7 +17,7 @@ from ..common.events import Actor, iso, parse_time
 from ..common.pages import PAGES, PageError, Pages, add_static, origin_of, redirect
 from . import domain
 from .api import AUTH
-from .handlers import backup_email, disable, enrolment, logins, prompt
+from .handlers import backup_email, disable, enrolment, logins, prompt, replacement
 from .handlers.context import Auth, Caller, now
 from .handlers.prompt import PORTAL, PROMPT
 from .store import PageSession
@@ -28,7 +28,7 @@ LINK_COOKIE = "mfa_link"
 CONFIRM_COOKIE = "mfa_confirm"
 TOKEN_COOKIE_AGE = 15 * 60
 # Notices a redirect may ask a page to show (`?notice=`): only these keys, never free text.
-NOTICES = {"reenroll", "email_sent", "mfa_off", "enrolled", "codes_saved"}
+NOTICES = {"reenroll", "email_sent", "mfa_off", "enrolled", "codes_saved", "replaced"}
 
 
 def _auth(request: web.Request) -> Auth:
@@ -49,7 +49,7 @@ def _page(request: web.Request, template: str, account: Any, *, session: str | N
                        if notice in NOTICES else None)
     return pages.render(
         request, template, status=status, locale=pages.locale(request, account.locale),
-        company_name=account.company_name, session=session,
+        company_name=account.company_name, session=session, time_zone=account.time_zone,
         form_targets=[origin_of(return_to)] if return_to else (), **context,
     )
 
@@ -63,7 +63,7 @@ def _moment(request: web.Request, account: Any, value: Any) -> str:
     from ..common.i18n import format_moment
 
     moment = parse_time(value) if isinstance(value, str) else value
-    return format_moment(moment, _pages(request).locale(request, account.locale))
+    return format_moment(moment, _pages(request).locale(request, account.locale), account.time_zone)
 
 
 def _exchange(request: web.Request, kind: str, cookie: str, here: str):
@@ -124,7 +124,7 @@ async def _show_prompt(request: web.Request, session: PageSession, cookie: str, 
         return redirect(prompt.success_url(session.return_to, session.state, login.login_id))
     if login.status == "failed" and view.locked_until:
         raise PageError(429, "mfa_locked", company_name=account.company_name, locale=account.locale,
-                        locked_until=iso(view.locked_until), **back)
+                        locked_until=iso(view.locked_until), time_zone=account.time_zone, **back)
     if login.status == "failed":
         raise PageError(403, "login_failed", company_name=account.company_name, locale=account.locale, **back)
     if view.expired:
@@ -472,6 +472,58 @@ async def portal_disable(request: web.Request) -> web.StreamResponse:
     return redirect("/mfa/my-login?notice=mfa_off")
 
 
+async def portal_replace(request: web.Request) -> web.StreamResponse:
+    """Replacing the app, first step: the present app's code proves it is the person."""
+    session, cookie = await _portal_session(request)
+    form = await _pages(request).form(request, cookie)
+    auth = _auth(request)
+    try:
+        await replacement.start_replacement(auth, prompt.person(session), session.account_id,
+                                            "".join(form.get("code", "").split()))
+    except (Unauthorized, BadRequest, TooManyRequests) as exc:
+        account = await prompt.account_of(auth, session)
+        message = _code_error(request, account, exc) if exc.code != "invalid_code" else _text(
+            request, account, "portal.replace_wrong")
+        return await _show_portal(request, session, cookie, error=message, status=422)
+    except Conflict:
+        return await _show_portal(request, session, cookie)
+    return redirect("/mfa/my-login/replace")
+
+
+async def portal_replace_page(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    return await _replace_page(request, session, cookie)
+
+
+async def _replace_page(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+                        status: int = 200) -> web.Response:
+    auth = _auth(request)
+    account = await prompt.account_of(auth, session)
+    secret = await prompt.pending_secret(auth, session.account_id)
+    if account.totp_secret is None:
+        return await _show_portal(request, session, cookie)
+    if secret is None:  # the replacement ran out: start again from My login
+        return await _show_portal(request, session, cookie, error=_text(request, account, "portal.replace_expired"))
+    return _page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
+                 replacing=True, qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/replace",
+                 secret_grouped=domain.group_secret(secret), back_url="/mfa/my-login")
+
+
+async def portal_replace_confirm(request: web.Request) -> web.StreamResponse:
+    session, cookie = await _portal_session(request)
+    form = await _pages(request).form(request, cookie)
+    auth = _auth(request)
+    try:
+        await replacement.confirm_replacement(auth, prompt.person(session), session.account_id,
+                                              "".join(form.get("code", "").split()))
+    except (Unauthorized, BadRequest) as exc:
+        account = await prompt.account_of(auth, session)
+        return await _replace_page(request, session, cookie, error=_code_error(request, account, exc), status=422)
+    except (Conflict, Gone):
+        return await _show_portal(request, session, cookie)
+    return redirect("/mfa/my-login?notice=replaced")
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/mfa/prompt", prompt_page)
@@ -495,4 +547,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/mfa/my-login/backup-codes", portal_codes)
     r.add_post("/mfa/my-login/backup-email", portal_backup_email)
     r.add_post("/mfa/my-login/disable", portal_disable)
+    r.add_post("/mfa/my-login/replace/start", portal_replace)
+    r.add_get("/mfa/my-login/replace", portal_replace_page)
+    r.add_post("/mfa/my-login/replace", portal_replace_confirm)
     add_static(app)

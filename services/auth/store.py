@@ -56,6 +56,7 @@ class Account:
     role: str
     mfa_required: bool
     locale: str | None
+    time_zone: str | None  # IANA name (`Europe/Amsterdam`); the mails give times in it
     totp_secret: str | None  # sealed; None while MFA is off
     enrolled_at: datetime | None
     last_step: int
@@ -189,10 +190,11 @@ async def upsert_account(conn: Conn, data: dict[str, Any]) -> AccountPolicy | No
     previous = await conn.fetchrow(
         f"SELECT {_columns(AccountPolicy)} FROM auth.accounts WHERE account_id = $1 FOR UPDATE", data["account_id"])
     await conn.execute(
-        """INSERT INTO auth.accounts (account_id, company_id, email, first_name, last_name, role, mfa_required, locale)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        """INSERT INTO auth.accounts (account_id, company_id, email, first_name, last_name, role, mfa_required, locale,
+                                     time_zone)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
            ON CONFLICT (account_id) DO UPDATE SET company_id = $2, email = $3, first_name = $4, last_name = $5,
-               role = $6, mfa_required = $7, locale = $8, updated_at = now()""",
+               role = $6, mfa_required = $7, locale = $8, time_zone = $9, updated_at = now()""",
         data["account_id"],
         data["company_id"],
         data["email"],
@@ -201,6 +203,7 @@ async def upsert_account(conn: Conn, data: dict[str, Any]) -> AccountPolicy | No
         data["role"],
         data.get("mfa_required", False),
         data.get("locale"),
+        data.get("time_zone"),
     )
     return _row(AccountPolicy, previous)
 
@@ -212,7 +215,7 @@ async def delete_account(conn: Conn, account_id: str) -> bool:
 
 _ACCOUNT_VIEW = """
     SELECT a.account_id, a.company_id, a.email, a.first_name, a.last_name, a.role, a.mfa_required, a.locale,
-           a.totp_secret, a.enrolled_at, a.last_step, a.consecutive_failures, a.lock_count, a.locked_until,
+           a.time_zone, a.totp_secret, a.enrolled_at, a.last_step, a.consecutive_failures, a.lock_count, a.locked_until,
            c.name AS company_name, (a.mfa_required OR c.mfa_required) AS forced,
            b.address AS backup_address, b.verified_at AS backup_verified_at,
            (SELECT count(*) FROM auth.backup_codes bc WHERE bc.account_id = a.account_id) AS backup_codes_left

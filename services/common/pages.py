@@ -131,6 +131,7 @@ class Pages:
         session: str | None = None,
         form_targets: Iterable[str] = (),
         refresh: int | None = None,
+        time_zone: str | None = None,
         **context: Any,
     ) -> web.Response:
         """A page in the person's language with the security headers; `session` gives its forms a CSRF token."""
@@ -147,7 +148,7 @@ class Pages:
         html = self.env.get_template(template).render(
             _=_, lang=lang, languages=languages, company_name=company_name, product_name=self.product_name,
             csrf=self.csrf_token(session) if session else "",
-            format_moment=lambda moment: i18n.format_moment(moment, lang), **context,
+            format_moment=lambda moment: i18n.format_moment(moment, lang, time_zone), **context,
         )
         response = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
         response.headers["Content-Security-Policy"] = csp(form_targets)
@@ -161,13 +162,14 @@ class Pages:
         return response
 
     def error_page(self, request: web.Request, status: int, key: str, *, company_name: str = "",
-                   locale: str | None = None, back_url: str | None = None, **values: Any) -> web.Response:
+                   locale: str | None = None, back_url: str | None = None, time_zone: str | None = None,
+                   **values: Any) -> web.Response:
         """The page for error `key` (texts `error.<key>.title` and `.body`), in the person's language."""
         lang = self.locale(request, locale)
         if f"error.{key}.title" not in self.catalogue.keys("en"):
             key = "general"
         if "locked_until" in values and isinstance(values["locked_until"], str):
-            values["until"] = i18n.format_moment(parse_time(values["locked_until"]), lang)
+            values["until"] = i18n.format_moment(parse_time(values["locked_until"]), lang, time_zone)
         text_values = {k: v for k, v in values.items() if isinstance(v, str | int)}
         here = request.path_qs if request.method == "GET" else None
         return self.render(request, "error.html", status=status, locale=lang, company_name=company_name or "",

@@ -214,9 +214,14 @@ def parse_time(value: Any, what: str) -> datetime:
         raise BadMail("missing_data", f"{what} {value[:40]!r} is not a timestamp") from exc
 
 
-def format_time(moment: datetime) -> str:
-    """A moment every reader reads the same way, whatever their locale: `2025-11-27 20:14 UTC`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def format_time(moment: datetime, time_zone: Any = None) -> str:
+    """A moment every reader reads the same way: `2025-11-27 21:14 CET (Europe/Amsterdam)` in the
+    person's time zone when the event names a known one, else `2025-11-27 20:14 UTC`."""
+    zone = i18n.zone(time_zone) if isinstance(time_zone, str) else None
+    if zone is None:
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    local = moment.astimezone(zone)
+    return f"{local.strftime('%Y-%m-%d %H:%M')} {local.tzname()} ({time_zone})"
 
 
 def format_duration(seconds: float, locale: str | None = None) -> str:
@@ -286,7 +291,7 @@ def _base(event: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, str]:
     return {
         "first_name": _s(data.get("first_name")),
         "last_name": _s(data.get("last_name")),
-        "event_time": format_time(parse_time(event.get("time"), "event time")),
+        "event_time": format_time(parse_time(event.get("time"), "event time"), data.get("time_zone")),
         "company": _s(data.get("company_name")),
     }
 
@@ -323,7 +328,7 @@ def _validity(event: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, st
     expires = parse_time(data.get("expires_at"), "expiry time")
     issued = parse_time(event.get("time"), "event time")
     locale = data.get("locale") if isinstance(data.get("locale"), str) else None
-    return {"expires_at": format_time(expires),
+    return {"expires_at": format_time(expires, data.get("time_zone")),
             "valid_for": format_duration((expires - issued).total_seconds(), locale)}
 
 
@@ -369,7 +374,7 @@ def _backup_email_changed(event, data, ctx) -> list[MailPlan]:
 def _mfa_enrolled(event, data, ctx) -> list[MailPlan]:
     values, problem = _safely(lambda: {
         **_base(event, data),
-        "when": format_time(parse_time(data.get("enrolled_at"), "enrolment time")),
+        "when": format_time(parse_time(data.get("enrolled_at"), "enrolment time"), data.get("time_zone")),
     })
     return [_plan(1, "mfa_enrolled", data.get("email"), name=_name(data), values=values, data=data, problem=problem)]
 
@@ -382,7 +387,7 @@ def _mfa_disabled(event, data, ctx) -> list[MailPlan]:
             raise BadMail("missing_data", f"unknown reason {str(reason)[:40]!r} for turning MFA off")
         return {
             **_base(event, data),
-            "when": format_time(parse_time(data.get("disabled_at"), "time MFA was turned off")),
+            "when": format_time(parse_time(data.get("disabled_at"), "time MFA was turned off"), data.get("time_zone")),
             "by_admin": "yes" if reason == "admin" else "",
             "by_backup_code": "yes" if reason == "backup_code" else "",
             "by_helpdesk": "yes" if reason == "helpdesk_recovery" else "",
@@ -412,7 +417,7 @@ def _backup_codes_regenerated(event, data, ctx) -> list[MailPlan]:
 def _mfa_locked(event, data, ctx) -> list[MailPlan]:
     values, problem = _safely(lambda: {
         **_base(event, data),
-        "locked_until": format_time(parse_time(data.get("locked_until"), "end of the lock")),
+        "locked_until": format_time(parse_time(data.get("locked_until"), "end of the lock"), data.get("time_zone")),
         "failures": str(int(data.get("consecutive_failures") or 0)),
     })
     return [_plan(1, "mfa_locked", data.get("email"), name=_name(data), values=values, data=data, problem=problem)]

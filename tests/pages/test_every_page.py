@@ -84,6 +84,8 @@ async def test_every_page(site, upstream, mailbox, browser, lang):
         await phone.goto(link)
         await _show(phone, "login-link", lang, seen)
         await phone.close()
+        await page.close()  # the waiting page reloads itself every few seconds: leave it
+        page = await ctx.new_page()
 
         # My login, with MFA on and forced (turning it off is refused), and off for another account.
         _, portal = await site.api.call("POST", f"/v1/accounts/{account}/portal-sessions",

@@ -122,3 +122,24 @@ async def test_a_dutch_account_gets_its_mail_in_dutch_naming_the_product_and_the
     assert "van Acme MFA over de beveiliging van je account bij Bakkerij Jansen." in text
     html = confirm.message.get_body(preferencelist=("html",)).get_content()
     assert 'lang="nl"' in html and "Dit adres bevestigen" in html
+
+
+async def test_mail_times_are_in_the_persons_time_zone_when_known(site, mailbox):
+    from .conftest import mail_to
+
+    company = await site.api.company(name="Zone BV")
+    account = f"acct-tz-{company[-6:]}"
+    body = {"company_id": company, "email": f"{account}@example.com", "first_name": "Ada", "last_name": "L",
+            "role": "employee", "mfa_required": False, "time_zone": "Mars/Olympus"}
+    status, problem = await site.api.call("PUT", f"/v1/accounts/{account}", body)
+    assert status == 400 and problem["code"] == "invalid_time_zone"
+    await site.api.call("PUT", f"/v1/accounts/{account}", {**body, "time_zone": "America/New_York"}, expect=201)
+    await site.api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": f"{account}@home.example"}, expect=202)
+    mail = await mail_to(mailbox, f"{account}@home.example", "/mfa/backup-email/confirm")
+    text = mail.message.get_body(preferencelist=("plain",)).get_content()
+    assert "(America/New_York)" in text and " UTC " not in text
+    # Without a time zone the mail says UTC.
+    _, other = await person(site)
+    await site.api.call("PUT", f"/v1/accounts/{other}/backup-email", {"email": f"{other}@home.example"}, expect=202)
+    mail = await mail_to(mailbox, f"{other}@home.example", "/mfa/backup-email/confirm")
+    assert " UTC (in 24 hours)" in mail.message.get_body(preferencelist=("plain",)).get_content()

@@ -109,3 +109,30 @@ async def test_a_portal_link_works_once_and_needs_a_registered_return_url(site, 
     status, problem = await site.api.call("POST", f"/v1/accounts/{account}/portal-sessions",
                                           {"return_to": "https://evil.example/steal"})
     assert status == 400 and problem["code"] == "return_to_not_allowed"
+
+
+async def test_replace_the_authenticator_app_with_the_present_apps_code(site, upstream, page):
+    _, account = await person(site)
+    old, _, _ = await site.api.enroll(account)
+    await _open(site, upstream, page, account)
+    await page.get_by_label("Current code from your present app").fill("000000" if oathtool(old, 30) != "000000" else "111111")
+    await page.get_by_role("button", name="Replace the app").click()
+    await page.wait_for_load_state()
+    assert "not the current code of your present app" in await page.get_by_role("alert").inner_text()
+    await page.get_by_label("Current code from your present app").fill(oathtool(old, 30))
+    await page.get_by_role("button", name="Replace the app").click()
+    await page.wait_for_url("**/mfa/my-login/replace")
+    await check_axe(page)
+    uri = zbarimg(await page.get_by_role("img", name="QR code to scan with your authenticator app").screenshot())
+    new = (await page.locator("#secret").inner_text()).replace(" ", "")
+    assert f"secret={new}" in uri and new != old
+    await page.get_by_label("Current code from the app").fill(oathtool(new))
+    await page.get_by_role("button", name="Confirm and save").click()
+    await page.wait_for_url("**/mfa/my-login?notice=replaced")
+    # The new app works for a login, the old one no longer does.
+    _, login = await site.api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
+    status, _ = await site.api.call("POST", f"/v1/logins/{login['login_id']}/verify",
+                                    {"method": "totp", "code": oathtool(old, 30)})  # would pass with the old secret
+    assert status == 401
+    await site.api.call("POST", f"/v1/logins/{login['login_id']}/verify",
+                        {"method": "totp", "code": oathtool(new, 30)}, expect=200)

@@ -142,3 +142,32 @@ async def test_state_without_return_to_is_refused(site):
     _, account = await person(site)
     status, problem = await site.api.call("POST", "/v1/logins", {"account_id": account, "state": "x"})
     assert status == 400 and problem["code"] == "missing_field" and problem["field"] == "return_to"
+
+
+async def test_a_key_bound_to_another_company_cannot_read_a_login_or_open_my_login(site, upstream):
+    from services.common.apikeys import create_key
+
+    from ..auth.conftest import Api
+
+    _, account = await person(site)
+    await site.api.enroll(account)
+    login = await start_login(site, upstream, account)
+    other = Api(site.api.client, await create_key(site.runtime.pool, "service", company_id=await site.api.company()))
+    status, problem = await other.call("GET", f"/v1/logins/{login['login_id']}")
+    assert status == 404 and problem["code"] == "login_not_found"
+    status, problem = await other.call("POST", f"/v1/accounts/{account}/portal-sessions", {"return_to": f"{upstream.base}/b"})
+    assert status == 404 and problem["code"] == "account_not_found"
+    _, mine = await site.api.call("GET", f"/v1/logins/{login['login_id']}", expect=200)
+    assert mine["status"] == "pending" and "assertion" not in mine
+
+
+def test_cookies_are_secure_behind_https():
+    from aiohttp import web
+
+    from services.common.pages import Pages
+
+    secure = Pages([], csrf_key=b"k" * 32, secure_cookies=True)
+    response = web.Response()
+    secure.set_cookie(response, "mfa_prompt", "v", max_age=60)
+    header = response.cookies["mfa_prompt"].OutputString()
+    assert "Secure" in header and "HttpOnly" in header and "SameSite=Lax" in header and "Path=/mfa/" in header

@@ -16,6 +16,7 @@ import time
 import uuid
 
 import aiohttp
+import aiosmtplib
 import pytest
 
 from services.common.apikeys import create_key
@@ -145,9 +146,10 @@ async def test_a_worker_that_ignores_its_deadline_is_given_up_and_replaced():
 async def test_logins_keep_p99_under_100ms_while_hostile_mails_and_forms_are_processed(settings, runtime):
     """p99 of POST /v1/logins while the attack runs stays under 100 ms.
 
-    The machine is shared (2 cores, often a load of 8): when logins alone already have a p99 above
-    50 ms, the bound is twice that baseline instead, so the test still fails on a stall (before the
-    fix: p99 237 ms, max 13 s, median 47 ms) and not on a neighbour's load.
+    The machine is shared (2 cores, often a load of 8): when logins alone (measured before and after
+    the attack, the larger p99 of the two) already have a p99 above 50 ms, the bound is twice that
+    baseline instead, so the test still fails on a stall (before the fix: p99 237 ms, max 13 s,
+    median 47 ms) and not on a neighbour's load.
     """
     ports = {name: free_port() for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER", "INBOUND_SMTP")}
     env = env_for(settings, **{f"MFA_{k}_PORT": str(v) for k, v in ports.items()},
@@ -204,6 +206,9 @@ async def test_logins_keep_p99_under_100ms_while_hostile_mails_and_forms_are_pro
                 latencies.append(await login())
             out, _ = await attack
             results = json.loads(out.decode().strip().splitlines()[-1])
+            # The neighbours' load drifts during the test: the baseline is also taken after the attack.
+            after = sorted([await login() for _ in range(200)])
+            baseline_p99 = max(baseline_p99, after[int(len(after) * 0.99) - 1])
             mail_codes, forms = results[:3], [tuple(f) for f in results[3:]]
         latencies.sort()
         p99 = latencies[int(len(latencies) * 0.99) - 1]
@@ -224,3 +229,29 @@ async def test_logins_keep_p99_under_100ms_while_hostile_mails_and_forms_are_pro
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_a_mail_whose_parsing_times_out_is_refused_with_554_and_nothing_stored(runtime):
+    from services.recovery.domain import RateLimits
+    from services.recovery.inbound import InboundMailbox, MailboxHandler
+
+    # A deadline no mail can meet: the worker interrupts itself and the intake gives the mail up.
+    parsers = ParsePool(max_workers=1, timeout=0.001, grace=10)
+    await parsers.start()
+    port = free_port()
+    sender = f"slow.{uuid.uuid4().hex[:8]}@attacker.example"
+    handler = MailboxHandler(runtime.pool, rate_key=b"k" * 32, limits=RateLimits(per_sender=100, per_ip=10_000),
+                             mailbox=(HELPDESK,), parsers=parsers)
+    mailbox = InboundMailbox(handler, "127.0.0.1", port, "mfa.localhost")
+    await mailbox.start()
+    try:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30) as smtp:
+            await smtp.mail(sender)
+            await smtp.rcpt(HELPDESK)
+            with pytest.raises(aiosmtplib.SMTPResponseException) as err:
+                await smtp.data(long_line_mail("x" * 200_000))
+        assert err.value.code == 554
+        assert await runtime.pool.fetchval("SELECT count(*) FROM recovery.tickets WHERE reply_to = $1", sender) == 0
+    finally:
+        await mailbox.stop()
+        await parsers.stop()

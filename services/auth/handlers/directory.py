@@ -6,7 +6,8 @@ from typing import Any
 
 import asyncpg
 
-from ...common.errors import NotFound
+from ...common import i18n
+from ...common.errors import BadRequest, NotFound
 from ...common.events import iso
 from ...common.outbox import add_events
 from .. import domain, store
@@ -48,6 +49,12 @@ async def apply_company(conn: asyncpg.Connection, caller: Caller, data: dict[str
 async def apply_account(conn: asyncpg.Connection, caller: Caller, data: dict[str, Any], *, publish: bool) -> bool:
     """Upsert an account; an unknown company is 404 on HTTP (`publish`), a placeholder for upstream events."""
     data = {**data, "email": domain.check_email(data["email"])}
+    if data.get("time_zone") is not None and i18n.zone(data["time_zone"]) is None:
+        if not publish:  # an upstream event: the account still counts, its mails say UTC
+            data["time_zone"] = None
+        else:
+            raise BadRequest(f"Unknown time zone {data['time_zone'][:64]!r}; use an IANA name like Europe/Amsterdam.",
+                             code="invalid_time_zone", field="time_zone")
     if await store.get_company(conn, data["company_id"]) is None:
         if publish:
             raise NotFound(f"No company {data['company_id']!r}; PUT /v1/companies/{{id}} first.", code="company_not_found")

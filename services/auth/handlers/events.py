@@ -36,6 +36,8 @@ def _about(caller: Caller, event_type: str, account: store.Account, data: dict[s
     person = {"email": account.email, "first_name": account.first_name, "company_name": account.company_name}
     if account.locale:
         person["locale"] = account.locale
+    if account.time_zone:
+        person["time_zone"] = account.time_zone
     return event(
         caller, event_type,
         {"account_id": account.account_id, "company_id": account.company_id, **person, **data},
@@ -150,4 +152,6 @@ def link_requested(
             "company_name": account.company_name, "link_token": sealed_token, "expires_at": iso(expires)}
     if account.locale:
         data["locale"] = account.locale
+    if account.time_zone:
+        data["time_zone"] = account.time_zone
     return event(caller, "BackupEmailRequested", data, subject=account.account_id, company_id=account.company_id)
