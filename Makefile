@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+# node `jose` for the interop test and the quickstart, from the committed lock file
+JOSE := tests/interop/node_modules/.package-lock.json
 
 .PHONY: run test test-fast bench lint clean screenshots
 
@@ -19,6 +21,9 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(STAMP)
 
+$(JOSE): tests/interop/package-lock.json
+	npm ci --prefix tests/interop --no-audit --no-fund
+
 run: $(STAMP)
 	$(BIN)/mfa migrate
 	@echo "Development API keys (shown once; create more with: $(BIN)/mfa api-key create --role ROLE):"
@@ -27,10 +32,10 @@ run: $(STAMP)
 	done
 	MFA_LOG_FORMAT=$${MFA_LOG_FORMAT:-console} $(BIN)/mfa run all
 
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) $(JOSE)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test-fast: $(DEV_STAMP)
+test-fast: $(DEV_STAMP) $(JOSE)
 	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(STAMP)

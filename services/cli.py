@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["service", "helpdesk", "auditor"])
     create.add_argument("--company", default=None, help="bind the key to one company id")
     create.add_argument("--label", default="")
+    create.add_argument("--audience", default=None,
+                        help="service keys: the `aud` of the assertions this key's calls receive (default: the company id)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key (the key itself, or its first 10 characters)")
     revoke.add_argument("key")
     helpdesk = sub.add_parser("helpdesk-link", help="print a single-use sign-in link to the helpdesk console")
@@ -35,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     secrets = sub.add_parser("secrets", help="encryption key tools")
     secrets_sub = secrets.add_subparsers(dest="action", required=True)
     secrets_sub.add_parser("rotate", help="re-encrypt stored TOTP secrets under the newest MFA_SECRET_KEYS key")
+    signing = sub.add_parser("signing-keys", help="the keys that sign assertions")
+    signing_sub = signing.add_subparsers(dest="action", required=True)
+    rotate = signing_sub.add_parser("rotate", help="add the next signing key; the current one stays in the JWKS until its assertions expired")
+    rotate.add_argument("--now", action="store_true",
+                        help="sign with the new key at once (a compromised key) instead of after verifiers' JWKS caches refreshed")
+    signing_sub.add_parser("list", help="the published keys, when each signs and until when it is published")
     return parser
 
 
@@ -66,10 +74,15 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
                 count = await revoke_key(conn, args.key)
                 print(f"revoked {count} key(s); services stop accepting them within 30 s")
                 return 0 if count else 1
-            key = await create_key(conn, args.role, args.company, args.label)
+            try:
+                key = await create_key(conn, args.role, args.company, args.label, args.audience)
+            except ValueError as exc:
+                print(f"mfa: {exc}", file=sys.stderr)
+                return 2
         finally:
             await conn.close()
-        print(f"created {args.role} key" + (f" bound to company {args.company}" if args.company else ""))
+        print(f"created {args.role} key" + (f" bound to company {args.company}" if args.company else "")
+              + (f" for audience {args.audience}" if args.audience else ""))
         print(key)
         return 0
     if args.command == "helpdesk-link":
@@ -85,6 +98,11 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
         from .auth.cli import rotate_command
 
         return await rotate_command(settings)
+    if args.command == "signing-keys":
+        from .auth.cli import signing_keys_command
+
+        await run_migrations(settings, specs)
+        return await signing_keys_command(settings, args.action, now=getattr(args, "now", False))
     return 2
 
 

@@ -268,13 +268,24 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
             procs.append(await asyncio.create_subprocess_exec(mfa, "relay", "auth", env=env,
                                                               stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE))
             await wait_for(lambda: login_id in seen, timeout=15, message="the login's event published by mfa relay")
-            assert await db.fetchval("SELECT count(*) FROM auth.outbox") == 0
+
+            async def outbox_empty() -> bool:
+                return await db.fetchval("SELECT count(*) FROM auth.outbox") == 0
+
+            # The broker may deliver the event before the relay's DELETE of it commits.
+            await wait_for(outbox_empty, timeout=10, message="the relay deleting what the broker confirmed")
             assert await db.fetchval(relay_locks) == 16  # the relay process holds every partition
             async with aiohttp.ClientSession(f"http://127.0.0.1:{relay_port}") as http:
                 async with http.get("/readyz") as r:
                     assert r.status == 200 and (await r.json())["status"] == "ready"
-                async with http.get("/metrics") as r:
-                    text = await r.text()
+
+                async def counted() -> str | None:
+                    async with http.get("/metrics") as r:
+                        body = await r.text()
+                    return body if 'type="LoginChallengeIssued"} 1.0' in body else None
+
+                # Counted right after the relay's commit, which the test may see first.
+                text = await wait_for(counted, timeout=10, message="the published event counted")
             assert 'mfa_outbox_backlog{service="auth"} 0.0' in text
             assert 'mfa_events_published_total{service="auth",type="LoginChallengeIssued"} 1.0' in text
         finally:

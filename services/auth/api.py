@@ -14,6 +14,7 @@ from ..common.web import current_correlation_id, json_response, read_json, requi
 from .handlers import backup_email, directory, disable, enrolment, logins, prompt
 from .handlers.context import Auth, Caller
 from .handlers.prompt import PageConfig
+from .tokens import JWKS_MAX_AGE
 
 AUTH = web.AppKey("auth", Auth)
 PAGE_CONFIG = web.AppKey("page_config", PageConfig)
@@ -60,6 +61,13 @@ def _id(request: web.Request, name: str) -> str:
     return value
 
 
+def _private(data: dict, status: int = 200) -> web.Response:
+    """A JSON answer that carries a secret (a TOTP secret, backup codes, an assertion): never cached."""
+    response = json_response(data, status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def _ctx(request: web.Request) -> tuple[Auth, Caller]:
     principal = require_role(request, "service")
     caller = Caller(principal, current_correlation_id(), Actor("api_key", principal.key_id))
@@ -88,7 +96,7 @@ async def get_mfa(request: web.Request) -> web.Response:
 async def start_enrollment(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     await read_json(request, EMPTY)
-    return json_response(await enrolment.start_enrollment(auth, caller, _id(request, "account_id")), 201)
+    return _private(await enrolment.start_enrollment(auth, caller, _id(request, "account_id")), 201)
 
 
 async def qr_svg(request: web.Request) -> web.Response:
@@ -111,13 +119,13 @@ async def confirm_enrollment(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, CONFIRM)
     result = await enrolment.confirm_enrollment(auth, caller, _id(request, "account_id"), body["code"], body.get("login_id"))
-    return json_response(result, 201)
+    return _private(result, 201)
 
 
 async def regenerate_codes(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     await read_json(request, EMPTY)
-    return json_response(await enrolment.regenerate_backup_codes(auth, caller, _id(request, "account_id")), 201)
+    return _private(await enrolment.regenerate_backup_codes(auth, caller, _id(request, "account_id")), 201)
 
 
 async def put_backup_email(request: web.Request) -> web.Response:
@@ -156,12 +164,12 @@ async def create_login(request: web.Request) -> web.Response:
     result = await logins.start_login(auth, caller, body)
     if return_to is not None and result["decision"] in ("verify", "enroll") and result["status"] == "pending":
         result["prompt_url"] = await prompt.issue_prompt(auth, config, result, return_to, state)
-    return json_response(result, 201)
+    return _private(result, 201)  # `allow` carries an assertion, `prompt_url` a single-use token
 
 
 async def get_login(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
-    return json_response(await prompt.get_login(auth, caller, _id(request, "login_id")))
+    return _private(await prompt.get_login(auth, caller, _id(request, "login_id")))
 
 
 async def create_portal_session(request: web.Request) -> web.Response:
@@ -169,13 +177,13 @@ async def create_portal_session(request: web.Request) -> web.Response:
     body = await read_json(request, PORTAL)
     result = await prompt.issue_portal(auth, caller, request.app[PAGE_CONFIG], _id(request, "account_id"),
                                        body["return_to"])
-    return json_response(result, 201)
+    return _private(result, 201)
 
 
 async def verify_login(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, VERIFY)
-    return json_response(await logins.verify_login(auth, caller, _id(request, "login_id"), body["method"], body["code"]))
+    return _private(await logins.verify_login(auth, caller, _id(request, "login_id"), body["method"], body["code"]))
 
 
 async def login_link(request: web.Request) -> web.Response:
@@ -187,11 +195,14 @@ async def login_link(request: web.Request) -> web.Response:
 async def redeem_link(request: web.Request) -> web.Response:
     auth, caller = _ctx(request)
     body = await read_json(request, TOKEN)
-    return json_response(await logins.redeem_login_link(auth, caller, body["token"]))
+    return _private(await logins.redeem_login_link(auth, caller, body["token"]))
 
 
 async def jwks(request: web.Request) -> web.Response:
-    return json_response(request.app[AUTH].signer.jwks)
+    response = json_response(request.app[AUTH].signer.jwks)
+    # A new key is published PROPAGATION (longer than this) before it signs, so caches stay right.
+    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
+    return response
 
 
 def add_routes(app: web.Application) -> None:

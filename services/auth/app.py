@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,10 +10,10 @@ from aiohttp import web
 
 from ..common.crypto import Keyring
 from ..common.pages import PAGES, Pages, page_middleware
-from ..common.runtime import Runtime
+from ..common.runtime import Runtime, cancel_and_wait
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
-from . import api, consumers, pages
+from . import api, consumers, metrics, pages  # noqa: F401 - metrics: its counters count the events written
 from .handlers.context import SCHEMA, Auth
 from .handlers.prompt import PageConfig
 from .tokens import Signer
@@ -24,7 +25,12 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     keyring = Keyring(runtime.settings.secret_keys)
     signer = await Signer(runtime.settings.issuer_url).load(runtime.pool, keyring)
     app[api.AUTH] = Auth(runtime.pool, keyring, signer)
-    yield
+    # Picks up rotated keys (and drops expired ones) in every process; see tokens.py.
+    reload = asyncio.create_task(signer.run(runtime.pool, keyring), name="auth-signing-keys")
+    try:
+        yield
+    finally:
+        await cancel_and_wait(reload)
 
 
 def _pages(runtime: Runtime, app: web.Application) -> None:

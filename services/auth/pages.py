@@ -13,12 +13,12 @@ import segno
 from aiohttp import web
 
 from ..common.errors import BadRequest, Conflict, Gone, MfaError, TooManyRequests, Unauthorized
-from ..common.events import Actor, iso, parse_time
+from ..common.events import iso, parse_time
 from ..common.pages import PAGES, PageError, Pages, add_static, origin_of, redirect
 from . import domain
 from .api import AUTH
 from .handlers import backup_email, disable, enrolment, logins, prompt, replacement
-from .handlers.context import Auth, Caller, now
+from .handlers.context import Auth, now
 from .handlers.prompt import PORTAL, PROMPT
 from .store import PageSession
 
@@ -299,7 +299,7 @@ async def login_link_page(request: web.Request) -> web.StreamResponse:
         raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
     if link.expires_at <= now():
         raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
-    back = await prompt.return_of_login(_auth(request), link.login_id)
+    back = await prompt.return_of_login(_auth(request), link.company_id, link.login_id)
     return _page(request, "link.html", account, session=token, return_to=back[0] if back else None,
                  prefix="link", action="/mfa/login-link", address="")
 
@@ -312,10 +312,10 @@ async def login_link_redeem(request: web.Request) -> web.StreamResponse:
     if link is None or account is None:
         raise PageError(410, "invalid_token")
     try:
-        await logins.redeem_login_link(auth, Caller(None, None, Actor("user", account.account_id)), token or "")
+        await logins.redeem_login_link(auth, prompt.person_of(account.account_id, link.company_id), token or "")
     except MfaError as exc:
         raise _for(account, exc) from exc
-    back = await prompt.return_of_login(auth, link.login_id)
+    back = await prompt.return_of_login(auth, link.company_id, link.login_id)
     if back:
         response = redirect(prompt.success_url(back[0], back[1], link.login_id))
     else:
@@ -346,8 +346,8 @@ async def confirm_post(request: web.Request) -> web.StreamResponse:
     if row is None or account is None:
         raise PageError(410, "invalid_token")
     try:
-        result = await backup_email.confirm_backup_email(_auth(request), Caller(None, None, Actor("user", row.account_id)),
-                                                         token or "")
+        result = await backup_email.confirm_backup_email(
+            _auth(request), prompt.person_of(row.account_id, row.company_id), token or "")
     except MfaError as exc:
         raise _for(account, exc) from exc
     response = _page(request, "done.html", account, prefix="confirm_done", address=result["address"], back_url=None)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from ..common.metrics import observe_written
 from ..common.outbox import outbox_insert, wake_relays
 
 Conn = asyncpg.Connection
@@ -132,13 +133,16 @@ class VerifyView:
 
 @dataclass(frozen=True, slots=True)
 class Link:
-    """A login link, by the hash of its token."""
+    """A login link, by the hash of its token, with what it stood for when it was sent."""
 
     token_hash: bytes
+    company_id: str
     login_id: str
     account_id: str
     expires_at: datetime
     used_at: datetime | None
+    sent_to: str | None  # the confirmed backup address it was mailed to
+    enrolled_at: datetime | None  # the enrolment it is a second factor for
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +156,13 @@ class Sealed:
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
+    """A stored signing key: it is in the JWKS until `published_until` (None: no end), signs from `activates_at`."""
+
     kid: str
     private_key: str  # sealed PEM
     public_jwk: dict
+    activates_at: datetime
+    published_until: datetime | None
 
 
 # ---- directory --------------------------------------------------------------------------
@@ -225,12 +233,19 @@ _ACCOUNT_VIEW = """
     WHERE a.account_id = $1
 """
 
-async def lock_account_of_login(conn: Conn, login_id: str) -> str | None:
+# Login ids are unique per company. A key bound to a company looks in that company only; a
+# key bound to none (and an upstream event) sees every company and takes the oldest login of
+# that id, which is the one it made: it cannot make an id that exists already (`decide_login`).
+_LOGIN_BY_ID = "login_id = $1 AND ($2::text IS NULL OR company_id = $2) ORDER BY created_at, company_id LIMIT 1"
+
+
+async def lock_account_of_login(conn: Conn, login_id: str, scope: str | None) -> str | None:
     """Lock the account a login belongs to, by the login's id; None when there is no such login."""
     return await conn.fetchval(
         "SELECT account_id FROM auth.accounts"
-        " WHERE account_id = (SELECT account_id FROM auth.logins WHERE login_id = $1) FOR UPDATE",
+        f" WHERE account_id = (SELECT account_id FROM auth.logins WHERE {_LOGIN_BY_ID}) FOR UPDATE",
         login_id,
+        scope,
     )
 
 
@@ -388,7 +403,7 @@ async def insert_login(conn: Conn, row: dict[str, Any]) -> bool:
         await conn.fetchval(
             """INSERT INTO auth.logins (login_id, account_id, company_id, decision, status, ip, user_agent, expires_at,
                    method, completed_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (login_id) DO NOTHING RETURNING true""",
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (login_id, company_id) DO NOTHING RETURNING true""",
             row["login_id"],
             row["account_id"],
             row["company_id"],
@@ -403,68 +418,92 @@ async def insert_login(conn: Conn, row: dict[str, Any]) -> bool:
     )
 
 
-async def get_login(conn: Conn, login_id: str, *, lock: bool = False) -> Login | None:
-    sql = f"SELECT {_columns(Login)} FROM auth.logins WHERE login_id = $1"
-    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id))
+async def find_login(conn: Conn, login_id: str, scope: str | None, *, lock: bool = False) -> Login | None:
+    """The login `login_id` as a caller bound to company `scope` (None: to no company) finds it."""
+    sql = f"SELECT {_columns(Login)} FROM auth.logins WHERE {_LOGIN_BY_ID}"
+    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id, scope))
 
 
-async def update_login(conn: Conn, login_id: str, **fields: Any) -> None:
-    allowed = {"decision", "status", "attempts", "links_sent", "method", "completed_at"}
+async def find_account_login(conn: Conn, account_id: str, login_id: str, *, lock: bool = False) -> Login | None:
+    """The login `login_id` of one account (the newest, whichever company it started in)."""
+    sql = (f"SELECT {_columns(Login)} FROM auth.logins WHERE login_id = $1 AND account_id = $2"
+           " ORDER BY created_at DESC LIMIT 1")
+    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), login_id, account_id))
+
+
+async def get_login(conn: Conn, company_id: str, login_id: str, *, lock: bool = False) -> Login | None:
+    """A login by its key."""
+    sql = f"SELECT {_columns(Login)} FROM auth.logins WHERE company_id = $1 AND login_id = $2"
+    return _row(Login, await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), company_id, login_id))
+
+
+async def update_login(conn: Conn, login: Login, **fields: Any) -> None:
+    allowed = {"decision", "status", "attempts", "links_sent", "method", "completed_at", "expires_at"}
     assert set(fields) <= allowed, fields
     names = list(fields)
-    sets = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
-    await conn.execute(f"UPDATE auth.logins SET {sets} WHERE login_id = $1", login_id, *(fields[n] for n in names))
+    sets = ", ".join(f"{name} = ${i + 3}" for i, name in enumerate(names))
+    await conn.execute(f"UPDATE auth.logins SET {sets} WHERE company_id = $1 AND login_id = $2",
+                       login.company_id, login.login_id, *(fields[n] for n in names))
 
 
-async def get_login_for_verify(conn: Conn, login_id: str) -> VerifyView | None:
+async def get_login_for_verify(conn: Conn, login_id: str, scope: str | None) -> VerifyView | None:
     """A login with what verifying a TOTP code needs of its account, in one read."""
     return _row(VerifyView, await conn.fetchrow(
-        """SELECT l.login_id, l.account_id, l.company_id, l.decision, l.status, l.expires_at,
+        f"""SELECT l.login_id, l.account_id, l.company_id, l.decision, l.status, l.expires_at,
                   a.company_id AS account_company_id, a.totp_secret, a.last_step, a.locked_until
-           FROM auth.logins l JOIN auth.accounts a USING (account_id) WHERE l.login_id = $1""",
+           FROM (SELECT * FROM auth.logins WHERE {_LOGIN_BY_ID}) l JOIN auth.accounts a USING (account_id)""",
         login_id,
+        scope,
     ))
 
 
-async def complete_totp_login(conn: Conn, login_id: str, account_id: str, step: int, event: dict, schema: str) -> bool:
+async def complete_totp_login(conn: Conn, login: VerifyView, step: int, event: dict, schema: str) -> bool:
     """Claim `step` and complete the login with its event, atomically in one statement.
 
-    The account update only matches while `step` is newer than every accepted one and the
-    account is not locked; the login and the outbox row are written only if it matched.
+    The account update only matches while `step` is newer than every accepted one, the
+    account is not locked and is still in the login's company; the login and the outbox row
+    are written only if it matched.
     """
-    insert, args = outbox_insert(schema, event, first_param=4)
+    insert, args = outbox_insert(schema, event, first_param=5)
     done = bool(
         await conn.fetchval(
             f"""WITH claimed AS (
                     UPDATE auth.accounts SET last_step = $3, consecutive_failures = 0, lock_count = 0, locked_until = NULL
-                    WHERE account_id = $2 AND last_step < $3 AND totp_secret IS NOT NULL
+                    WHERE account_id = $2 AND company_id = $4 AND last_step < $3 AND totp_secret IS NOT NULL
                       AND (locked_until IS NULL OR locked_until <= now())
                     RETURNING account_id),
                 completed AS (
                     UPDATE auth.logins SET status = 'succeeded', method = 'totp', completed_at = now()
-                    WHERE login_id = $1 AND status = 'pending' AND decision = 'verify' AND expires_at > now()
-                      AND EXISTS (SELECT 1 FROM claimed)
+                    WHERE company_id = $4 AND login_id = $1 AND status = 'pending' AND decision = 'verify'
+                      AND expires_at > now() AND EXISTS (SELECT 1 FROM claimed)
                     RETURNING login_id),
                 queued AS ({insert} WHERE EXISTS (SELECT 1 FROM completed) RETURNING id)
                 SELECT EXISTS (SELECT 1 FROM queued)""",
-            login_id,
-            account_id,
+            login.login_id,
+            login.account_id,
             step,
+            login.company_id,
             *args,
         )
     )
     if done:
+        observe_written([event])
         await wake_relays(conn, schema)
     return done
 
 
-async def insert_link(conn: Conn, token_hash: bytes, login_id: str, account_id: str, expires_at: datetime) -> None:
+async def insert_link(conn: Conn, token_hash: bytes, login: Login, account: Account, expires_at: datetime) -> None:
+    """A link for `login`, noting the backup address it goes to and the enrolment it stands beside."""
     await conn.execute(
-        "INSERT INTO auth.login_links (token_hash, login_id, account_id, expires_at) VALUES ($1, $2, $3, $4)",
+        """INSERT INTO auth.login_links (token_hash, company_id, login_id, account_id, expires_at, sent_to, enrolled_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
         token_hash,
-        login_id,
-        account_id,
+        login.company_id,
+        login.login_id,
+        account.account_id,
         expires_at,
+        account.backup_email,
+        account.enrolled_at,
     )
 
 
@@ -480,16 +519,33 @@ async def mark_link_used(conn: Conn, token_hash: bytes, at: datetime) -> None:
 # ---- signing keys and rotation ---------------------------------------------------------
 
 async def signing_keys(conn: Conn | asyncpg.Pool) -> list[SigningKey]:
-    """The active signing keys, newest first."""
+    """The keys the JWKS publishes now, newest activation first."""
     rows = await conn.fetch(
-        f"SELECT {_columns(SigningKey)} FROM auth.signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC")
+        f"""SELECT {_columns(SigningKey)} FROM auth.signing_keys
+            WHERE published_until IS NULL OR published_until > now() ORDER BY activates_at DESC, created_at DESC"""
+    )
     return [SigningKey(**row) for row in rows]
 
 
-async def insert_signing_key(conn: Conn, kid: str, private_key: str, public_jwk: dict) -> None:
+async def insert_signing_key(conn: Conn, kid: str, private_key: str, public_jwk: dict,
+                             activates_at: datetime | None = None) -> None:
+    """Store a new key; it signs from `activates_at` (now when None)."""
     await conn.execute(
-        "INSERT INTO auth.signing_keys (kid, private_key, public_jwk) VALUES ($1, $2, $3)", kid, private_key, public_jwk
+        """INSERT INTO auth.signing_keys (kid, private_key, public_jwk, activates_at)
+           VALUES ($1, $2, $3, coalesce($4, now()))""",
+        kid, private_key, public_jwk, activates_at,
     )
+
+
+async def supersede_signing_keys(conn: Conn, new_kid: str, activates_at: datetime,
+                                 published_until: datetime) -> list[tuple[str, datetime]]:
+    """Keys `new_kid` replaces stop signing at `activates_at` and leave the JWKS at `published_until`."""
+    rows = await conn.fetch(
+        """UPDATE auth.signing_keys SET retired_at = $2, published_until = $3
+           WHERE kid <> $1 AND published_until IS NULL RETURNING kid, published_until""",
+        new_kid, activates_at, published_until,
+    )
+    return [(row["kid"], row["published_until"]) for row in rows]
 
 
 async def sealed_secrets(conn: Conn) -> list[Sealed]:
@@ -521,6 +577,7 @@ class PageLink:
 
     kind: str  # prompt or portal
     account_id: str
+    company_id: str  # the login's company (prompt), the account's (portal)
     login_id: str | None
     return_to: str
     state: str | None
@@ -534,23 +591,26 @@ class PageSession:
 
     kind: str
     account_id: str
+    company_id: str
     login_id: str | None
     return_to: str
     state: str | None
     expires_at: datetime
 
 
-async def insert_page_link(conn: Conn, token_hash: bytes, kind: str, account_id: str, login_id: str | None,
-                           return_to: str, state: str | None, expires_at: datetime) -> None:
+async def insert_page_link(conn: Conn, token_hash: bytes, kind: str, account_id: str, company_id: str,
+                           login_id: str | None, return_to: str, state: str | None, expires_at: datetime) -> None:
     """A single-use URL token; a prompt replaces the unused one of the same login (a retried POST /v1/logins)."""
     if login_id is not None:
         await conn.execute(
-            "DELETE FROM auth.page_links WHERE login_id = $1 AND kind = $2 AND used_at IS NULL", login_id, kind
+            "DELETE FROM auth.page_links WHERE login_id = $1 AND company_id = $2 AND kind = $3 AND used_at IS NULL",
+            login_id, company_id, kind,
         )
     await conn.execute(
-        """INSERT INTO auth.page_links (token_hash, kind, account_id, login_id, return_to, state, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        token_hash, kind, account_id, login_id, return_to, state, expires_at,
+        """INSERT INTO auth.page_links (token_hash, kind, account_id, company_id, login_id, return_to, state,
+                                        expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        token_hash, kind, account_id, company_id, login_id, return_to, state, expires_at,
     )
 
 
@@ -572,9 +632,11 @@ async def use_page_link(conn: Conn, token_hash: bytes, kind: str, at: datetime) 
 
 async def insert_page_session(conn: Conn, session_hash: bytes, link: PageLink, expires_at: datetime) -> None:
     await conn.execute(
-        """INSERT INTO auth.page_sessions (session_hash, kind, account_id, login_id, return_to, state, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        session_hash, link.kind, link.account_id, link.login_id, link.return_to, link.state, expires_at,
+        """INSERT INTO auth.page_sessions (session_hash, kind, account_id, company_id, login_id, return_to, state,
+                                           expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        session_hash, link.kind, link.account_id, link.company_id, link.login_id, link.return_to, link.state,
+        expires_at,
     )
 
 
@@ -586,12 +648,12 @@ async def get_page_session(conn: Conn, session_hash: bytes, kind: str, at: datet
     ))
 
 
-async def prompt_of_login(conn: Conn, login_id: str) -> PageLink | None:
+async def prompt_of_login(conn: Conn, company_id: str, login_id: str) -> PageLink | None:
     """The newest prompt link of a login: where its pages send the browser back to."""
     return _row(PageLink, await conn.fetchrow(
-        f"SELECT {_columns(PageLink)} FROM auth.page_links WHERE login_id = $1 AND kind = 'prompt'"
-        " ORDER BY created_at DESC LIMIT 1",
-        login_id,
+        f"SELECT {_columns(PageLink)} FROM auth.page_links WHERE login_id = $1 AND company_id = $2"
+        " AND kind = 'prompt' ORDER BY created_at DESC LIMIT 1",
+        login_id, company_id,
     ))
 
 

@@ -55,7 +55,7 @@ class Settings:
     recovery_rate_per_ip: int = 30  # per client IP (behind an MX relay, raise it: the relay is one IP)
     exchange: str = "mfa.events"
     queue_prefix: str = ""
-    issuer_url: str = "mfa"
+    issuer_url: str = "http://127.0.0.1:8081"  # `iss` of assertions; MFA_ISSUER, default MFA_PUBLIC_URL
     relay_mode: str = "inline"  # inline: `mfa run` publishes its outboxes; separate: `mfa relay` does
     # URL prefixes the hosted pages may send a browser back to (loopback too while in development).
     return_urls: tuple[str, ...] = ()
@@ -114,7 +114,7 @@ class Settings:
             recovery_rate_per_ip=get_int("MFA_RECOVERY_RATE_PER_IP", 30),
             exchange=get("MFA_EXCHANGE", "mfa.events"),
             queue_prefix=get("MFA_QUEUE_PREFIX", ""),
-            issuer_url=get("MFA_ISSUER", "mfa"),
+            issuer_url=get("MFA_ISSUER", get("MFA_PUBLIC_URL", "http://127.0.0.1:8081").rstrip("/")),
             relay_mode=relay_mode,
             return_urls=tuple(u.strip() for u in get("MFA_RETURN_URLS", "").split(",") if u.strip()),
             product_name=get("MFA_PRODUCT_NAME", "MFA"),

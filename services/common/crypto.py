@@ -27,13 +27,15 @@ class Keyring:
         if not keys:
             raise ValueError("at least one key")
         self._keys = dict(keys)
+        # One cipher object per key, made once: it holds no per-message state (the nonce is explicit).
+        self._ciphers = {kid: AESGCM(key) for kid, key in self._keys.items()}
         self.current_id = keys[-1][0]
 
     def seal(self, plaintext: bytes, aad: bytes | str = b"") -> str:
         """Encrypt under the newest key, bound to `aad` (see `common.sealing` for the contexts)."""
         aad = aad.encode() if isinstance(aad, str) else aad
         nonce = os.urandom(12)
-        ct = AESGCM(self._keys[self.current_id]).encrypt(nonce, plaintext, aad)
+        ct = self._ciphers[self.current_id].encrypt(nonce, plaintext, aad)
         return f"v1.{self.current_id}.{base64.urlsafe_b64encode(nonce + ct).decode().rstrip('=')}"
 
     def open(self, sealed: str, aad: bytes | str = b"") -> bytes:
@@ -45,12 +47,12 @@ class Keyring:
             raise CryptoError("malformed sealed value") from exc
         if version != "v1":
             raise CryptoError(f"unknown sealed format {version!r}")
-        key = self._keys.get(key_id)
-        if key is None:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
             raise CryptoError(f"unknown key id {key_id!r}")
         try:
             raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
-            return AESGCM(key).decrypt(raw[:12], raw[12:], aad)
+            return cipher.decrypt(raw[:12], raw[12:], aad)
         except (InvalidTag, ValueError) as exc:
             raise CryptoError("sealed value does not authenticate") from exc
 

@@ -1,13 +1,19 @@
 """E-mail addresses, one rule for every service: syntax by `email-validator`, one comparison key.
 
 International addresses (`jörg@müller.de`, a punycode domain) are valid; control characters,
-display names, quoted local parts, IP literals and reserved names (`.localhost`, `.test`,
-`.invalid`) are not. Deliverability (DNS) is never checked here: that is the mail server's job.
+display names, quoted local parts, IP literals and domains without a dot are not. Whether a
+domain takes mail is never checked here (no DNS, and reserved names such as a directory's
+`corp.local` or `acme.test` are accepted as they always were): that is the mail server's job.
 """
 
 from __future__ import annotations
 
+import email_validator
 from email_validator import EmailNotValidError, validate_email
+
+# The library's documented switch for reserved names: it refuses them as undeliverable, which
+# is not a syntax question (an account's login e-mail may well be `ada@corp.local`).
+email_validator.SPECIAL_USE_DOMAIN_NAMES.clear()
 
 MAX_LENGTH = 254  # RFC 5321 path limit minus the angle brackets
 

@@ -19,7 +19,8 @@ import fastjsonschema
 
 from . import strictjson
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "events"
+# services/schemas links to the top-level schemas/ folder in a checkout and is package data in a wheel.
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "events"
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json"
 AUTH_TYPES = ("user", "service_account", "api_key", "system")

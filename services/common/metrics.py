@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter("mfa_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
@@ -16,3 +19,30 @@ EVENTS_CONSUMED = Counter("mfa_events_consumed_total", "Events handled by consum
 EVENTS_RETRIED = Counter("mfa_events_retried_total", "Events sent to a retry queue", ["queue", "type"])
 EVENTS_PARKED = Counter("mfa_events_parked_total", "Events parked for a human", ["queue", "type", "reason"])
 OUTBOX_BACKLOG = Gauge("mfa_outbox_backlog", "Events written but not yet published", ["service"])
+
+# What a service's use cases did, counted from the events they write: every entry point (API,
+# hosted pages, consumed events) goes through the outbox, so one place counts them all.
+_EVENT_OBSERVERS: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
+
+
+def on_event(*event_types: str) -> Callable[[Callable[[dict[str, Any]], None]], Callable[[dict[str, Any]], None]]:
+    """Decorator: call the function with the `data` of every event of these types a service writes.
+
+    Register at import of a service's metrics module; a function registered twice runs once.
+    """
+
+    def register(fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+        for event_type in event_types:
+            observers = _EVENT_OBSERVERS.setdefault(event_type, [])
+            if fn not in observers:
+                observers.append(fn)
+        return fn
+
+    return register
+
+
+def observe_written(events: list[dict[str, Any]]) -> None:
+    """Count events written to an outbox (in the transaction that commits them)."""
+    for event in events:
+        for observer in _EVENT_OBSERVERS.get(event["type"], ()):
+            observer(event["data"])

@@ -23,7 +23,7 @@ from .broker import Broker
 from .errors import DATABASE_UNAVAILABLE
 from .events import encode
 from .logs import get_logger
-from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from .metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG, observe_written
 
 log = get_logger("outbox")
 
@@ -63,6 +63,7 @@ async def add_events(conn: asyncpg.Connection, schema: str, events: list[dict[st
     await conn.executemany(
         f"INSERT INTO {schema}.outbox ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5)", [_row(e) for e in events]
     )
+    observe_written(events)
     await wake_relays(conn, schema)
 
 

@@ -14,7 +14,7 @@ from ..common.pages import PAGES, Pages, page_middleware
 from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
-from . import handlers, pages
+from . import handlers, metrics, pages  # noqa: F401 - metrics: its counters count the events written
 from .api import LIMITS, MAX_FORM_BYTES, PARSERS, PUBLIC_URL, RATE_KEY, TOKEN_KEY, add_routes
 from .consumers import directory_consumer
 from .domain import RateLimits

@@ -96,3 +96,24 @@ def test_email_comparison_is_trimmed_and_case_insensitive():
         domain.check_email("not-an-email")
     with pytest.raises(BadRequest):
         domain.check_email("a@b.com\r\nBcc: x@y.com")
+
+
+@pytest.mark.parametrize("address", ["jörg@müller.de", "ada@xn--mller-kva.de", "josé.ñ@example.org", "ada+mfa@example.co.uk",
+                                     "ada@corp.local", "ada@acme.test"])
+def test_international_addresses_are_valid(address):
+    assert domain.check_email(f" {address} ") == address
+
+
+@pytest.mark.parametrize("address", ["ada@example", "ada@localhost", "Ada <ada@example.com>", "ada@[192.0.2.1]",
+                                     '"ada"@example.com', "a" * 65 + "@example.com", "ada@" + "a" * 250 + ".com"])
+def test_what_is_not_one_plain_deliverable_address_is_invalid(address):
+    with pytest.raises(BadRequest) as caught:
+        domain.check_email(address)
+    assert caught.value.code == "invalid_email"
+
+
+def test_one_comparison_key_for_case_unicode_and_punycode():
+    assert emails.key(" Jörg@MÜLLER.de ") == emails.key("jörg@xn--mller-kva.de") == "jörg@müller.de"
+    assert emails.same("STRASSE@example.com", "strasse@example.com")
+    assert not emails.same("jörg@müller.de", "jorg@muller.de")
+    assert emails.key(" Not An Address ") == "not an address"  # a lookup by it finds nothing

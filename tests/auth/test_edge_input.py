@@ -231,3 +231,14 @@ async def test_a_backup_email_with_a_control_character_is_refused_over_http(api,
     assert problem["code"] == "invalid_email"
     assert await runtime.pool.fetchval("SELECT count(*) FROM auth.backup_emails WHERE account_id = $1", account) == 0
     await api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": "jos\u00e9@example.org"}, expect=202)
+
+
+async def test_an_international_account_email_is_accepted_and_compared_as_one_mailbox(api):
+    company = await api.company()
+    account = f"acct-{uuid.uuid4().hex[:10]}"
+    _, created = await api.call("PUT", f"/v1/accounts/{account}", {
+        "company_id": company, "email": "jörg@müller.de", "first_name": "Jörg", "last_name": "Müller",
+        "role": "employee", "mfa_required": False}, expect=201)
+    assert created["email"] == "jörg@müller.de"
+    _, same = await api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": "JÖRG@xn--mller-kva.de"}, expect=400)
+    assert same["code"] == "same_as_login_email"

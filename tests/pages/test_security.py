@@ -171,3 +171,33 @@ def test_cookies_are_secure_behind_https():
     secure.set_cookie(response, "mfa_prompt", "v", max_age=60)
     header = response.cookies["mfa_prompt"].OutputString()
     assert "Secure" in header and "HttpOnly" in header and "SameSite=Lax" in header and "Path=/mfa/" in header
+
+
+async def test_two_companies_logins_with_the_same_id_have_prompts_of_their_own(site, upstream, browser):
+    from services.common.apikeys import create_key
+
+    from ..auth.conftest import Api
+
+    logins = {}
+    for name in ("A", "B"):
+        company, account = await person(site)
+        secret, _, _ = await site.api.enroll(account)
+        api = Api(site.api.client, await create_key(site.runtime.pool, "service", company_id=company))
+        _, login = await api.call("POST", "/v1/logins", {"account_id": account, "login_id": "shared-id-1",
+                                                         "return_to": f"{upstream.base}/back"}, expect=201)
+        logins[name] = (api, secret, login)
+    ctx = await browser.new_context()
+    try:
+        page = await ctx.new_page()
+        api_a, secret_a, login_a = logins["A"]
+        await page.goto(login_a["prompt_url"])
+        await page.get_by_label("Verification code").fill(oathtool(secret_a, 30))
+        await page.get_by_role("button", name="Log in").click()
+        await page.wait_for_url(f"{upstream.base}/back**")
+    finally:
+        await ctx.close()
+    _, a = await api_a.call("GET", "/v1/logins/shared-id-1", expect=200)
+    api_b, _, _ = logins["B"]
+    _, b = await api_b.call("GET", "/v1/logins/shared-id-1", expect=200)
+    assert a["status"] == "succeeded" and a["account_id"] == login_a["account_id"]
+    assert b["status"] == "pending" and b["account_id"] == logins["B"][2]["account_id"]

@@ -50,10 +50,10 @@ class Auth:
     def open_secret(self, account_id: str, sealed: str) -> str:
         return self.keyring.open(sealed, aad=sealing.totp_secret(account_id)).decode()
 
-    def assertion(self, account_id: str, company_id: str, login_id: str, method: str) -> str:
-        """The signed assertion that `login_id` passed its second step with `method`."""
+    def assertion(self, caller: Caller, account_id: str, company_id: str, login_id: str, method: str) -> str:
+        """The signed assertion that `login_id` passed its second step with `method`, for the caller's audience."""
         return self.signer.sign(account_id=account_id, company_id=company_id, login_id=login_id,
-                                amr=domain.amr_for(method))
+                                amr=domain.amr_for(method), audience=caller.audience)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,16 @@ class Caller:
 
     def sees(self, company_id: str) -> bool:
         return self.principal is None or self.principal.sees(company_id)
+
+    @property
+    def audience(self) -> str | None:
+        """The `aud` its assertions carry: its API key's audience, None for the company id."""
+        return self.principal.audience if self.principal else None
+
+    @property
+    def scope(self) -> str | None:
+        """The company whose login ids this caller names (None: a caller bound to no company)."""
+        return self.principal.company_id if self.principal is not None else None
 
 
 def now() -> datetime:
@@ -103,15 +113,23 @@ async def lock_pending_login(
     fast path of verify, enrolment, account removal's cascade), so two requests on one login
     wait for each other instead of deadlocking.
     """
-    account_id = await store.lock_account_of_login(conn, login_id)
-    login = await store.get_login(conn, login_id, lock=True)
-    if login is None or not caller.sees(login.company_id):
+    account_id = await store.lock_account_of_login(conn, login_id, caller.scope)
+    login = await store.find_login(conn, login_id, caller.scope, lock=True)
+    if login is None:
         raise NotFound(f"No login {login_id!r}.", code="login_not_found")
     check_pending(login, "verify", at)
     # Locked already, unless the login was committed between the two statements.
     account = await store.get_account(conn, login.account_id, lock=account_id is None)
     assert account is not None  # logins cascade with their account
+    check_same_company(login, account)
     return login, account
+
+
+def check_same_company(login: store.Login, account: store.Account) -> None:
+    """409 `login_state_changed` once the account moved to another company than its login's."""
+    if account.company_id != login.company_id:
+        raise Conflict("The account moved to another company since this login started; start a new login.",
+                       code="login_state_changed")
 
 
 def check_pending(login: store.Login, decision: str, at: datetime) -> None:

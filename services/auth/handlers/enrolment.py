@@ -11,7 +11,7 @@ from ...common.events import iso
 from ...common.outbox import add_events
 from .. import domain, store
 from . import events
-from .context import SCHEMA, Auth, Caller, load_account, now
+from .context import SCHEMA, Auth, Caller, check_same_company, load_account, now
 
 
 async def start_enrollment(auth: Auth, caller: Caller, account_id: str) -> dict[str, Any]:
@@ -75,13 +75,14 @@ async def _confirm(
         raise Gone("The enrolment expired; start a new one.", code="enrollment_expired")
     login = None
     if login_id is not None:
-        login = await store.get_login(conn, login_id, lock=True)
-        if login is None or login.account_id != account_id:
+        login = await store.find_account_login(conn, account_id, login_id, lock=True)
+        if login is None:
             raise NotFound(f"No login {login_id!r} for this account.", code="login_not_found")
         if login.decision != "enroll" or login.status != "pending":
             raise Conflict("This login is not waiting for an enrolment.", code="wrong_login_state")
         if login.expires_at <= at:
             raise Gone("The login expired; log in again.", code="login_expired")
+        check_same_company(login, account)
     secret = auth.open_secret(account_id, pending.totp_secret)
     step = domain.match_totp(domain.decode_secret(secret), code, at)
     if step is None:
@@ -95,9 +96,9 @@ async def _confirm(
     out = [events.enrolled(caller, account, at, login_id)]
     result: dict[str, Any] = {"backup_codes": codes, "enrolled_at": iso(at)}
     if login is not None:
-        await store.update_login(conn, login.login_id, status="succeeded", method="enrollment", completed_at=at)
+        await store.update_login(conn, login, status="succeeded", method="enrollment", completed_at=at)
         out.append(events.login_succeeded(caller, login, "enrollment"))
-        result["assertion"] = auth.assertion(account_id, account.company_id, login.login_id, "enrollment")
+        result["assertion"] = auth.assertion(caller, account_id, account.company_id, login.login_id, "enrollment")
     await add_events(conn, SCHEMA, out)
     return result
 

@@ -15,7 +15,17 @@ from ...common.events import iso
 from ...common.outbox import add_events
 from .. import domain, store
 from . import events
-from .context import SCHEMA, Auth, Caller, check_not_locked, load_account, lock_pending_login, now
+from .context import (
+    SCHEMA,
+    Auth,
+    Caller,
+    check_not_locked,
+    check_pending,
+    check_same_company,
+    load_account,
+    lock_pending_login,
+    now,
+)
 
 # ---- deciding -----------------------------------------------------------------------------
 
@@ -34,7 +44,9 @@ async def decide_login(conn: asyncpg.Connection, auth: Auth, caller: Caller, dat
     """
     login_id = data.get("login_id") or secrets.token_urlsafe(16)
     account = await load_account(conn, caller, data["account_id"])
-    existing = await store.get_login(conn, login_id)
+    # A key bound to no company sees every company's ids (see `store.find_login`), so the id it
+    # names is new only if no company has it; a bound key's ids are its company's alone.
+    existing = await store.find_login(conn, login_id, caller.scope)
     state = domain.MfaState(
         enrolled=account.enrolled,
         forced=account.forced,
@@ -50,10 +62,11 @@ async def decide_login(conn: asyncpg.Connection, auth: Auth, caller: Caller, dat
             raise Conflict("This login id belongs to another account.", code="login_id_conflict")
         if existing.expires_at <= at:
             raise Gone("This login id was used and has expired; start a new login with a new id.", code="login_expired")
+        check_same_company(existing, account)
         if existing.decision != decision:
             raise Conflict("The account's MFA state changed since this login was decided; start a new login.",
                            code="login_state_changed")
-        return _view(auth, existing, methods)
+        return _view(auth, caller, existing, methods)
     row = {
         "login_id": login_id,
         "account_id": account.account_id,
@@ -67,22 +80,22 @@ async def decide_login(conn: asyncpg.Connection, auth: Auth, caller: Caller, dat
         "expires_at": at + domain.LOGIN_TTL,
     }
     inserted = await store.insert_login(conn, row)
-    login = await store.get_login(conn, login_id)
+    login = await store.get_login(conn, account.company_id, login_id)
     assert login is not None
     if not inserted:  # a concurrent request with the same id won
-        return _view(auth, login, methods)
+        return _view(auth, caller, login, methods)
     locked_until = account.locked_until if decision == "deny" else None
     out = [events.challenge_issued(caller, login, decision, methods, login.expires_at, locked_until)]
     if decision == "allow":
         out.append(events.login_succeeded(caller, login, "none"))
     await add_events(conn, SCHEMA, out)
-    result = _view(auth, login, methods)
+    result = _view(auth, caller, login, methods)
     if decision == "deny":
         result["locked_until"] = iso(locked_until)
     return result
 
 
-def _view(auth: Auth, login: store.Login, methods: list[str]) -> dict[str, Any]:
+def _view(auth: Auth, caller: Caller, login: store.Login, methods: list[str]) -> dict[str, Any]:
     """A login as `POST /v1/logins` answers it; with its assertion when it was allowed outright."""
     view = {
         "login_id": login.login_id,
@@ -93,15 +106,15 @@ def _view(auth: Auth, login: store.Login, methods: list[str]) -> dict[str, Any]:
         "expires_at": iso(login.expires_at),
     }
     if login.decision == "allow" and login.status == "succeeded":
-        view["assertion"] = auth.assertion(login.account_id, login.company_id, login.login_id, "none")
+        view["assertion"] = auth.assertion(caller, login.account_id, login.company_id, login.login_id, "none")
     return view
 
 
-def _success(auth: Auth, login: events.LoginRef, method: str) -> dict[str, Any]:
+def _success(auth: Auth, caller: Caller, login: events.LoginRef, method: str) -> dict[str, Any]:
     return {
         "result": "success",
         "login_id": login.login_id,
-        "assertion": auth.assertion(login.account_id, login.company_id, login.login_id, method),
+        "assertion": auth.assertion(caller, login.account_id, login.company_id, login.login_id, method),
     }
 
 
@@ -109,7 +122,7 @@ def _success(auth: Auth, login: events.LoginRef, method: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Refused:
-    """A code that did not pass, already counted in the committed transaction; raised after it."""
+    """A code that did not pass: what it counted (if anything) commits first, then this is raised."""
 
     reason: str  # wrong_code or replayed_code
     attempts_left: int
@@ -148,10 +161,10 @@ async def _verify_totp_fast(
     step single use). Anything else (wrong code, replay, lock, wrong state) returns None
     and takes the locked path, which gives the exact error and counts failures.
     """
-    row = await store.get_login_for_verify(conn, login_id)
+    row = await store.get_login_for_verify(conn, login_id, caller.scope)
     if (
         row is None
-        or not caller.sees(row.company_id)
+        or row.account_company_id != row.company_id
         or row.decision != "verify"
         or row.status != "pending"
         or row.expires_at <= at
@@ -164,9 +177,9 @@ async def _verify_totp_fast(
     if step is None or step <= row.last_step:
         return None
     event = events.login_succeeded(caller, row, "totp")
-    if not await store.complete_totp_login(conn, login_id, row.account_id, step, event, SCHEMA):
+    if not await store.complete_totp_login(conn, row, step, event, SCHEMA):
         return None
-    return _success(auth, row, "totp")
+    return _success(auth, caller, row, "totp")
 
 
 async def _verify_locked(
@@ -186,11 +199,15 @@ async def _verify_locked(
     if step is None:
         return await _count_failure(conn, caller, login, account, method, "wrong_code", at)
     if not await store.claim_step(conn, account.account_id, step):
+        if step == account.last_step:
+            # The very code accepted last, sent again (a double click, a retried request): no
+            # guess, so it counts toward nothing; it still never completes a second login.
+            return await _refuse_resubmission(conn, caller, login, account, method)
         return await _count_failure(conn, caller, login, account, method, "replayed_code", at)
     await store.reset_failures(conn, account.account_id)
-    await store.update_login(conn, login_id, status="succeeded", method="totp", completed_at=at)
+    await store.update_login(conn, login, status="succeeded", method="totp", completed_at=at)
     await add_events(conn, SCHEMA, [events.login_succeeded(caller, login, "totp")])
-    return _success(auth, login, "totp")
+    return _success(auth, caller, login, "totp")
 
 
 async def _backup_code_used(
@@ -201,15 +218,15 @@ async def _backup_code_used(
     out = [events.disabled(caller, account, "backup_code", at)]
     if account.forced:
         # Seed: the backup code turns MFA off; a forced account must set it up again now.
-        await store.update_login(conn, login.login_id, decision="enroll", attempts=0)
+        await store.update_login(conn, login, decision="enroll", attempts=0)
         out.append(events.challenge_issued(caller, login, "enroll", ["totp"], login.expires_at))
         await add_events(conn, SCHEMA, out)
         return {"result": "enroll", "login_id": login.login_id, "decision": "enroll", "methods": ["totp"],
                 "expires_at": iso(login.expires_at), "mfa_disabled": True}
-    await store.update_login(conn, login.login_id, status="succeeded", method="backup_code", completed_at=at)
+    await store.update_login(conn, login, status="succeeded", method="backup_code", completed_at=at)
     out.append(events.login_succeeded(caller, login, "backup_code"))
     await add_events(conn, SCHEMA, out)
-    return {**_success(auth, login, "backup_code"), "mfa_disabled": True}
+    return {**_success(auth, caller, login, "backup_code"), "mfa_disabled": True}
 
 
 async def _count_failure(
@@ -224,7 +241,7 @@ async def _count_failure(
     )
     exhausted = attempts >= domain.MAX_LOGIN_ATTEMPTS or outcome.newly_locked
     await store.update_login(
-        conn, login.login_id, attempts=attempts, **({"status": "failed", "completed_at": at} if exhausted else {}),
+        conn, login, attempts=attempts, **({"status": "failed", "completed_at": at} if exhausted else {}),
     )
     attempts_left = 0 if exhausted else domain.MAX_LOGIN_ATTEMPTS - attempts
     out = [events.login_failed(
@@ -237,30 +254,50 @@ async def _count_failure(
     return Refused(reason, attempts_left, outcome.locked_until)
 
 
+async def _refuse_resubmission(
+    conn: asyncpg.Connection, caller: Caller, login: store.Login, account: store.Account, method: str
+) -> Refused:
+    """`replayed_code` for the last accepted code, leaving the login's and the account's counts as they are."""
+    attempts_left = domain.MAX_LOGIN_ATTEMPTS - login.attempts
+    await add_events(conn, SCHEMA, [events.login_failed(
+        caller, login, method, "replayed_code", attempts_left, account.consecutive_failures,
+    )])
+    return Refused("replayed_code", attempts_left, None)
+
+
 # ---- login links --------------------------------------------------------------------------
 
 async def send_login_link(auth: Auth, caller: Caller, login_id: str) -> dict[str, Any]:
-    """Issue a single-use login link to the verified backup e-mail (sent by the notifier)."""
+    """Issue a single-use login link to the verified backup e-mail (sent by the notifier).
+
+    The link is valid for `LINK_TTL`; a pending login is kept open that long too, so the link
+    never outlives the login it completes (mail can be slow).
+    """
     token = secrets.token_urlsafe(32)  # 256 bits
     at = now()
+    expires = at + domain.LINK_TTL
     async with auth.pool.acquire() as conn, conn.transaction():
         login, account = await lock_pending_login(conn, caller, login_id, at)
         check_not_locked(account, at)
-        if not account.backup_verified_at:
+        if account.backup_email is None:
             raise Conflict("This account has no confirmed backup e-mail.", code="no_backup_email")
         if login.links_sent >= domain.MAX_LINKS_PER_LOGIN:
             raise TooManyRequests("Enough links were sent for this login; use one of them.", code="too_many_links")
-        expires = min(at + domain.LINK_TTL, login.expires_at + domain.LINK_TTL)
-        await store.insert_link(conn, auth.token_hash(token), login_id, account.account_id, expires)
-        await store.update_login(conn, login_id, links_sent=login.links_sent + 1)
+        await store.insert_link(conn, auth.token_hash(token), login, account, expires)
+        await store.update_login(conn, login, links_sent=login.links_sent + 1,
+                                 expires_at=max(login.expires_at, expires))
         sealed = auth.keyring.seal(token.encode(), aad=sealing.login_link_token(account.account_id))
         await add_events(conn, SCHEMA, [events.link_requested(caller, login, account, sealed, expires)])
-    assert account.backup_address is not None
-    return {"sent_to": domain.mask_email(account.backup_address), "expires_at": iso(expires)}
+    return {"sent_to": domain.mask_email(account.backup_email), "expires_at": iso(expires)}
 
 
 async def redeem_login_link(auth: Auth, caller: Caller, token: str) -> dict[str, Any]:
-    """Complete the login a link was sent for: the link is spent, the login succeeds."""
+    """Complete the login a link was sent for, if everything the link stood for still holds.
+
+    As verify does: the login waits for its second step and has not expired, the account is in
+    the login's company, MFA is not locked; and as the link was sent: MFA is the same enrolment
+    (not reset or set up again meanwhile), the address it went to is still the confirmed backup.
+    """
     at = now()
     async with auth.pool.acquire() as conn, conn.transaction():
         link = await store.take_link(conn, auth.token_hash(token))
@@ -271,13 +308,18 @@ async def redeem_login_link(auth: Auth, caller: Caller, token: str) -> dict[str,
         if link.expires_at <= at:
             raise Gone("This login link expired; ask for a new one.", code="token_expired")
         account = await store.get_account(conn, link.account_id, lock=True)  # account before login, as everywhere
-        login = await store.get_login(conn, link.login_id, lock=True)
+        login = await store.get_login(conn, link.company_id, link.login_id, lock=True)
         if login is None or account is None or not caller.sees(login.company_id):
             raise Gone("This login link is unknown.", code="invalid_token")
-        if login.status != "pending":
-            raise Conflict(f"This login is already {login.status}.", code="login_completed")
+        check_pending(login, "verify", at)
+        check_same_company(login, account)
         check_not_locked(account, at)  # a lock from wrong codes holds for every way in
+        if not account.enrolled:
+            raise Conflict("MFA is no longer set up for this account; start a new login.", code="mfa_not_enabled")
+        if account.enrolled_at != link.enrolled_at or account.backup_email != link.sent_to:
+            raise Conflict("MFA or the backup e-mail changed since this link was sent; start a new login.",
+                           code="login_state_changed")
         await store.mark_link_used(conn, link.token_hash, at)
-        await store.update_login(conn, login.login_id, status="succeeded", method="backup_email", completed_at=at)
+        await store.update_login(conn, login, status="succeeded", method="backup_email", completed_at=at)
         await add_events(conn, SCHEMA, [events.login_succeeded(caller, login, "backup_email")])
-    return _success(auth, login, "backup_email")
+    return _success(auth, caller, login, "backup_email")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from ...common.apikeys import Principal
 from ...common.errors import BadRequest, Gone, NotFound
 from ...common.events import Actor, iso, parse_time
 from ...common.pages import new_token, return_url_allowed, with_query
@@ -47,8 +48,10 @@ async def issue_prompt(auth: Auth, config: PageConfig, login: dict[str, Any], re
     """The `prompt_url` of a `verify` or `enroll` login: single use, valid while the login is."""
     token = new_token()
     async with auth.pool.acquire() as conn, conn.transaction():
+        row = await store.find_account_login(conn, login["account_id"], login["login_id"])
+        assert row is not None  # just started or found by start_login
         await store.insert_page_link(
-            conn, auth.token_hash(token), PROMPT, login["account_id"], login["login_id"], return_to, state,
+            conn, auth.token_hash(token), PROMPT, row.account_id, row.company_id, row.login_id, return_to, state,
             parse_time(login["expires_at"]),
         )
     return f"{config.public_url}/mfa/prompt?token={token}"
@@ -60,8 +63,9 @@ async def issue_portal(auth: Auth, caller: Caller, config: PageConfig, account_i
     token = new_token()
     expires = now() + PORTAL_LINK_TTL
     async with auth.pool.acquire() as conn, conn.transaction():
-        await load_account(conn, caller, account_id)
-        await store.insert_page_link(conn, auth.token_hash(token), PORTAL, account_id, None, return_to, None, expires)
+        account = await load_account(conn, caller, account_id)
+        await store.insert_page_link(conn, auth.token_hash(token), PORTAL, account_id, account.company_id, None,
+                                     return_to, None, expires)
     return {"url": f"{config.public_url}/mfa/my-login?token={token}", "expires_at": iso(expires)}
 
 
@@ -95,9 +99,15 @@ async def session_of(auth: Auth, kind: str, cookie: str | None) -> store.PageSes
     return session
 
 
+def person_of(account_id: str, company_id: str) -> Caller:
+    """A person acting on their own account in company `company_id`, as the caller of the use cases."""
+    return Caller(Principal(f"page:{account_id}", "service", company_id), None, Actor("user", account_id))
+
+
 def person(session: store.PageSession) -> Caller:
-    """The person of a page session, as the caller of the use cases."""
-    return Caller(None, None, Actor("user", session.account_id))
+    """The person of a page session, as the caller of the use cases: bound to the session's company,
+    so the login ids it names are that company's."""
+    return person_of(session.account_id, session.company_id)
 
 
 def success_url(return_to: str, state: str | None, login_id: str) -> str:
@@ -124,7 +134,7 @@ class PromptView:
 async def prompt_view(auth: Auth, session: store.PageSession) -> PromptView:
     assert session.login_id is not None
     async with auth.pool.acquire() as conn:
-        login = await store.get_login(conn, session.login_id)
+        login = await store.get_login(conn, session.company_id, session.login_id)
         account = await store.get_account(conn, session.account_id)
     if login is None or account is None:
         raise Gone("The login is gone.", code="session_missing")
@@ -151,14 +161,14 @@ async def pending_secret(auth: Auth, account_id: str) -> str | None:
 async def get_login(auth: Auth, caller: Caller, login_id: str) -> dict[str, Any]:
     """A login's state for its upstream, with the assertion once it succeeded (after the prompt's redirect)."""
     async with auth.pool.acquire() as conn:
-        login = await store.get_login(conn, login_id)
+        login = await store.find_login(conn, login_id, caller.scope)
     if login is None or not caller.sees(login.company_id):
         raise NotFound(f"No login {login_id!r}.", code="login_not_found")
     view: dict[str, Any] = {"login_id": login.login_id, "account_id": login.account_id, "decision": login.decision,
                             "status": login.status, "expires_at": iso(login.expires_at)}
     if login.status == "succeeded":
         view["method"] = login.method
-        view["assertion"] = auth.assertion(login.account_id, login.company_id, login_id, login.method or "none")
+        view["assertion"] = auth.assertion(caller, login.account_id, login.company_id, login_id, login.method or "none")
     return view
 
 
@@ -178,8 +188,8 @@ async def confirm_info(auth: Auth, token: str) -> tuple[store.BackupEmailToken |
     return row, account
 
 
-async def return_of_login(auth: Auth, login_id: str) -> tuple[str, str | None] | None:
-    """Where the prompt of `login_id` sends the browser back to, when it had one."""
+async def return_of_login(auth: Auth, company_id: str, login_id: str) -> tuple[str, str | None] | None:
+    """Where the prompt of a login sends the browser back to, when it had one."""
     async with auth.pool.acquire() as conn:
-        link = await store.prompt_of_login(conn, login_id)
+        link = await store.prompt_of_login(conn, company_id, login_id)
     return (link.return_to, link.state) if link else None
