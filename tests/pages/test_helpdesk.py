@@ -58,7 +58,7 @@ async def test_a_forced_employee_with_a_broken_phone_is_reset_by_the_helpdesk(si
         assert await photo_input.get_attribute("capture") == "user"
         await fill_form(form, who)
         await form.get_by_role("button", name="Send to the helpdesk").click()
-        await form.wait_for_url(f"{desk.base}/recover?sent=1")
+        await form.wait_for_url(f"{desk.base}/recover?sent=1&lang=en")
         assert "Your request was sent" in await form.locator("h1").inner_text()
         ticket_id = await desk.ticket_of(who["email"], who["company"])
 
@@ -167,6 +167,9 @@ async def test_a_rejected_ticket_says_why_and_deletes_the_photo(site, desk, page
                                     form={"csrf": csrf, "reason": "  "}, headers={"Origin": desk.base})
     assert empty.status == 422 and "Give a reason" in await empty.text()
     await page.get_by_label("Reason for rejecting").fill("The name on the ID card is not the account's.")
+    # The agent is the session's: a name slipped into the form changes nothing.
+    await page.evaluate("""() => { const i = document.createElement('input'); i.type = 'hidden'; i.name = 'agent';
+        i.value = 'Mallory'; document.querySelector('form[action$="/reject"]').appendChild(i); }""")
     await page.get_by_role("button", name="Reject").click()
     await page.wait_for_url("**?notice=rejected")
     assert (await page.locator("#decision").inner_text()).startswith("Rejected by Chris on ")
@@ -333,6 +336,7 @@ async def test_every_console_page(site, desk, browser, lang):
         await show(page, "helpdesk-queue", lang, seen)
         await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}")
         await page.locator("img#photo").evaluate("i => i.decode()")
+        assert await page.locator("#related li").count() == 1  # the person's other request
         await show(page, "helpdesk-ticket", lang, seen)
         await page.locator("#claim").click()
         await page.wait_for_url("**?notice=claimed")
