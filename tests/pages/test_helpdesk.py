@@ -356,3 +356,34 @@ async def test_every_console_page(site, desk, browser, lang):
     finally:
         await ctx.close()
     assert len(seen) == 8
+
+
+async def test_a_company_bound_key_signs_in_to_that_companys_tickets_only(site, desk, page):
+    from services.common.apikeys import create_key
+
+    ours, theirs = await forced_employee(site), await forced_employee(site)
+    for who in (ours, theirs):
+        await desk.matched(who["account_id"])
+    our_ticket = await desk.open_ticket(ours["email"], ours["company"])
+    their_ticket = await desk.open_ticket(theirs["email"], theirs["company"])
+    key = await create_key(desk.runtime.pool, "helpdesk", ours["company_id"], label="one customer's desk")
+    await page.goto(await desk.sign_in_link("Kim", key))
+    assert await page.locator(f'tr[data-ticket="{our_ticket}"]').count() == 1
+    assert await page.locator(f'tr[data-ticket="{their_ticket}"]').count() == 0
+    answer = await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{their_ticket}")
+    assert answer.status == 404 and await page.locator("h1").inner_text() == "Ticket not found"
+    photo = await page.request.get(f"{desk.base}/mfa/helpdesk/tickets/{their_ticket}/photo")
+    assert photo.status == 404
+    await page.goto(f"{desk.base}/mfa/helpdesk/search?email={quote(theirs['account_id'])}")
+    assert await page.locator("#no-hits").count() == 1
+
+
+async def test_an_expired_sign_in_link_is_a_clear_page(desk, page):
+    link = await desk.sign_in_link("Lena")
+    await desk.runtime.pool.execute(
+        "UPDATE recovery.helpdesk_links SET expires_at = now() - interval '1 second'"
+        " WHERE agent = 'Lena' AND used_at IS NULL")
+    answer = await page.goto(link)
+    assert answer.status == 410 and await page.locator("h1").inner_text() == "This sign-in link has expired"
+    answer = await page.goto(f"{desk.base}/mfa/helpdesk?token=not-a-token")
+    assert answer.status == 410 and await page.locator("h1").inner_text() == "This sign-in link does not work"
