@@ -63,7 +63,8 @@ bench: $(STAMP)
 # A PNG of every hosted page in English and Dutch (docs/screenshots/), from the page tests in Chromium.
 screenshots: $(DEV_STAMP)
 	MFA_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/pages/test_every_page.py \
-	  tests/pages/test_admin.py::test_every_admin_page
+	  tests/pages/test_admin.py::test_every_admin_page \
+	  tests/pages/test_helpdesk.py::test_every_console_page tests/pages/test_recover_form.py::test_every_form_page
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

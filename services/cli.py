@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="service keys: the `aud` of the assertions this key's calls receive (default: the company id)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key (the key itself, or its first 10 characters)")
     revoke.add_argument("key")
+    helpdesk = sub.add_parser("helpdesk-link", help="print a single-use sign-in link to the helpdesk console")
+    helpdesk.add_argument("--agent", required=True, help="the agent's name, carried by every decision")
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="action", required=True)
     audit_sub.add_parser("verify", help="recompute the audit hash chain")
@@ -92,6 +94,11 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
               + (f" for audience {args.audience}" if args.audience else ""))
         print(key)
         return 0
+    if args.command == "helpdesk-link":
+        from .recovery.cli import helpdesk_link_command
+
+        await run_migrations(settings, specs)
+        return await helpdesk_link_command(settings, args.agent)
     if args.command == "audit":
         from .audit.cli import verify_command
 

@@ -53,7 +53,7 @@ class Stack:
     def headers(self, api: str, path: str) -> dict[str, str]:
         if api == "audit":
             role = "auditor"
-        elif api == "recovery" and path.startswith("/v1/recovery-tickets"):
+        elif api == "recovery" and path.startswith(("/v1/recovery-tickets", "/v1/helpdesk-sessions")):
             role = "helpdesk"
         else:
             role = "service"

@@ -47,6 +47,8 @@ class Settings:
     mail_from: str = "MFA <no-reply@mfa.localhost>"
     helpdesk_email: str = "helpdesk@mfa.localhost"
     public_url: str = "http://127.0.0.1:8081"
+    # The recovery service's own address as a browser reaches it: the helpdesk console and /recover.
+    recovery_public_url: str = "http://127.0.0.1:8082"
     # (key id, 32-byte key) pairs, oldest first; the last one encrypts, all of them decrypt, the first keys the hashes.
     secret_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     log_format: str = "json"
@@ -118,6 +120,7 @@ class Settings:
             mail_from=get("MFA_MAIL_FROM", "MFA <no-reply@mfa.localhost>"),
             helpdesk_email=get("MFA_HELPDESK_EMAIL", "helpdesk@mfa.localhost"),
             public_url=get("MFA_PUBLIC_URL", "http://127.0.0.1:8081").rstrip("/"),
+            recovery_public_url=get("MFA_RECOVERY_PUBLIC_URL", "http://127.0.0.1:8082").rstrip("/"),
             secret_keys=parse_secret_keys(get("MFA_SECRET_KEYS", DEV_SECRET_KEY)),
             log_format=log_format,
             log_level=get("MFA_LOG_LEVEL", "INFO").upper(),

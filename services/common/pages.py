@@ -69,6 +69,8 @@ class Pages:
     secure_cookies: bool = False
     product_name: str = "MFA"
     public_url: str = ""  # behind a proxy the browser's Origin is this one, not the request's own
+    # Pages outside `/mfa/` that get the same headers and error pages (recovery's public `/recover`).
+    page_paths: tuple[str, ...] = ()
     catalogue: i18n.Catalogue = field(default_factory=i18n.catalogue)
 
     def __post_init__(self) -> None:
@@ -100,11 +102,15 @@ class Pages:
         if request.content_length and request.content_length > MAX_FORM:
             raise PageError(413, "too_large")
         data = await request.post()
-        sent = data.get("csrf")
+        self.check_csrf(request, session, data.get("csrf"))
+        return {k: v for k, v in data.items() if isinstance(v, str)}
+
+    def check_csrf(self, request: web.Request, session: str | None, sent: object) -> None:
+        """403 unless `sent` is the CSRF token of `session` (for forms read by other means, e.g. multipart)."""
+        refuse_cross_site(request, origin_of(self.public_url) if self.public_url else None)
         if not session or not isinstance(sent, str) or not hmac.compare_digest(sent, self.csrf_token(session)):
             log.warning("csrf_refused", path=request.path)
             raise PageError(403, "csrf")
-        return {k: v for k, v in data.items() if isinstance(v, str)}
 
     # ---- rendering -------------------------------------------------------------------------
 
@@ -261,10 +267,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def page_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """For `/mfa/` paths: the security headers on every answer and errors as pages."""
-    if not request.path.startswith(PREFIX):
-        return await handler(request)
+    """For `/mfa/` paths (and `Pages.page_paths`): the security headers on every answer and errors as pages."""
     pages = request.app[PAGES]
+    if not (request.path.startswith(PREFIX) or request.path in pages.page_paths):
+        return await handler(request)
     try:
         response = await handler(request)
     except PageError as exc:

@@ -14,7 +14,7 @@ from ..common.errors import (
     Unavailable,
     UnsupportedMedia,
 )
-from ..common.events import Actor
+from ..common.events import Actor, iso
 from ..common.multipart import multipart_parts, read_part
 from ..common.web import (
     RUNTIME,
@@ -26,6 +26,7 @@ from ..common.web import (
 )
 from . import handlers
 from .domain import (
+    AGENT_PATTERN,
     MAX_PHOTO_BYTES,
     PHOTO_EXTENSIONS,
     STATUSES,
@@ -46,6 +47,8 @@ from .workers import JobTimeout, ParsePool
 LIMITS = web.AppKey("recovery_limits", RateLimits)
 PARSERS = web.AppKey("recovery_parsers", ParsePool)
 RATE_KEY = web.AppKey("recovery_rate_key", bytes)
+TOKEN_KEY = web.AppKey("recovery_token_key", bytes)  # keys the hashes of console links and sessions
+PUBLIC_URL = web.AppKey("recovery_public_url", str)
 
 TEXT_FIELDS = ("email", "first_name", "last_name", "company_name", "ip")
 REQUIRED_TEXT = ("email", "first_name", "last_name", "company_name")
@@ -55,7 +58,7 @@ MAX_FORM_BYTES = MAX_PHOTO_BYTES + 256 * 1024
 # The form has six fields; a few unknown ones are tolerated, thousands of empty parts are not.
 MAX_FORM_PARTS = 20
 
-_AGENT = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^\S(?:[^\x00-\x1f\x7f]*\S)?$"}
+_AGENT = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": AGENT_PATTERN}
 _validate_claim = compile_schema({
     "type": "object", "additionalProperties": False, "required": ["agent"],
     "properties": {"agent": _AGENT, "force": {"type": "boolean"}},
@@ -64,14 +67,17 @@ _validate_approve = compile_schema({
     "type": "object", "additionalProperties": False, "required": ["agent"],
     "properties": {"agent": _AGENT, "note": {"type": "string", "maxLength": 2000}},
 })
+_validate_helpdesk_session = compile_schema({
+    "type": "object", "additionalProperties": False, "required": ["agent"], "properties": {"agent": _AGENT},
+})
 _validate_reject = compile_schema({
     "type": "object", "additionalProperties": False, "required": ["agent", "reason"],
     "properties": {"agent": _AGENT, "reason": {"type": "string", "minLength": 1, "maxLength": 2000, "pattern": r"\S"}},
 })
 
 
-async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]:
-    """The multipart form's text fields and photo bytes, with limits on bytes and parts enforced while reading."""
+async def read_form(request: web.Request, text_fields: tuple[str, ...] = TEXT_FIELDS) -> tuple[dict[str, str], bytes | None]:
+    """The multipart form's `text_fields` and photo bytes, with limits on bytes and parts enforced while reading."""
     if request.content_type != "multipart/form-data":
         raise UnsupportedMedia("Send the request as multipart/form-data.", code="multipart_required")
     fields: dict[str, str] = {}
@@ -87,7 +93,7 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]
                 raise BadRequest("Send one photo.", code="duplicate_field", field="photo")
             photo = await read_part(part, MAX_PHOTO_BYTES, PayloadTooLarge(
                 "The photo is larger than 10 MB.", code="photo_too_large"))
-        elif name in TEXT_FIELDS:
+        elif name in text_fields:
             if name in fields:
                 raise BadRequest(f"The field {name} is sent twice.", code="duplicate_field", field=name)
             raw = await read_part(part, MAX_TEXT_FIELD_BYTES, BadRequest(
@@ -159,21 +165,41 @@ async def checked_photo(parsers: ParsePool, data: bytes) -> Photo:
                           retry_after=30) from exc
 
 
-async def create_request(request: web.Request) -> web.Response:
-    """POST /v1/recovery-requests: the same 202 whether or not the account exists."""
-    principal = require_role(request, "service", "helpdesk")
-    fields, photo = await read_form(request)
+async def submit_form(request: web.Request, fields: dict[str, str], photo: bytes | None, *, actor: Actor,
+                      scope_company_id: str | None = None) -> handlers.IntakeResult:
+    """A form's request from field checks to ticket: checks, rate limit, photo decoding, `open_ticket`.
+
+    One path for the API and the public page `/recover`: the same 400/413/415/429 codes, the same
+    ticket as a mail opens, and an answer that never says whether an account matched.
+    """
     intake = form_request(fields, photo, request.remote)
     pool = request.app[RUNTIME].pool
     retry_after = await handlers.check_rate_limit(pool, request.app[RATE_KEY], request.app[LIMITS], intake)
     if retry_after is not None:
         raise TooManyRequests("Too many recovery requests; try again later.", code="rate_limited",
                               retry_after=retry_after)
+    assert photo is not None  # form_request insists on one
     intake = dataclasses.replace(intake, photo=await checked_photo(request.app[PARSERS], photo))
-    result = await handlers.open_ticket(pool, intake, actor=Actor("api_key", principal.key_id),
-                                        correlation_id=current_correlation_id(),
-                                        scope_company_id=principal.company_id)
+    return await handlers.open_ticket(pool, intake, actor=actor, correlation_id=current_correlation_id(),
+                                      scope_company_id=scope_company_id)
+
+
+async def create_request(request: web.Request) -> web.Response:
+    """POST /v1/recovery-requests: the same 202 whether or not the account exists."""
+    principal = require_role(request, "service", "helpdesk")
+    fields, photo = await read_form(request)
+    result = await submit_form(request, fields, photo, actor=Actor("api_key", principal.key_id),
+                               scope_company_id=principal.company_id)
     return json_response({"ticket_id": result.ticket_id}, status=202)
+
+
+async def create_helpdesk_session(request: web.Request) -> web.Response:
+    """POST /v1/helpdesk-sessions {agent}: a single-use sign-in link to the helpdesk console."""
+    principal = require_role(request, "helpdesk")
+    body = await read_json(request, _validate_helpdesk_session)
+    link = await handlers.issue_helpdesk_link(request.app[RUNTIME].pool, request.app[TOKEN_KEY],
+                                              request.app[PUBLIC_URL], body["agent"], principal)
+    return json_response({"url": link.url, "expires_at": iso(link.expires_at)}, status=201)
 
 
 def _ticket_id(request: web.Request) -> str:
@@ -250,6 +276,7 @@ async def reject_ticket(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/recovery-requests", create_request)
+    app.router.add_post("/v1/helpdesk-sessions", create_helpdesk_session)
     app.router.add_get("/v1/recovery-tickets", list_tickets)
     app.router.add_get("/v1/recovery-tickets/{ticket_id}", get_ticket)
     app.router.add_get("/v1/recovery-tickets/{ticket_id}/photo", get_photo)

@@ -10,11 +10,12 @@ from aiohttp import web
 
 from ..common.crypto import Keyring
 from ..common.logs import get_logger
+from ..common.pages import PAGES, Pages, page_middleware
 from ..common.runtime import Runtime
 from ..common.service import ServiceSpec, workers_ctx
 from ..common.web import RUNTIME, create_base_app
-from . import handlers, metrics  # noqa: F401 - metrics: its counters count the events written
-from .api import LIMITS, MAX_FORM_BYTES, PARSERS, RATE_KEY, add_routes
+from . import handlers, metrics, pages  # noqa: F401 - metrics: its counters count the events written
+from .api import LIMITS, MAX_FORM_BYTES, PARSERS, PUBLIC_URL, RATE_KEY, TOKEN_KEY, add_routes
 from .consumers import build_consumers
 from .domain import RateLimits
 from .handlers import SCHEMA
@@ -84,9 +85,23 @@ def create_app(runtime: Runtime, *, limits: RateLimits | None = None,
     app = create_base_app(runtime, SERVICE.name, SCHEMA, client_max_size=MAX_FORM_BYTES)
     settings = runtime.settings
     app[LIMITS] = limits or RateLimits(per_sender=settings.recovery_rate_per_sender, per_ip=settings.recovery_rate_per_ip)
-    app[RATE_KEY] = Keyring(runtime.settings.secret_keys).derive("recovery-rate-limit")
+    keyring = Keyring(settings.secret_keys)
+    app[RATE_KEY] = keyring.derive("recovery-rate-limit")
     app[PARSERS] = parsers or ParsePool()
+    app[TOKEN_KEY] = handlers.console_token_key(keyring)
+    app[PUBLIC_URL] = settings.recovery_public_url
     add_routes(app)
+    # The public form and the helpdesk console (services/recovery/pages.py).
+    app[PAGES] = Pages(
+        [Path(__file__).parent / "templates"],
+        csrf_key=keyring.derive("recovery-page-csrf"),
+        secure_cookies=settings.recovery_public_url.startswith("https://"),
+        product_name=settings.product_name,
+        public_url=settings.recovery_public_url,
+        page_paths=(pages.RECOVER_PATH,),
+    )
+    app.middlewares.append(page_middleware)
+    pages.add_routes(app)
     app.cleanup_ctx.append(parse_pool_ctx)
     app.cleanup_ctx.append(workers_ctx(SERVICE))
     app.cleanup_ctx.append(mailbox_ctx)

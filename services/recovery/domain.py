@@ -20,6 +20,8 @@ MAX_PHOTO_BYTES = 10 * 1024 * 1024
 MAX_MAIL_BYTES = 15 * 1024 * 1024
 MAX_FIELD_CHARS = 200
 PHOTO_RETENTION = timedelta(days=30)
+# An agent's name as decisions carry it: 1-200 characters, no control characters, no outer spaces.
+AGENT_PATTERN = r"^\S(?:[^\x00-\x1f\x7f]*\S)?$"
 
 REQUIRED_FIELDS = ("email", "first_name", "last_name", "company_name", "photo")
 UNDECIDED = ("open", "incomplete", "claimed")
@@ -194,6 +196,11 @@ def new_ticket_fields(req: IntakeRequest) -> TicketFields:
 def event_status(missing: list[str]) -> str:
     """The status a RecoveryTicketOpened event reports: complete or not."""
     return "incomplete" if missing else "open"
+
+
+def valid_agent(name: str) -> bool:
+    """Whether `name` may stand as the agent of claims and decisions (the API's schema checks the same)."""
+    return 1 <= len(name) <= MAX_FIELD_CHARS and re.match(AGENT_PATTERN, name) is not None
 
 
 def check_claim(status: str, claimed_by: str | None, agent: str, force: bool) -> None:

@@ -25,11 +25,12 @@ import asyncpg
 import structlog
 
 from ..common.apikeys import Principal
-from ..common.crypto import keyed_hash
+from ..common.crypto import Keyring, keyed_hash
 from ..common.errors import BadRequest, Conflict, Gone, NotFound
 from ..common.events import Actor, iso, new_event, parse_time
 from ..common.logs import get_logger
 from ..common.outbox import add_events
+from ..common.pages import new_token
 from ..common.web import CONTROL_CHARACTERS
 from . import domain, store
 from .domain import IntakeRequest, RateLimits, TicketFields
@@ -40,6 +41,10 @@ log = get_logger("recovery")
 SCHEMA = "recovery"
 SOURCE = "/mfa/recovery"
 MAILBOX_ACTOR = Actor("system", "recovery-mailbox")
+FORM_ACTOR = Actor("system", "recovery-form")  # the public page /recover, filled in by anyone
+CLI_ACTOR = Actor("system", "mfa-cli")  # decisions in a console signed in with `mfa helpdesk-link`
+HELPDESK_LINK_TTL = timedelta(minutes=10)
+HELPDESK_SESSION_TTL = timedelta(hours=8)  # a working day
 
 
 @dataclass(frozen=True)
@@ -394,3 +399,86 @@ async def prune_rate_limits(pool: asyncpg.Pool, limits: RateLimits, now: datetim
     """Forget counters of windows that are over."""
     now = now or datetime.now(UTC)
     return await store.prune_rate_limits(pool, limits.window_start(now) - limits.window)
+
+
+# ---- helpdesk console: sign-in links and sessions
+
+
+@dataclass(frozen=True)
+class HelpdeskLink:
+    """A single-use sign-in link to the console and when it stops working."""
+
+    url: str
+    expires_at: datetime
+
+
+def console_token_key(keyring: Keyring) -> bytes:
+    """The key of the console's link and session hashes: the app and `mfa helpdesk-link` must agree on it."""
+    return keyring.derive("recovery-helpdesk-session")
+
+
+def agent_of(session: store.HelpdeskSession) -> tuple[Principal, Actor]:
+    """The caller of the ticket use cases for a signed-in agent: the key's scope and the events' actor."""
+    if session.key_id is None:
+        return Principal("mfa-cli", "helpdesk", session.company_id), CLI_ACTOR
+    return Principal(session.key_id, "helpdesk", session.company_id), Actor("api_key", session.key_id)
+
+
+async def issue_helpdesk_link(pool: asyncpg.Pool, token_key: bytes, base_url: str, agent: str,
+                              principal: Principal | None, *, now: datetime | None = None) -> HelpdeskLink:
+    """A single-use link that signs `agent` in to the console (valid 10 minutes), as `principal` or the CLI.
+
+    The agent's name is fixed here, by whoever holds a helpdesk key (or the database): the console
+    never takes it from a form, so nobody decides under another agent's name.
+    """
+    token = new_token()
+    expires = (now or datetime.now(UTC)) + HELPDESK_LINK_TTL
+    async with pool.acquire() as conn:
+        await store.insert_helpdesk_link(conn, keyed_hash(token_key, token), agent,
+                                         principal.key_id if principal else None,
+                                         principal.company_id if principal else None, expires)
+    structlog.contextvars.bind_contextvars(agent=agent)
+    log.info("helpdesk_link_issued", by_key=principal.key_id if principal else None)
+    return HelpdeskLink(f"{base_url}/mfa/helpdesk?token={token}", expires)
+
+
+async def open_helpdesk_link(pool: asyncpg.Pool, token_key: bytes, token: str) -> tuple[str, datetime]:
+    """Exchange a link's token (once, enforced by the database) for a session token of 8 hours."""
+    at = datetime.now(UTC)
+    session = new_token()
+    async with pool.acquire() as conn, conn.transaction():
+        outcome, link = await store.use_helpdesk_link(conn, keyed_hash(token_key, token[:200]), at)
+        if outcome != "ok" or link is None:
+            raise Gone(f"This sign-in link is {outcome}.", code=f"helpdesk_link_{outcome}")
+        expires = at + HELPDESK_SESSION_TTL
+        await store.insert_helpdesk_session(conn, keyed_hash(token_key, session), link, expires)
+    structlog.contextvars.bind_contextvars(agent=link.agent)
+    log.info("helpdesk_signed_in")
+    return session, expires
+
+
+async def helpdesk_session(pool: asyncpg.Pool, token_key: bytes, cookie: str | None) -> store.HelpdeskSession:
+    """The live session of a console cookie, or 410 `session_missing` (signed out, expired, key revoked)."""
+    if not cookie or len(cookie) > 100:
+        raise Gone("There is no helpdesk session.", code="helpdesk_session_missing")
+    async with pool.acquire() as conn:
+        session = await store.get_helpdesk_session(conn, keyed_hash(token_key, cookie), datetime.now(UTC))
+    if session is None:
+        raise Gone("There is no helpdesk session.", code="helpdesk_session_missing")
+    return session
+
+
+async def sign_out(pool: asyncpg.Pool, token_key: bytes, cookie: str) -> None:
+    """End a console session; its cookie opens nothing any more."""
+    async with pool.acquire() as conn:
+        await store.end_helpdesk_session(conn, keyed_hash(token_key, cookie), datetime.now(UTC))
+    log.info("helpdesk_signed_out")
+
+
+async def search_directory(pool: asyncpg.Pool, principal: Principal, email: str) -> list[store.DirectoryHit]:
+    """Accounts of the directory copy whose email starts with `email`, for a ticket that matched none."""
+    email = email.strip()[:254]
+    if len(email) < 3 or CONTROL_CHARACTERS.search(email):
+        return []
+    async with pool.acquire() as conn:
+        return await store.search_accounts(conn, email, principal.company_id)

@@ -413,3 +413,100 @@ async def hit(conn: asyncpg.Connection | asyncpg.Pool, key: bytes, window_start:
 async def prune_rate_limits(conn: asyncpg.Connection | asyncpg.Pool, before: datetime) -> int:
     result = await conn.execute("DELETE FROM recovery.rate_limits WHERE window_start < $1", before)
     return int(result.split()[-1])
+
+
+# ---- helpdesk console: sign-in links and sessions (keyed hashes only)
+
+
+@dataclass(frozen=True)
+class HelpdeskSession:
+    """A signed-in agent: the name decisions carry and the key (and company binding) behind it."""
+
+    agent: str
+    key_id: str | None
+    company_id: str | None
+    expires_at: datetime
+
+
+async def insert_helpdesk_link(conn: asyncpg.Connection, token_hash: bytes, agent: str, key_id: str | None,
+                               company_id: str | None, expires_at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.helpdesk_links (token_hash, agent, key_id, company_id, expires_at)
+           VALUES ($1, $2, $3, $4, $5)""",
+        token_hash, agent, key_id, company_id, expires_at,
+    )
+
+
+async def use_helpdesk_link(conn: asyncpg.Connection, token_hash: bytes,
+                            at: datetime) -> tuple[str, HelpdeskSession | None]:
+    """Mark a link used, once: ("ok", its agent), ("used" | "expired", ...), or ("unknown", None).
+
+    The UPDATE's WHERE makes the single use hold in the database, whoever races.
+    """
+    row = await conn.fetchrow(
+        """UPDATE recovery.helpdesk_links SET used_at = $2
+           WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2
+           RETURNING agent, key_id, company_id, expires_at""",
+        token_hash, at,
+    )
+    if row is not None:
+        return "ok", _row(HelpdeskSession, row)
+    row = await conn.fetchrow(
+        "SELECT agent, key_id, company_id, expires_at, used_at FROM recovery.helpdesk_links WHERE token_hash = $1",
+        token_hash,
+    )
+    if row is None:
+        return "unknown", None
+    return ("used" if row["used_at"] is not None else "expired"), _row(HelpdeskSession, row)
+
+
+async def insert_helpdesk_session(conn: asyncpg.Connection, session_hash: bytes, link: HelpdeskSession,
+                                  expires_at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO recovery.helpdesk_sessions (session_hash, agent, key_id, company_id, expires_at)
+           VALUES ($1, $2, $3, $4, $5)""",
+        session_hash, link.agent, link.key_id, link.company_id, expires_at,
+    )
+
+
+async def get_helpdesk_session(conn: asyncpg.Connection, session_hash: bytes, at: datetime) -> HelpdeskSession | None:
+    """The live session: not ended, not expired, and its API key (if any) not revoked."""
+    return _row(HelpdeskSession, await conn.fetchrow(
+        """SELECT s.agent, s.key_id, s.company_id, s.expires_at FROM recovery.helpdesk_sessions s
+           WHERE s.session_hash = $1 AND s.ended_at IS NULL AND s.expires_at > $2
+             AND (s.key_id IS NULL OR EXISTS (SELECT 1 FROM iam.api_keys k
+                                              WHERE k.id = s.key_id::uuid AND k.revoked_at IS NULL))""",
+        session_hash, at,
+    ))
+
+
+async def end_helpdesk_session(conn: asyncpg.Connection, session_hash: bytes, at: datetime) -> None:
+    await conn.execute(
+        "UPDATE recovery.helpdesk_sessions SET ended_at = $2 WHERE session_hash = $1 AND ended_at IS NULL",
+        session_hash, at,
+    )
+
+
+@dataclass(frozen=True)
+class DirectoryHit:
+    """An account of the directory copy found by the console's search."""
+
+    account_id: str
+    company_id: str | None
+    company_name: str | None
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+
+
+async def search_accounts(conn: asyncpg.Connection, email: str, company_id: str | None,
+                          limit: int = 20) -> list[DirectoryHit]:
+    """Live accounts whose email starts with `email` (case-insensitive), within `company_id` when given."""
+    pattern = email.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return [_row(DirectoryHit, r) for r in await conn.fetch(
+        f"""SELECT a.account_id, a.company_id, c.name AS company_name, a.email, a.first_name, a.last_name
+            FROM recovery.accounts a LEFT JOIN recovery.companies c ON c.company_id = a.company_id
+            WHERE lower(a.email) LIKE $1 AND {_LIVE} AND ($2::text IS NULL OR a.company_id = $2)
+            ORDER BY lower(a.email), a.account_id LIMIT $3""",
+        pattern, company_id, limit,
+    )]

@@ -151,7 +151,7 @@ def arrival_of(page_url: str) -> dict[str, list[str]]:
 
 
 _RAW_KEY = re.compile(r"(?<![@.\w-])(?:verify|backup|enroll|codes|portal|mail|link|link_done|confirm|confirm_done|notice|error"
-                      r"|common|layout)\.[a-z_]+\b")
+                      r"|common|layout|helpdesk|recover)\.[a-z_]+\b")
 
 
 async def check_axe(page) -> None:
@@ -182,3 +182,7 @@ async def link_to(mailbox: TestSmtpServer, address: str, path: str) -> str:
     match = re.search(r"https?://\S+" + re.escape(path) + r"\?token=[A-Za-z0-9_\-]+", _text(mail))
     assert match, f"no {path} link in:\n{_text(mail)}"
     return match.group(0)
+
+
+# The recovery pages' fixture (the recovery and audit apps beside `site`), for the form and console tests.
+from .recovery_site import desk  # noqa: E402,F401

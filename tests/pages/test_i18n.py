@@ -11,11 +11,13 @@ from ..auth.conftest import oathtool
 from .conftest import person, start_login
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE_DIRS = [ROOT / "services" / "common" / "templates", ROOT / "services" / "auth" / "templates"]
-CODE = [ROOT / "services" / "auth" / "pages.py", ROOT / "services" / "common" / "pages.py"]
+TEMPLATE_DIRS = [ROOT / "services" / "common" / "templates", ROOT / "services" / "auth" / "templates",
+                 ROOT / "services" / "recovery" / "templates"]
+CODE = [ROOT / "services" / "auth" / "pages.py", ROOT / "services" / "common" / "pages.py",
+        ROOT / "services" / "recovery" / "pages.py"]
 # `_("key")` in templates; `_text(request, account, "key"` and `"key"` arguments in the page code.
 _TEMPLATE_KEY = re.compile(r"""_\(\s*["']([a-z_]+\.[a-z_.]+)["']""")
-_CODE_KEY = re.compile(r"""["']((?:verify|backup|enroll|codes|portal|mail|link|confirm|notice|error|common|layout)\.[a-z_.]+)["']""")
+_CODE_KEY = re.compile(r"""["']((?:verify|backup|enroll|codes|portal|mail|link|confirm|notice|error|common|layout|helpdesk|recover)\.[a-z_.]+)["']""")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}|\$(\w+)")
 MAIL_TEMPLATES = ROOT / "services" / "notifier" / "templates"
 _MAIL_KEY = re.compile(r"\[\[([a-z_.]+)\]\]")
@@ -25,7 +27,8 @@ def _used_keys() -> set[str]:
     keys: set[str] = set()
     for folder in TEMPLATE_DIRS:
         for path in folder.glob("*.html"):
-            keys |= set(_TEMPLATE_KEY.findall(path.read_text(encoding="utf-8")))
+            # A key built in the template (`"recover.field." ~ name`) shows only its stem here: not a key.
+            keys |= {k for k in _TEMPLATE_KEY.findall(path.read_text(encoding="utf-8")) if not k.endswith((".", "_"))}
     for path in MAIL_TEMPLATES.iterdir():
         keys |= set(_MAIL_KEY.findall(path.read_text(encoding="utf-8"))) - {"greeting"}
     for path in CODE:
