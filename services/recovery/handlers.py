@@ -167,22 +167,11 @@ def _opened_data(ticket_id: str, channel: str, fields: TicketFields, account_id:
 # ---- helpdesk
 
 
-async def _ensure_match(conn: asyncpg.Connection, ticket: Ticket) -> Ticket:
-    """The ticket, matched now to its account if the directory learnt of it after the intake."""
-    if ticket.account_id is not None or not (ticket.email_key and ticket.company_key):
-        return ticket
-    matches = await store.find_accounts(conn, ticket.email_key, ticket.company_key, ticket.scope_company_id)
-    if len(matches) != 1:
-        return ticket
-    return await store.set_match(conn, ticket.ticket_id, matches[0].account_id, matches[0].company_id)
-
-
 async def _visible_ticket(conn: asyncpg.Connection, ticket_id: str, principal: Principal,
                           *, for_update: bool = False) -> Ticket:
     ticket = await store.get_ticket(conn, ticket_id, for_update=for_update)
     if ticket is None:
         raise NotFound("No such recovery ticket.", code="ticket_not_found")
-    ticket = await _ensure_match(conn, ticket)
     # A key bound to a company sees only tickets matched to it: anything else is "not found".
     if not principal.sees(ticket.company_id):
         raise NotFound("No such recovery ticket.", code="ticket_not_found")

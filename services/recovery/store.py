@@ -218,6 +218,43 @@ async def find_accounts(conn: asyncpg.Connection, email_key: str, company_key: s
     )]
 
 
+async def company_name_key(conn: asyncpg.Connection, company_id: str) -> str | None:
+    """The matching key of a company's name as the directory copy holds it, or None when not known yet."""
+    return await conn.fetchval("SELECT name_key FROM recovery.companies WHERE company_id = $1", company_id)
+
+
+async def match_waiting_tickets(conn: asyncpg.Connection, *, account_id: str | None = None,
+                                company_id: str | None = None) -> int:
+    """Match the undecided, unmatched tickets that this account (or this company's accounts) now answer.
+
+    The directory may learn of an account after its person wrote in; the ticket is matched as soon
+    as the account or its company arrives, and only when exactly one live account answers it.
+    The number of tickets matched.
+    """
+    status = await conn.execute(
+        f"""WITH candidates AS (
+              SELECT t.ticket_id, t.email_key, t.company_key, t.scope_company_id FROM recovery.tickets t
+              WHERE t.account_id IS NULL AND t.status = ANY($3::text[])
+                AND (t.email_key, t.company_key) IN (
+                  SELECT a.email_key, c.name_key FROM recovery.accounts a
+                  JOIN recovery.companies c ON c.company_id = a.company_id
+                  WHERE a.account_id = $1 OR a.company_id = $2)
+            ), matches AS (
+              SELECT k.ticket_id, min(a.account_id) AS account_id, min(a.company_id) AS company_id,
+                     count(*) AS answers
+              FROM candidates k
+              JOIN recovery.accounts a ON a.email_key = k.email_key
+              JOIN recovery.companies c ON c.company_id = a.company_id AND c.name_key = k.company_key
+              WHERE {_LIVE} AND (k.scope_company_id IS NULL OR a.company_id = k.scope_company_id)
+              GROUP BY k.ticket_id
+            )
+            UPDATE recovery.tickets t SET account_id = m.account_id, company_id = m.company_id, updated_at = now()
+            FROM matches m WHERE t.ticket_id = m.ticket_id AND m.answers = 1 AND t.account_id IS NULL""",
+        account_id, company_id, list(UNDECIDED),
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def account_details(conn: asyncpg.Connection, account_id: str) -> AccountDetails | None:
     """The live account with its company, or None when unknown or removed."""
     return _row(AccountDetails, await conn.fetchrow(
@@ -301,15 +338,6 @@ async def list_tickets(conn: asyncpg.Connection, *, statuses: list[str], company
             ORDER BY created_at, ticket_id LIMIT $5""",
         statuses, company_id, after[0] if after else None, after[1] if after else "", limit,
     )]
-
-
-async def set_match(conn: asyncpg.Connection, ticket_id: str, account_id: str, company_id: str | None) -> Ticket:
-    """Record the account a ticket matched; the updated ticket."""
-    return _row(Ticket, await conn.fetchrow(
-        f"""UPDATE recovery.tickets SET account_id = $2, company_id = $3, updated_at = now() WHERE ticket_id = $1
-            RETURNING {TICKET_COLUMNS}""",
-        ticket_id, account_id, company_id,
-    ))
 
 
 async def claim_ticket(conn: asyncpg.Connection, ticket_id: str, agent: str) -> Ticket:
