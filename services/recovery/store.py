@@ -360,8 +360,8 @@ async def decide_ticket(conn: asyncpg.Connection, ticket_id: str, status: str, a
     ))
 
 
-async def mark_photo_expired(conn: asyncpg.Connection, ticket_id: str) -> None:
-    """The photo is gone: the ticket needs a new one before it can be approved."""
+async def mark_photos_expired(conn: asyncpg.Connection, ticket_ids: list[str]) -> None:
+    """The photos are gone: the tickets need a new one before they can be approved."""
     await conn.execute(
         """UPDATE recovery.tickets SET
              missing = CASE WHEN 'photo' = ANY(missing) THEN missing ELSE missing || '{photo}'::text[] END,
@@ -369,8 +369,8 @@ async def mark_photo_expired(conn: asyncpg.Connection, ticket_id: str) -> None:
                              ELSE problems || '{photo_expired}'::text[] END,
              status = CASE WHEN status = 'open' THEN 'incomplete' ELSE status END,
              updated_at = now()
-           WHERE ticket_id = $1""",
-        ticket_id,
+           WHERE ticket_id = ANY($1::text[])""",
+        ticket_ids,
     )
 
 
@@ -398,14 +398,20 @@ async def photo_meta(conn: asyncpg.Connection, ticket_id: str) -> StoredPhoto | 
 
 async def delete_photo(conn: asyncpg.Connection, ticket_id: str, reason: str) -> PhotoDeletion | None:
     """Delete the ticket's photo and record the deletion in the same statement; None when there was none."""
-    return _row(PhotoDeletion, await conn.fetchrow(
-        """WITH gone AS (DELETE FROM recovery.photos WHERE ticket_id = $1
+    deleted = await delete_photos(conn, [ticket_id], reason)
+    return deleted[0] if deleted else None
+
+
+async def delete_photos(conn: asyncpg.Connection, ticket_ids: list[str], reason: str) -> list[PhotoDeletion]:
+    """Delete these tickets' photos and record each deletion, in one statement; the deletions made."""
+    return [_row(PhotoDeletion, r) for r in await conn.fetch(
+        """WITH gone AS (DELETE FROM recovery.photos WHERE ticket_id = ANY($1::text[])
                          RETURNING ticket_id, content_type, size, sha256, received_at)
            INSERT INTO recovery.photo_deletions (ticket_id, reason, content_type, size, sha256, received_at)
            SELECT ticket_id, $2, content_type, size, sha256, received_at FROM gone
            RETURNING id, ticket_id, reason, content_type, size, sha256, received_at, deleted_at""",
-        ticket_id, reason,
-    ))
+        ticket_ids, reason,
+    )]
 
 
 async def last_photo_deletion(conn: asyncpg.Connection, ticket_id: str) -> PhotoDeletion | None:
@@ -429,13 +435,16 @@ async def expired_photo_tickets(conn: asyncpg.Connection, cutoff: datetime, limi
 # ---- rate limits
 
 
-async def hit(conn: asyncpg.Connection | asyncpg.Pool, key: bytes, window_start: datetime) -> int:
-    """Count one hit for `key` in its window; returns the hits so far, this one included."""
-    return await conn.fetchval(
-        """INSERT INTO recovery.rate_limits (key, window_start, hits) VALUES ($1, $2, 1)
-           ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_limits.hits + 1 RETURNING hits""",
-        key, window_start,
+async def hits(conn: asyncpg.Connection | asyncpg.Pool, keys: list[bytes], window_start: datetime) -> list[int]:
+    """Count one hit for each key in its window, in one statement; the hits so far of each, this one included."""
+    rows = await conn.fetch(
+        """INSERT INTO recovery.rate_limits (key, window_start, hits)
+           SELECT key, $2, 1 FROM unnest($1::bytea[]) WITH ORDINALITY AS k(key, n) ORDER BY n
+           ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_limits.hits + 1 RETURNING key, hits""",
+        keys, window_start,
     )
+    counted = {r["key"]: r["hits"] for r in rows}
+    return [counted[key] for key in keys]
 
 
 async def prune_rate_limits(conn: asyncpg.Connection | asyncpg.Pool, before: datetime) -> int:
