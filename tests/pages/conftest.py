@@ -4,8 +4,10 @@ an upstream the browser is sent back to, and Debian's Chromium driven by Playwri
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import uuid
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -221,6 +223,27 @@ async def check_axe(page) -> None:
     result = await Axe().run(page)
     bad = [(v["id"], v["impact"], v["help"]) for v in result.response["violations"] if v["impact"] in ("serious", "critical")]
     assert not bad, f"{page.url}: {bad}"
+
+
+async def tab_to(page, selector: str, limit: int = 25) -> None:
+    """Press Tab until the element matching `selector` has the focus (as a keyboard user would)."""
+    for _ in range(limit):
+        if await page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
+            return
+        await page.keyboard.press("Tab")
+    raise AssertionError(f"{selector} cannot be reached with Tab on {page.url}")
+
+
+async def show(page, name: str, lang: str, seen: list[str] | None = None) -> None:
+    """Check a page with axe (and for raw keys); with MFA_SCREENSHOTS=<folder> (what `make screenshots`
+    sets), also save it as `<folder>/<name>.<lang>.png`, the pictures in README and docs/screenshots/."""
+    assert await page.locator("html").get_attribute("lang") == lang, f"{name} is not in {lang}"
+    await check_axe(page)
+    if seen is not None:
+        seen.append(name)
+    shots = os.environ.get("MFA_SCREENSHOTS")
+    if shots:  # Playwright makes the folder
+        await page.screenshot(path=str(Path(shots) / f"{name}.{lang}.png"), full_page=True)
 
 
 def _text(mail) -> str:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -24,9 +22,6 @@ from ..conftest import free_port, wait_for
 if TYPE_CHECKING:
     from .conftest import Site
 
-SHOTS = os.environ.get("MFA_SCREENSHOTS")
-if SHOTS:
-    Path(SHOTS).mkdir(parents=True, exist_ok=True)
 PER_SENDER = 3  # requests per hour per email on the form, as for mail (the per-IP limit is lifted: all is 127.0.0.1)
 
 
@@ -172,15 +167,3 @@ async def fill_form(page, who: dict[str, str], photo: bytes | None = None, *, na
     await page.get_by_label("Company name").fill(who["company"])
     await page.locator("#photo").set_input_files(files=[{"name": name, "mimeType": mime,
                                                          "buffer": id_photo() if photo is None else photo}])
-
-
-async def show(page, name: str, lang: str, seen: list[str] | None = None) -> None:
-    """Check a page with axe (and for raw keys); with MFA_SCREENSHOTS, save it as `<name>.<lang>.png`."""
-    from .conftest import check_axe
-
-    assert await page.locator("html").get_attribute("lang") == lang, f"{name} is not in {lang}"
-    await check_axe(page)
-    if seen is not None:
-        seen.append(name)
-    if SHOTS:
-        await page.screenshot(path=str(Path(SHOTS) / f"{name}.{lang}.png"), full_page=True)

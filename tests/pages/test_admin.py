@@ -25,6 +25,8 @@ from .conftest import (
     csrf_of,
     open_admin,
     row_of,
+    show,
+    tab_to,
 )
 
 
@@ -366,21 +368,14 @@ async def test_keyboard_only_from_search_to_disable_mfa(site, upstream, page):
     await site.api.enroll(staff)
     await open_admin(site, upstream, page, company_id, admin_id)
 
-    async def tab_to(selector: str, limit: int = 40) -> None:
-        for _ in range(limit):
-            await page.keyboard.press("Tab")
-            if await page.evaluate("s => document.activeElement.matches(s)", selector):
-                return
-        raise AssertionError(f"Tab never reached {selector}")
-
-    await tab_to("#q")
+    await tab_to(page, "#q", limit=40)
     await page.keyboard.type("Keyboard")
     await page.keyboard.press("Enter")
     await page.wait_for_url("**q=Keyboard")
-    await tab_to(f'a[href$="/{staff}"]')
+    await tab_to(page, f'a[href$="/{staff}"]', limit=40)
     await page.keyboard.press("Enter")
     await page.wait_for_url(f"**/mfa/admin/employees/{staff}")
-    await tab_to("#disable-mfa")
+    await tab_to(page, "#disable-mfa", limit=40)
     focus_ring = await page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
     assert focus_ring == "solid"
     await page.keyboard.press("Enter")
@@ -472,8 +467,6 @@ def test_every_admin_key_is_in_both_languages():
 @pytest.mark.parametrize("lang", ["en", "nl"])
 async def test_every_admin_page(site, upstream, browser, lang):
     """Each admin page in `lang`, axe-checked; `make screenshots` (MFA_SCREENSHOTS) saves them as PNGs."""
-    from .test_every_page import _show
-
     company_id, admin_id = await company_with_admin(site, name="Acme Logistics", locale=lang)
     staff = {}
     for first, last, required in (("Ada", "Lovelace", False), ("Brian", "Kernighan", True), ("Carla", "Mendes", False),
@@ -492,24 +485,24 @@ async def test_every_admin_page(site, upstream, browser, lang):
     try:
         page = await ctx.new_page()
         await open_admin(site, upstream, page, company_id, admin_id)
-        await _show(page, "admin-employees", lang, seen)
+        await show(page, "admin-employees", lang, seen)
         await page.locator("#q").fill("Kernighan")
         await page.locator("form.search button").click()
         await page.wait_for_url("**q=Kernighan")
-        await _show(page, "admin-employees-search", lang, seen)
+        await show(page, "admin-employees-search", lang, seen)
         await page.goto(f"{site.base}/mfa/admin/employees/{staff['Ada']}")
-        await _show(page, "admin-summary", lang, seen)
+        await show(page, "admin-summary", lang, seen)
         await page.goto(f"{site.base}/mfa/admin/employees/{staff['Brian']}")
-        await _show(page, "admin-summary-forced", lang, seen)
+        await show(page, "admin-summary-forced", lang, seen)
         await page.goto(f"{site.base}/mfa/admin/employees")
         await page.locator('form[action="/mfa/admin/require"] button').click()
         await page.wait_for_url("**notice=company_on")
-        await _show(page, "admin-company-required", lang, seen)
+        await show(page, "admin-company-required", lang, seen)
         await site.api.call("PUT", f"/v1/accounts/{admin_id}", {
             "company_id": company_id, "email": f"{admin_id}@example.com", "first_name": "Grace",
             "last_name": "Hopper", "role": "employee", "mfa_required": False, "locale": lang}, expect=200)
         await page.reload()
-        await _show(page, "admin-error-not-admin", lang, seen)
+        await show(page, "admin-error-not-admin", lang, seen)
     finally:
         await ctx.close()
     assert len(seen) == 6

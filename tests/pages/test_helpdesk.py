@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import pytest
 
-from .recovery_site import forced_employee, show
-from .test_keyboard_nojs import _tab_to
+from .conftest import show, tab_to
+from .recovery_site import forced_employee
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,12 +170,12 @@ async def test_claim_and_approve_by_keyboard_alone(site, desk, page):
     ticket_id = await desk.open_ticket(who["email"], who["company"])
     await page.goto(await desk.sign_in_link("Hank"))
     await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}")
-    await _tab_to(page, "#claim", limit=40)
+    await tab_to(page, "#claim", limit=40)
     await page.keyboard.press("Enter")
     await page.wait_for_url("**?notice=claimed")
-    await _tab_to(page, "#note", limit=40)
+    await tab_to(page, "#note", limit=40)
     await page.keyboard.type("Checked by keyboard.")
-    await _tab_to(page, "#approve")
+    await tab_to(page, "#approve")
     await page.keyboard.press("Enter")
     await page.wait_for_url("**?notice=approved")
     assert (await page.locator("#decision").inner_text()).startswith("Approved by Hank")
