@@ -210,45 +210,30 @@ async def test_a_service_user_cannot_publish_another_services_types(separate):
 async def test_mfa_run_all_runs_each_service_as_its_own_user_in_production(separate):
     """One process, four services, four broker users; production settings (own key, user prefix)."""
     import asyncio
-    import os
     import signal
-    import sys
 
     import aiohttp
     import asyncpg
 
     from services.common.apikeys import create_key
 
-    from .conftest import free_port
-    from .test_lifecycle import env_for
+    from .processes import APIS, free_ports, kill, run_all_env, start, url, wait_ready
 
     name = f"mfa_users_{uuid.uuid4().hex[:8]}"
     await migrate(_db_url(name), migration_sets(list(SERVICES.values())))
-    ports = {k: free_port() for k in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER", "INBOUND_SMTP")}
-    env = env_for(separate, **{f"MFA_{k}_PORT": str(v) for k, v in ports.items()},
-                  MFA_DATABASE_URL=_db_url(name), MFA_ENV="production",
-                  MFA_SECRET_KEYS="k1:" + secrets.token_urlsafe(32)[:43], MFA_AMQP_USER_PREFIX=separate.amqp_user_prefix,
-                  MFA_MAIL_DIR=f"/tmp/mfa-mail-{uuid.uuid4().hex[:6]}",
-                  **{f"MFA_AMQP_PASSWORD_{p.upper()}": separate.amqp_passwords[p] for p in PARTIES if p != "upstream"})
+    ports = free_ports()
+    env = run_all_env(separate, ports, MFA_DATABASE_URL=_db_url(name), MFA_ENV="production",
+                      MFA_SECRET_KEYS="k1:" + secrets.token_urlsafe(32)[:43], MFA_AMQP_USER_PREFIX=separate.amqp_user_prefix,
+                      **{f"MFA_AMQP_PASSWORD_{p.upper()}": separate.amqp_passwords[p] for p in PARTIES if p != "upstream"})
     env.pop("MFA_AMQP_PASSWORD_UPSTREAM", None)  # services never need upstream's password
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
-    proc = await asyncio.create_subprocess_exec(mfa, "run", "all", env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await start("run", "all", env=env)
     db = await asyncpg.connect(_db_url(name))
     try:
+        await wait_ready({k: url(ports[k]) for k in APIS}, timeout=30)
         async with aiohttp.ClientSession() as http:
-            async def ready(port: int) -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        return resp.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            for k in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER"):
-                await wait_for(lambda p=ports[k]: ready(p), timeout=30, message=f"{k} ready")
             key = await create_key(db, "service", label="users")
             company, account = f"co-{uuid.uuid4().hex[:8]}", f"acct-{uuid.uuid4().hex[:8]}"
-            base, headers = f"http://127.0.0.1:{ports['AUTH']}", {"Authorization": f"Bearer {key}"}
+            base, headers = url(ports["AUTH"]), {"Authorization": f"Bearer {key}"}
             async with http.put(f"{base}/v1/companies/{company}", json={"name": "Run All Co", "mfa_required": False},
                                 headers=headers) as r:
                 assert r.status == 201
@@ -264,8 +249,6 @@ async def test_mfa_run_all_runs_each_service_as_its_own_user_in_production(separ
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill(proc)
         await db.close()
         await drop_database(name)

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -23,8 +20,7 @@ from schemathesis.checks import content_type_conformance, not_a_server_error, re
 
 from services.common.apikeys import create_key
 
-from .conftest import free_port, wait_for
-from .test_lifecycle import env_for
+from .processes import free_ports, run_all_env, start, stop, url, wait_ready
 
 SPECS = Path(__file__).resolve().parent.parent / "schemas" / "openapi"
 EXAMPLES = int(os.environ.get("MFA_FUZZ_EXAMPLES", "30"))
@@ -63,34 +59,16 @@ class Stack:
 @pytest.fixture(scope="module")
 async def stack(settings, runtime):
     """`mfa run all` on free ports, and a key of each role."""
-    ports = {name: free_port() for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER", "INBOUND_SMTP")}
-    env = env_for(settings, **{f"MFA_{k}_PORT": str(v) for k, v in ports.items()},
-                  MFA_MAIL_DIR=os.path.join("/tmp", f"mfa-mail-{uuid.uuid4().hex[:6]}"),
-                  MFA_RECOVERY_RATE_PER_SENDER="100000", MFA_RECOVERY_RATE_PER_IP="100000")
+    ports = free_ports()
+    env = run_all_env(settings, ports, MFA_RECOVERY_RATE_PER_SENDER="100000", MFA_RECOVERY_RATE_PER_IP="100000")
     keys = {role: await create_key(runtime.pool, role, label="fuzz") for role in ("service", "helpdesk", "auditor")}
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
-    proc = await asyncio.create_subprocess_exec(mfa, "run", "all", env=env, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.DEVNULL)
-    urls = {api: f"http://127.0.0.1:{ports[name]}" for api, name in PORTS.items()}
+    proc = await start("run", "all", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    urls = {api: url(ports[name]) for api, name in PORTS.items()}
     try:
-        async with aiohttp.ClientSession() as http:
-            async def ready(url: str) -> bool:
-                try:
-                    async with http.get(f"{url}/readyz") as resp:
-                        return resp.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            for url in urls.values():
-                await wait_for(lambda u=url: ready(u), timeout=40, message=f"{url} ready")
+        await wait_ready(urls, timeout=40)
         yield Stack(urls, keys)
     finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop(proc)
 
 
 def _run(stack: Stack, api: str, case) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import sys
@@ -21,32 +20,27 @@ from services.common.consumer import Consumer
 from services.common.outbox import add_events
 
 from .conftest import _db_url, drop_database, free_port, wait_for
+from .processes import (
+    APIS,
+    MFA,
+    ROOT,
+    env_for,
+    free_ports,
+    kill,
+    port_env,
+    run_all_env,
+    run_to_end,
+    start,
+    url,
+    wait_ready,
+)
 from .test_backbone import effects, ping, recording_handler
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def env_for(settings, **extra) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        MFA_DATABASE_URL=settings.database_url,
-        MFA_AMQP_URL=settings.amqp_url,
-        MFA_EXCHANGE=settings.exchange,
-        MFA_QUEUE_PREFIX=settings.queue_prefix,
-        MFA_LOG_LEVEL="WARNING",
-    )
-    env.update(extra)
-    return env
 
 
 async def test_two_migrations_at_once_both_succeed_and_apply_each_once(settings):
     name = f"mfa_migrate_{uuid.uuid4().hex[:8]}"
     env = env_for(settings, MFA_DATABASE_URL=_db_url(name))
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
-    procs = [
-        await asyncio.create_subprocess_exec(mfa, "migrate", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        for _ in range(2)
-    ]
+    procs = [await start("migrate", env=env) for _ in range(2)]
     outs = [await p.communicate() for p in procs]
     try:
         assert [p.returncode for p in procs] == [0, 0], outs
@@ -98,9 +92,7 @@ async def test_sigterm_during_work_loses_nothing(settings, runtime):
             await consumer.stop()
         assert sorted(r["n"] for r in rows) == list(range(300))
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill(proc)
         relay.stop()
         await asyncio.wait_for(relay_task, 10)
 
@@ -111,23 +103,11 @@ async def _len_at_least(pool, run, n):
 
 
 async def test_mfa_run_all_serves_health_and_stops_on_sigterm(settings):
-    ports = {name: free_port() for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER", "INBOUND_SMTP")}
-    env = env_for(settings, **{f"MFA_{k}_PORT": str(v) for k, v in ports.items()},
-                  MFA_MAIL_DIR=os.path.join("/tmp", f"mfa-mail-{uuid.uuid4().hex[:6]}"))
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
-    proc = await asyncio.create_subprocess_exec(mfa, "run", "all", env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    ports = free_ports()
+    proc = await start("run", "all", env=run_all_env(settings, ports))
     try:
+        await wait_ready({name: url(ports[name]) for name in APIS}, timeout=30)
         async with aiohttp.ClientSession() as http:
-            async def ready(port):
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        return resp.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER"):
-                await wait_for(lambda p=ports[name]: ready(p), timeout=30, message=f"{name} ready")
             async with http.get(f"http://127.0.0.1:{ports['AUTH']}/metrics") as resp:
                 text = await resp.text()
             assert "mfa_outbox_backlog" in text and "mfa_http_requests_total" in text
@@ -139,9 +119,7 @@ async def test_mfa_run_all_serves_health_and_stops_on_sigterm(settings):
         code = await asyncio.wait_for(proc.wait(), 10)
         assert code == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill(proc)
 
 
 async def test_sigterm_under_http_load_exits_in_time_and_loses_nothing(settings, runtime):
@@ -149,9 +127,8 @@ async def test_sigterm_under_http_load_exits_in_time_and_loses_nothing(settings,
     login is stored, and every stored login has its event published or waiting in the outbox."""
     from services.common.apikeys import create_key
 
-    ports = {name: free_port() for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER", "INBOUND_SMTP")}
-    env = env_for(settings, **{f"MFA_{k}_PORT": str(v) for k, v in ports.items()},
-                  MFA_MAIL_DIR=os.path.join("/tmp", f"mfa-mail-{uuid.uuid4().hex[:6]}"))
+    ports = free_ports()
+    env = run_all_env(settings, ports)
     channel = await runtime.broker.channel()
     tap = await channel.declare_queue(runtime.queue(f"sigterm-tap-{uuid.uuid4().hex[:6]}"), exclusive=True)
     await tap.bind(settings.exchange, "LoginChallengeIssued")
@@ -164,22 +141,13 @@ async def test_sigterm_under_http_load_exits_in_time_and_loses_nothing(settings,
     await tap.consume(on_message)
     key = await create_key(runtime.pool, "service", label="sigterm")
     headers = {"Authorization": f"Bearer {key}"}
-    base = f"http://127.0.0.1:{ports['AUTH']}"
+    base = url(ports["AUTH"])
     company = f"co-{uuid.uuid4().hex[:10]}"
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
-    proc = await asyncio.create_subprocess_exec(mfa, "run", "all", env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await start("run", "all", env=env)
     answered: list[str] = []
     try:
+        await wait_ready({"auth": base}, timeout=30)
         async with aiohttp.ClientSession(base, headers=headers) as http:
-            async def ready():
-                try:
-                    async with http.get("/readyz") as resp:
-                        return resp.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(ready, timeout=30, message="auth ready")
             async with http.put(f"/v1/companies/{company}", json={"name": "Sigterm Co", "mfa_required": False}) as r:
                 assert r.status in (200, 201)
             accounts = [f"{company}-{i}" for i in range(8)]
@@ -221,9 +189,7 @@ async def test_sigterm_under_http_load_exits_in_time_and_loses_nothing(settings,
 
         await wait_for(events_accounted_for, timeout=10, message="an event for every stored login")
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await kill(proc)
         await channel.close()
 
 
@@ -245,16 +211,14 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
             seen.append(json.loads(message.body)["data"]["login_id"])
 
     await tap.consume(on_message)
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
-    procs = [await asyncio.create_subprocess_exec(mfa, "run", "auth", env=env, stdout=asyncio.subprocess.PIPE,
-                                                  stderr=asyncio.subprocess.PIPE)]
+    procs = [await start("run", "auth", env=env)]
     try:
         await asyncio.wait_for(procs[0].stdout.readline(), 30)
         db = await asyncpg.connect(_db_url(name))
         try:
             key = await create_key(db, "service", label="relay-test")
             company, account = f"co-{uuid.uuid4().hex[:8]}", f"acct-{uuid.uuid4().hex[:8]}"
-            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}",
+            async with aiohttp.ClientSession(url(port),
                                              headers={"Authorization": f"Bearer {key}"}) as http:
                 async with http.put(f"/v1/companies/{company}", json={"name": "Relay Co", "mfa_required": False}) as r:
                     assert r.status == 201
@@ -271,8 +235,7 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
                           f" AND classid = {zlib.crc32(b'outbox:auth') & 0x7FFFFFFF}"  # the relay's, not the consumer's
             assert await db.fetchval(relay_locks) == 0
             assert await db.fetchval("SELECT count(*) FROM auth.outbox WHERE event_type = 'LoginChallengeIssued'") == 1
-            procs.append(await asyncio.create_subprocess_exec(mfa, "relay", "auth", env=env,
-                                                              stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE))
+            procs.append(await start("relay", "auth", env=env))
             await wait_for(lambda: login_id in seen, timeout=15, message="the login's event published by mfa relay")
 
             async def outbox_empty() -> bool:
@@ -281,7 +244,7 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
             # The broker may deliver the event before the relay's DELETE of it commits.
             await wait_for(outbox_empty, timeout=10, message="the relay deleting what the broker confirmed")
             assert await db.fetchval(relay_locks) == 16  # the relay process holds every partition
-            async with aiohttp.ClientSession(f"http://127.0.0.1:{relay_port}") as http:
+            async with aiohttp.ClientSession(url(relay_port)) as http:
                 async with http.get("/readyz") as r:
                     assert r.status == 200 and (await r.json())["status"] == "ready"
 
@@ -301,9 +264,7 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
         assert [await asyncio.wait_for(proc.wait(), 10) for proc in procs] == [0, 0]
     finally:
         for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await kill(proc)
         await channel.close()
         await drop_database(name)
 
@@ -311,38 +272,20 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
 async def test_api_key_create_prints_the_key_last_and_revoke_disables_it(settings, runtime):
     from services.common.apikeys import KeyCache
 
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
     env = env_for(settings)
-    proc = await asyncio.create_subprocess_exec(mfa, "api-key", "create", "--role", "auditor", "--company", "co-x",
-                                                env=env, stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0
-    key = out.decode().strip().splitlines()[-1]
+    code, out, _ = await run_to_end(MFA, "api-key", "create", "--role", "auditor", "--company", "co-x", env=env)
+    assert code == 0
+    key = out.strip().splitlines()[-1]
     principal = await KeyCache(runtime.pool).resolve(key)
     assert principal is not None and principal.role == "auditor" and principal.company_id == "co-x"
-    proc = await asyncio.create_subprocess_exec(mfa, "api-key", "revoke", key[:10], env=env,
-                                                stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0 and b"revoked 1" in out
+    code, out, _ = await run_to_end(MFA, "api-key", "revoke", key[:10], env=env)
+    assert code == 0 and "revoked 1" in out
     assert await KeyCache(runtime.pool).resolve(key) is None
-
-
-async def _mfa(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
-    proc = await asyncio.create_subprocess_exec(mfa, *args, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_production_refuses_to_start_with_the_development_key(settings):
     env = env_for(settings, MFA_ENV="production", MFA_SECRET_KEYS="", MFA_AUTH_PORT=str(free_port()))
-    code, _, err = await _mfa(env, "run", "auth")
+    code, _, err = await run_to_end(MFA, "run", "auth", env=env)
     assert code == 2
     assert err.strip().splitlines() == [err.strip()] and err.startswith("mfa: MFA_SECRET_KEYS is not set"), err
 
@@ -357,10 +300,9 @@ async def test_a_port_in_use_is_one_sentence_naming_the_setting(settings, comman
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        ports = {f"MFA_{name}_PORT": str(free_port()) for name in ("AUTH", "RECOVERY", "AUDIT", "NOTIFIER",
-                                                                   "INBOUND_SMTP", "RELAY")}
+        ports = port_env(free_ports(*APIS, "INBOUND_SMTP", "RELAY"))
         env = env_for(settings, **{**ports, setting: str(port)}, MFA_LOG_LEVEL="ERROR")
-        code, _, err = await _mfa(env, *command)
+        code, _, err = await run_to_end(MFA, *command, env=env)
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -379,8 +321,8 @@ async def test_broker_teardown_removes_the_prefix_queues_and_exchanges(settings,
         await channel.declare_exchange(queue_name(prefix, "auth.in"), aio_pika.ExchangeType.HEADERS, durable=True)
         await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         await channel.declare_queue(outside, durable=True)
-        code, out, err = await _mfa(env_for(settings, MFA_QUEUE_PREFIX=prefix, MFA_EXCHANGE=exchange),
-                                    "broker", "teardown", "--exchange")
+        code, out, err = await run_to_end(MFA, "broker", "teardown", "--exchange",
+                                   env=env_for(settings, MFA_QUEUE_PREFIX=prefix, MFA_EXCHANGE=exchange))
         assert code == 0, err
         assert out.startswith("removed 5: ")
         for name in ("auth.p0", "auth.parked", "notifier.retry.1"):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import sys
 import uuid
-from pathlib import Path
 
 from services.auth import store
 from services.auth.handlers import rotation
@@ -87,22 +85,17 @@ async def test_rotation_leaves_alone_a_secret_that_changed_after_it_was_read(api
 
 
 async def test_the_rotate_command_reseals_under_the_newest_key(api, runtime):
-    from ..test_lifecycle import env_for
+    from ..processes import MFA, env_for, run_to_end
 
     account = await api.account(await api.company())
     secret, _, _ = await api.enroll(account)
     old_keys = runtime.settings.secret_keys
     new_key = ("k-" + uuid.uuid4().hex[:6], os.urandom(32))
     listed = ",".join(f"{kid}:{base64.urlsafe_b64encode(key).decode()}" for kid, key in (*old_keys, new_key))
-    mfa = str(Path(sys.executable).with_name("mfa"))
-    proc = await asyncio.create_subprocess_exec(
-        mfa, "secrets", "rotate", env=env_for(runtime.settings, MFA_SECRET_KEYS=listed),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    code, out, err = await run_to_end(MFA, "secrets", "rotate", env=env_for(runtime.settings, MFA_SECRET_KEYS=listed))
     try:
-        assert proc.returncode == 0, err.decode()
-        assert f"under key {new_key[0]!r}" in out.decode()
+        assert code == 0, err
+        assert f"under key {new_key[0]!r}" in out
         sealed = await runtime.pool.fetchval("SELECT totp_secret FROM auth.accounts WHERE account_id = $1", account)
         assert sealed.split(".")[1] == new_key[0]
         assert Keyring((new_key,)).open(sealed, aad=f"totp:{account}".encode()).decode() == secret
