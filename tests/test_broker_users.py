@@ -6,7 +6,6 @@ this run, and deleted afterwards.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 import uuid
@@ -19,14 +18,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.auth.app import create_app
 from services.common import brokeradmin
 from services.common.config import PARTIES, Settings
-from services.common.db import migrate
 from services.common.events import CONTENT_TYPE, encode, known_types, new_event
 from services.common.producers import PRODUCERS, Publishers, types_of
-from services.common.runner import migration_sets
 from services.common.runtime import Runtime
-from services.registry import SERVICES
 
-from .conftest import RUN_ID, _db_url, drop_database, parked_messages, wait_for
+from .conftest import RUN_ID, isolated, parked_messages, private_database, wait_for
 
 
 def test_every_event_type_has_its_producers():
@@ -78,25 +74,19 @@ async def test_rabbitmqctl_takes_passwords_that_look_like_options():
 async def separate(settings):
     """Settings with a broker user per party (unique to this run), set up like `mfa broker setup`."""
     u = uuid.uuid4().hex[:6]
-    name = f"mfa_users_{u}"  # its own database: the suite's auth relay would publish its outbox elsewhere
-    await migrate(_db_url(name), migration_sets(list(SERVICES.values())))
-    mine = dataclasses.replace(
-        settings,
-        database_url=_db_url(name),
-        amqp_user_prefix=f"mfa-test-{RUN_ID}-{u}-",
-        amqp_passwords={party: secrets.token_urlsafe(16) for party in PARTIES},
-        queue_prefix=f"{settings.queue_prefix}users.{u}.",
-        exchange=f"{settings.exchange}.users.{u}",  # events of the suite's other apps stay out
-    )
-    try:
-        await brokeradmin.setup(mine)
-        yield mine
-    finally:
-        await brokeradmin.teardown(mine, exchange=True)
-        admin = brokeradmin.admin_for(mine)
-        for party in PARTIES:
-            await admin.delete_user(mine.amqp_user(party))
-        await drop_database(name)
+    # Its own database (the suite's auth relay would publish its outbox elsewhere) and exchange (events of the
+    # suite's other apps stay out).
+    async with private_database(f"mfa_users_{u}") as url:
+        mine = isolated(settings, url, f"users.{u}", amqp_user_prefix=f"mfa-test-{RUN_ID}-{u}-",
+                        amqp_passwords={party: secrets.token_urlsafe(16) for party in PARTIES})
+        try:
+            await brokeradmin.setup(mine)
+            yield mine
+        finally:
+            await brokeradmin.teardown(mine, exchange=True)
+            admin = brokeradmin.admin_for(mine)
+            for party in PARTIES:
+                await admin.delete_user(mine.amqp_user(party))
     assert not {mine.amqp_user(p) for p in PARTIES} & await brokeradmin.Rabbitmqctl().users()
 
 
@@ -219,36 +209,34 @@ async def test_mfa_run_all_runs_each_service_as_its_own_user_in_production(separ
 
     from .processes import APIS, free_ports, kill, run_all_env, start, url, wait_ready
 
-    name = f"mfa_users_{uuid.uuid4().hex[:8]}"
-    await migrate(_db_url(name), migration_sets(list(SERVICES.values())))
-    ports = free_ports()
-    env = run_all_env(separate, ports, MFA_DATABASE_URL=_db_url(name), MFA_ENV="production",
-                      MFA_SECRET_KEYS="k1:" + secrets.token_urlsafe(32)[:43], MFA_AMQP_USER_PREFIX=separate.amqp_user_prefix,
-                      **{f"MFA_AMQP_PASSWORD_{p.upper()}": separate.amqp_passwords[p] for p in PARTIES if p != "upstream"})
-    env.pop("MFA_AMQP_PASSWORD_UPSTREAM", None)  # services never need upstream's password
-    proc = await start("run", "all", env=env)
-    db = await asyncpg.connect(_db_url(name))
-    try:
-        await wait_ready({k: url(ports[k]) for k in APIS}, timeout=30)
-        async with aiohttp.ClientSession() as http:
-            key = await create_key(db, "service", label="users")
-            company, account = f"co-{uuid.uuid4().hex[:8]}", f"acct-{uuid.uuid4().hex[:8]}"
-            base, headers = url(ports["AUTH"]), {"Authorization": f"Bearer {key}"}
-            async with http.put(f"{base}/v1/companies/{company}", json={"name": "Run All Co", "mfa_required": False},
-                                headers=headers) as r:
-                assert r.status == 201
-            async with http.put(f"{base}/v1/accounts/{account}", headers=headers, json={
-                    "company_id": company, "email": f"{account}@example.com", "first_name": "A", "last_name": "B",
-                    "role": "employee", "mfa_required": False}) as r:
-                assert r.status == 201
-        # auth's relay published as auth; recovery and audit consumed as themselves and accepted it.
-        await wait_for(lambda: db.fetchval("SELECT count(*) FROM recovery.accounts WHERE account_id = $1", account),
-                       timeout=20, message="the account in recovery's directory")
-        await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM audit.events WHERE company_id = $1", company),
-                       timeout=20, message="both events in the audit log")
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
-    finally:
-        await kill(proc)
-        await db.close()
-        await drop_database(name)
+    async with private_database(f"mfa_users_{uuid.uuid4().hex[:8]}") as db_url:
+        ports = free_ports()
+        env = run_all_env(separate, ports, MFA_DATABASE_URL=db_url, MFA_ENV="production",
+                          MFA_SECRET_KEYS="k1:" + secrets.token_urlsafe(32)[:43], MFA_AMQP_USER_PREFIX=separate.amqp_user_prefix,
+                          **{f"MFA_AMQP_PASSWORD_{p.upper()}": separate.amqp_passwords[p] for p in PARTIES if p != "upstream"})
+        env.pop("MFA_AMQP_PASSWORD_UPSTREAM", None)  # services never need upstream's password
+        proc = await start("run", "all", env=env)
+        db = await asyncpg.connect(db_url)
+        try:
+            await wait_ready({k: url(ports[k]) for k in APIS}, timeout=30)
+            async with aiohttp.ClientSession() as http:
+                key = await create_key(db, "service", label="users")
+                company, account = f"co-{uuid.uuid4().hex[:8]}", f"acct-{uuid.uuid4().hex[:8]}"
+                base, headers = url(ports["AUTH"]), {"Authorization": f"Bearer {key}"}
+                async with http.put(f"{base}/v1/companies/{company}", json={"name": "Run All Co", "mfa_required": False},
+                                    headers=headers) as r:
+                    assert r.status == 201
+                async with http.put(f"{base}/v1/accounts/{account}", headers=headers, json={
+                        "company_id": company, "email": f"{account}@example.com", "first_name": "A", "last_name": "B",
+                        "role": "employee", "mfa_required": False}) as r:
+                    assert r.status == 201
+            # auth's relay published as auth; recovery and audit consumed as themselves and accepted it.
+            await wait_for(lambda: db.fetchval("SELECT count(*) FROM recovery.accounts WHERE account_id = $1", account),
+                           timeout=20, message="the account in recovery's directory")
+            await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM audit.events WHERE company_id = $1", company),
+                           timeout=20, message="both events in the audit log")
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        finally:
+            await kill(proc)
+            await db.close()

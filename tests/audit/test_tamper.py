@@ -6,11 +6,8 @@ verification in the shared test database.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 import os
-import sys
 import uuid
 
 import aio_pika
@@ -21,12 +18,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.audit.app import create_app
 from services.audit.cli import verify_command
 from services.common.apikeys import create_key
-from services.common.db import migrate
 from services.common.runner import migration_sets
 from services.common.runtime import Runtime
 from services.registry import SERVICES
 
-from ..conftest import _db_url, drop_database
+from ..conftest import isolated, private_database
+from ..processes import MFA, run_to_end
 from .conftest import event_of, publish, wait_landed
 
 
@@ -34,29 +31,22 @@ from .conftest import event_of, publish, wait_landed
 async def own(settings):
     """A throwaway database, exchange and queue prefix with only the audit service on them."""
     u = uuid.uuid4().hex[:8]
-    name = f"mfa_audit_tamper_{u}"
-    mine = dataclasses.replace(
-        settings,
-        database_url=_db_url(name),
-        exchange=f"{settings.exchange}.tamper.{u}",
-        queue_prefix=f"{settings.queue_prefix}tamper.{u}.",
-    )
-    await migrate(mine.database_url, migration_sets([SERVICES["audit"]]))
-    runtime = await Runtime.open(mine, pool_size=4)
-    client = TestClient(TestServer(create_app(runtime)))
-    await client.start_server()
-    try:
-        yield mine, runtime, client
-    finally:
-        await client.close()
+    async with private_database(f"mfa_audit_tamper_{u}", migration_sets([SERVICES["audit"]])) as url:
+        mine = isolated(settings, url, f"tamper.{u}")
+        runtime = await Runtime.open(mine, pool_size=4)
+        client = TestClient(TestServer(create_app(runtime)))
+        await client.start_server()
         try:
-            channel = await runtime.broker.channel()
-            await channel.exchange_delete(mine.exchange)
-            await channel.close()
-        except aio_pika.exceptions.AMQPError:
-            pass
-        await runtime.close()
-        await drop_database(name)
+            yield mine, runtime, client
+        finally:
+            await client.close()
+            try:
+                channel = await runtime.broker.channel()
+                await channel.exchange_delete(mine.exchange)
+                await channel.close()
+            except aio_pika.exceptions.AMQPError:
+                pass
+            await runtime.close()
 
 
 async def attacker(settings) -> asyncpg.Connection:
@@ -112,13 +102,9 @@ async def test_edits_and_deletions_are_named_by_verification(own, capsys):
         body = await verify_http(client, key)
         assert body["first_broken"]["seq"] == 5 and body["first_broken"]["reason"] == "missing_row"
         env = {**os.environ, "MFA_DATABASE_URL": settings.database_url, "MFA_LOG_LEVEL": "WARNING"}
-        mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
-        proc = await asyncio.create_subprocess_exec(
-            mfa, "audit", "verify", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == 1, err
-        assert "BROKEN at row 5" in out.decode()
+        code, out, err = await run_to_end(MFA, "audit", "verify", env=env)
+        assert code == 1, err
+        assert "BROKEN at row 5" in out
         await conn.execute(
             "INSERT INTO audit.events SELECT * FROM unnest($1::audit.events[])", [tuple(row5.values())]
         )

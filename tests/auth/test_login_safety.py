@@ -108,21 +108,18 @@ async def test_auth_processes_starting_together_on_an_empty_database_share_one_s
 
     from services.auth.app import SERVICE
     from services.auth.tokens import Signer
-    from services.common.db import create_pool, migrate
+    from services.common.db import create_pool
 
-    from ..conftest import _db_url, drop_database
+    from ..conftest import private_database
 
-    name = f"mfa_keys_{uuid.uuid4().hex[:8]}"
-    url = _db_url(name)
-    await migrate(url, [SERVICE.migration_set])
-    keyring = Keyring(settings.secret_keys)
-    pools = [await create_pool(url, min_size=1, max_size=1) for _ in range(4)]
-    try:
-        signers = await asyncio.gather(*(Signer("mfa").load(pool, keyring) for pool in pools))
-        assert len({signer.current for signer in signers}) == 1
-        assert all(signer.jwks == signers[0].jwks for signer in signers)
-        assert await pools[0].fetchval("SELECT count(*) FROM auth.signing_keys") == 1
-    finally:
-        for pool in pools:
-            await pool.close()
-        await drop_database(name)
+    async with private_database(f"mfa_keys_{uuid.uuid4().hex[:8]}", [SERVICE.migration_set]) as url:
+        keyring = Keyring(settings.secret_keys)
+        pools = [await create_pool(url, min_size=1, max_size=1) for _ in range(4)]
+        try:
+            signers = await asyncio.gather(*(Signer("mfa").load(pool, keyring) for pool in pools))
+            assert len({signer.current for signer in signers}) == 1
+            assert all(signer.jwks == signers[0].jwks for signer in signers)
+            assert await pools[0].fetchval("SELECT count(*) FROM auth.signing_keys") == 1
+        finally:
+            for pool in pools:
+                await pool.close()

@@ -14,23 +14,18 @@ from joserfc.jws import extract_compact
 
 from services.auth.tokens import Signer, rotate, verify_assertion
 from services.common.crypto import Keyring
-from services.common.db import create_pool, migrate
-from services.common.runner import migration_sets
-from services.registry import SERVICES
+from services.common.db import create_pool
 
-from ..conftest import _db_url, drop_database, wait_for
+from ..conftest import private_database, wait_for
 from .conftest import run_command, stack_env
 
 
 @pytest.fixture
 async def keys_db(settings):
-    name = f"mfa_keys_{uuid.uuid4().hex[:8]}"
-    url = _db_url(name)
-    await migrate(url, migration_sets(list(SERVICES.values())))
-    pool = await create_pool(url, min_size=1, max_size=4)
-    yield dataclasses.replace(settings, database_url=url), pool
-    await pool.close()
-    await drop_database(name)
+    async with private_database(f"mfa_keys_{uuid.uuid4().hex[:8]}") as url:
+        pool = await create_pool(url, min_size=1, max_size=4)
+        yield dataclasses.replace(settings, database_url=url), pool
+        await pool.close()
 
 
 def kid_of(token: str) -> str:
