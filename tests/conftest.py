@@ -11,6 +11,8 @@ import dataclasses
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aio_pika
@@ -19,7 +21,9 @@ import pytest
 
 from services.common.brokeradmin import teardown
 from services.common.config import Settings
+from services.common.crypto import Keyring
 from services.common.db import MigrationSet, migrate, redact_url
+from services.common.events import CONTENT_TYPE, encode
 from services.common.logs import configure_logging
 from services.common.runner import migration_sets
 from services.common.runtime import Runtime
@@ -52,6 +56,23 @@ async def drop_database(name: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@asynccontextmanager
+async def private_database(name: str, sets: list[MigrationSet] | None = None) -> AsyncIterator[str]:
+    """The URL of a throwaway database `name` with the migrations `sets` (by default every service's), dropped after."""
+    url = _db_url(name)
+    try:
+        await migrate(url, sets if sets is not None else migration_sets(list(SERVICES.values())))
+        yield url
+    finally:
+        await drop_database(name)
+
+
+def isolated(settings: Settings, database_url: str, tag: str, **changes) -> Settings:
+    """`settings` on `database_url`, with an exchange and a queue prefix of their own (named with `tag`)."""
+    return dataclasses.replace(settings, database_url=database_url, exchange=f"{settings.exchange}.{tag}",
+                               queue_prefix=f"{settings.queue_prefix}{tag}.", **changes)
 
 
 def pytest_configure(config):
@@ -127,15 +148,39 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, mes
         await asyncio.sleep(interval)
 
 
-async def parked_messages(runtime, queue: str, count: int, timeout: float = 15) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Take `count` messages off the parked queue `queue` (its full name), waiting up to `timeout`."""
+async def publish(runtime, *events: dict) -> None:
+    """Publish events straight to the exchange, as the relay of another service would."""
+    for event in events:
+        await runtime.broker.exchange.publish(
+            aio_pika.Message(encode(event), message_id=event["id"], content_type=CONTENT_TYPE,
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=event["type"],
+        )
+
+
+def seal(settings, event_type: str, account_id: str, token: str) -> str:
+    """A token sealed the way auth seals tokens in events (BackupEmailRequested, BackupEmailChanged)."""
+    return Keyring(settings.secret_keys).seal(token.encode(), aad=f"{event_type}:{account_id}".encode())
+
+
+async def parked_messages(runtime, queue: str, count: int, timeout: float = 15, *,
+                          message_id: str | None = None) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take `count` messages off the parked queue `queue` (its full name), waiting up to `timeout`.
+
+    With `message_id`, only the messages of that id: the others stay in the queue (left unacknowledged,
+    the broker puts them back when the channel closes).
+    """
     channel = await runtime.broker.channel()
     got: list = []
     try:
         q = await channel.get_queue(queue)
 
         async def fetch():
-            message = await q.get(fail=False, no_ack=True)
+            message = await q.get(fail=False, no_ack=message_id is None)
+            if message is not None and message_id is not None:
+                if message.message_id != message_id:
+                    return False  # someone else's
+                await message.ack()
             if message is not None:
                 got.append(message)
             return len(got) >= count

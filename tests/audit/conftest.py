@@ -5,22 +5,16 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.audit.app import create_app
-from services.common.crypto import Keyring
-from services.common.events import encode, new_event
+from services.common.events import new_event
 
-from ..conftest import wait_for
+from ..conftest import publish as publish  # the audit tests import it from here
+from ..conftest import seal, wait_for
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def sealed(settings, event_type: str, account: str, token: str) -> str:
-    """A token sealed the way auth seals tokens in events."""
-    return Keyring(settings.secret_keys).seal(token.encode(), aad=f"{event_type}:{account}".encode())
 
 
 def sample_data(settings, company: str, account: str, tokens: dict[str, str]) -> dict[str, dict]:
@@ -49,11 +43,11 @@ def sample_data(settings, company: str, account: str, tokens: dict[str, str]) ->
         "BackupCodesRegenerated": {**person, "count": 10},
         "BackupEmailRequested": {"login_id": login, "account_id": account, "company_id": company,
                                  "backup_email": f"{account}@backup.example", "first_name": "Zoë",
-                                 "link_token": sealed(settings, "BackupEmailRequested", account,
+                                 "link_token": seal(settings, "BackupEmailRequested", account,
                                                       tokens["BackupEmailRequested"]),
                                  "expires_at": later},
         "BackupEmailChanged": {**person, "backup_email": f"{account}@backup.example",
-                               "confirm_token": sealed(settings, "BackupEmailChanged", account,
+                               "confirm_token": seal(settings, "BackupEmailChanged", account,
                                                        tokens["BackupEmailChanged"]),
                                "expires_at": later},
         "BackupEmailConfirmed": {"account_id": account, "company_id": company,
@@ -77,16 +71,6 @@ def event_of(event_type: str, data: dict, *, company: str | None, subject: str, 
     source = next((s for prefix, s in SOURCES.items() if event_type.startswith(prefix)), "/mfa/auth")
     return new_event(event_type, data, source=source, subject=subject, company_id=company,
                      correlation_id=str(uuid.uuid4()), time=when)
-
-
-async def publish(runtime, *events: dict) -> None:
-    """Publish straight to the exchange, as a relay would."""
-    for event in events:
-        await runtime.broker.exchange.publish(
-            aio_pika.Message(encode(event), message_id=event["id"], content_type="application/cloudevents+json",
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=event["type"],
-        )
 
 
 async def rows_for(pool, event_ids: list[str]) -> list:

@@ -13,7 +13,7 @@ import pytest
 from services.audit.handlers import redaction_key, verify
 from services.common.events import known_types, new_event
 
-from ..conftest import wait_for
+from ..conftest import parked_messages
 from .conftest import NOW, event_of, publish, rows_for, sample_data, wait_landed
 
 
@@ -81,29 +81,6 @@ async def test_the_database_refuses_to_change_the_log(runtime, audit_client):
     assert len(await rows_for(runtime.pool, [event["id"]])) == 1
 
 
-async def _parked(runtime, queue: str, message_id: str):
-    channel = await runtime.broker.channel()
-    try:
-        q = await channel.get_queue(queue)
-        found = []
-
-        async def look():
-            message = await q.get(fail=False, no_ack=False)
-            if message is None:
-                return None
-            if message.message_id == message_id:
-                await message.ack()
-                found.append(message)
-                return True
-            await message.nack(requeue=True)  # someone else's: leave it there
-            return None
-
-        await wait_for(look, timeout=15, message=f"{message_id} parked")
-        return found[0]
-    finally:
-        await channel.close()
-
-
 async def test_an_unloggable_event_is_parked_alone_and_its_batch_still_lands(runtime, audit_client):
     company, account = _ids()
     good = [event_of("TestPing", {"n": n, "account_id": account}, company=company, subject=account) for n in range(20)]
@@ -112,7 +89,7 @@ async def test_an_unloggable_event_is_parked_alone_and_its_batch_still_lands(run
     await publish(runtime, *good[:10], bad, *good[10:])
     rows = await wait_landed(runtime.pool, [e["id"] for e in good])
     assert [json.loads(r["envelope"])["data"]["n"] for r in rows] == list(range(20))  # arrival order
-    parked = await _parked(runtime, runtime.queue("audit") + ".parked", bad["id"])
+    [parked] = await parked_messages(runtime, runtime.queue("audit") + ".parked", 1, message_id=bad["id"])
     assert parked.headers["x-parked-reason"] == "rejected"
     assert "timestamp" in parked.headers["x-parked-detail"]
     assert await rows_for(runtime.pool, [bad["id"]]) == []

@@ -7,20 +7,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aio_pika
 import pytest
 from prometheus_client import REGISTRY
 
 from services.common.consumer import Consumer
-from services.common.crypto import Keyring
 from services.common.db import create_pool
-from services.common.events import CONTENT_TYPE, Actor, encode, new_event
+from services.common.events import Actor, new_event
 from services.notifier.consumers import POOL_SPARE, PREFETCH, notifier_consumer
 from services.notifier.domain import TEMPLATE_KINDS
 from services.notifier.handlers import Notifier
 from services.notifier.mailer import Mailer, SmtpConfig
 from services.notifier.templates import Catalog
 
+from ..conftest import publish as publish  # the notifier tests import them from here
+from ..conftest import seal as seal
 from .smtp_server import TestSmtpServer
 
 FAST_RETRIES = (0.1, 0.2, 0.4, 0.8)
@@ -92,21 +92,6 @@ def event(event_type: str, data: dict, *, subject: str | None = None, event_id: 
     return new_event(event_type, data, source=source, subject=subject or data.get("account_id") or data.get("ticket_id"),
                      company_id=data.get("company_id"), correlation_id=str(uuid.uuid4()),
                      actor=Actor("api_key", "test-key"), event_id=event_id, time=time)
-
-
-async def publish(runtime, *events: dict) -> None:
-    """Publish straight to the exchange, as the relay of another service would."""
-    for ev in events:
-        await runtime.broker.exchange.publish(
-            aio_pika.Message(encode(ev), message_id=ev["id"], content_type=CONTENT_TYPE,
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=ev["type"],
-        )
-
-
-def seal(settings, event_type: str, account_id: str, token: str) -> str:
-    """A token sealed the way auth seals it in BackupEmailRequested / BackupEmailChanged."""
-    return Keyring(settings.secret_keys).seal(token.encode(), aad=f"{event_type}:{account_id}".encode())
 
 
 def ids() -> tuple[str, str]:

@@ -14,12 +14,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.common.apikeys import create_key
-from services.common.events import CONTENT_TYPE, encode, new_event
+from services.common.events import new_event
 from services.common.runtime import Runtime
 from services.recovery.app import create_app
 from services.recovery.domain import RateLimits
 
-from ..conftest import free_port, wait_for
+from ..conftest import free_port, publish, wait_for
 
 
 @dataclass
@@ -58,11 +58,7 @@ class Recovery:
 
     async def publish(self, event: dict) -> None:
         """Publish an event to the exchange, as another service's relay would."""
-        await self.runtime.broker.exchange.publish(
-            aio_pika.Message(encode(event), message_id=event["id"], content_type=CONTENT_TYPE,
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=event["type"],
-        )
+        await publish(self.runtime, event)
 
     async def processed(self, event_id: str) -> None:
         await wait_for(

@@ -9,7 +9,7 @@ from services.common.events import new_event
 from services.recovery import store
 from services.recovery.consumers import HANDLERS
 
-from ..conftest import wait_for
+from ..conftest import parked_messages
 from .test_helpdesk import call, open_ticket
 
 
@@ -89,20 +89,8 @@ async def test_event_failing_its_schema_is_parked_not_applied(recovery):
                       source="/tests")
     event["data"]["mfa_required"] = "yes"  # broken after building: what a buggy producer might send
     await recovery.publish(event)
-    channel = await recovery.runtime.broker.channel()
-    try:
-        parked = await channel.get_queue(recovery.runtime.queue("recovery.parked"))
-        found = []
-
-        async def fetch():
-            message = await parked.get(fail=False, no_ack=True)
-            if message is not None and message.message_id == event["id"]:
-                found.append(message)
-            return found
-
-        [message] = await wait_for(fetch, message="parked CompanyUpserted")
-    finally:
-        await channel.close()
+    [message] = await parked_messages(recovery.runtime, recovery.runtime.queue("recovery.parked"), 1, timeout=10,
+                                      message_id=event["id"])
     assert message.headers["x-parked-reason"] == "invalid"
     assert await recovery.runtime.pool.fetchval("SELECT count(*) FROM recovery.companies WHERE company_id = $1",
                                                 f"co-{tag}") == 0
