@@ -10,47 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aiohttp import web
 from openapi_spec_validator import validate
 
 from services.auth import api as auth_api
 
-ROOT = Path(__file__).resolve().parent.parent
-OPENAPI_DIR = ROOT / "schemas" / "openapi"
+from .specs import OPENAPI_DIR, ROOT, load_spec, operations, raised_codes, resolve, routes_of
+
 AUTH_SPEC = OPENAPI_DIR / "auth.yaml"
 # Where the auth service raises its errors, and the shared HTTP edge in front of it.
 AUTH_SOURCES = [*sorted((ROOT / "services" / "auth" / "handlers").glob("*.py")), ROOT / "services" / "auth" / "domain.py"]
 EDGE_SOURCE = ROOT / "services" / "common" / "web.py"
-CODE_RE = re.compile(r'code="([a-z_]+)"')
-HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 # Added by services.common.web.create_base_app, not by the service's add_routes.
 BASE_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 PROBLEM_REF = "#/components/schemas/Problem"
-
-
-def _load(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def _operations(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (method.upper(), path): operation
-        for path, item in (spec.get("paths") or {}).items()
-        for method, operation in item.items()
-        if method in HTTP_METHODS
-    }
-
-
-def _resolve(spec: dict[str, Any], node: Any) -> Any:
-    """Follow local `$ref`s (`#/components/...`) until a plain node."""
-    while isinstance(node, dict) and "$ref" in node:
-        ref = node["$ref"]
-        assert ref.startswith("#/"), f"only local references are expected: {ref}"
-        node = spec
-        for part in ref[2:].split("/"):
-            node = node[part.replace("~1", "/").replace("~0", "~")]
-    return node
 
 
 def _refers_to(schema: Any, target: str) -> bool:
@@ -62,20 +35,16 @@ def _refers_to(schema: Any, target: str) -> bool:
     return any(_refers_to(sub, target) for key in ("allOf", "oneOf", "anyOf") for sub in schema.get(key, []))
 
 
-def _codes(path: Path) -> set[str]:
-    return set(CODE_RE.findall(path.read_text(encoding="utf-8")))
-
-
 @pytest.fixture(scope="module")
 def auth_spec() -> dict[str, Any]:
-    return _load(AUTH_SPEC)
+    return load_spec(AUTH_SPEC)
 
 
 @pytest.fixture(scope="module")
 def auth_routes() -> set[tuple[str, str]]:
     app = web.Application()
     auth_api.add_routes(app)
-    return {(route.method, route.resource.canonical) for route in app.router.routes() if route.method != "HEAD"}
+    return routes_of(app)
 
 
 def test_auth_spec_exists():
@@ -85,14 +54,14 @@ def test_auth_spec_exists():
 # Whatever OpenAPI files exist now (other services' files are added independently).
 @pytest.mark.parametrize("path", sorted(OPENAPI_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_openapi_file_parses_and_validates(path: Path):
-    spec = _load(path)
+    spec = load_spec(path)
     assert isinstance(spec, dict), f"{path.name}: not a YAML mapping"
     assert str(spec.get("openapi", "")).startswith("3.1."), f"{path.name}: not OpenAPI 3.1"
     validate(spec)
 
 
 def test_auth_spec_and_app_have_the_same_routes(auth_spec, auth_routes):
-    documented = set(_operations(auth_spec))
+    documented = set(operations(auth_spec))
     assert auth_routes, "add_routes registered nothing"
     missing = sorted(auth_routes - documented)
     assert not missing, f"routes of services/auth/api.py missing from auth.yaml: {missing}"
@@ -104,9 +73,9 @@ def test_auth_spec_and_app_have_the_same_routes(auth_spec, auth_routes):
 
 def test_every_error_code_of_auth_is_documented(auth_spec, auth_routes):
     text = AUTH_SPEC.read_text(encoding="utf-8")
-    raised = set().union(*(_codes(source) for source in AUTH_SOURCES))
+    raised = raised_codes(*AUTH_SOURCES)
     assert len(raised) >= 10, "the code= regex no longer finds the auth error codes; update this test"
-    edge = _codes(EDGE_SOURCE)
+    edge = raised_codes(EDGE_SOURCE)
     assert edge, "the code= regex no longer finds the edge's error codes; update this test"
     # A path parameter that does not match the id pattern is `<name>_not_found` (api._id).
     from_params = {
@@ -120,7 +89,7 @@ def test_every_error_code_of_auth_is_documented(auth_spec, auth_routes):
 
 def test_auth_operations_are_described_secured_and_use_problem(auth_spec):
     operation_ids = []
-    for (method, path), operation in _operations(auth_spec).items():
+    for (method, path), operation in operations(auth_spec).items():
         where = f"{method} {path}"
         for key in ("operationId", "summary", "description", "responses"):
             assert operation.get(key), f"{where}: no {key}"
@@ -137,11 +106,11 @@ def test_auth_operations_are_described_secured_and_use_problem(auth_spec):
         for status, response in responses.items():
             if not str(status).startswith(("4", "5")):
                 continue
-            response = _resolve(auth_spec, response)
+            response = resolve(auth_spec, response)
             content = response.get("content", {})
             assert list(content) == ["application/problem+json"], f"{where} {status}: not problem+json"
             schema = content["application/problem+json"]["schema"]
-            assert _refers_to(schema, PROBLEM_REF) or _refers_to(_resolve(auth_spec, schema), PROBLEM_REF), (
+            assert _refers_to(schema, PROBLEM_REF) or _refers_to(resolve(auth_spec, schema), PROBLEM_REF), (
                 f"{where} {status}: the schema does not reference Problem"
             )
             assert "`" in response.get("description", ""), f"{where} {status}: list the `code` values"
@@ -153,9 +122,9 @@ def test_auth_path_parameters_use_the_id_schema_of_the_api(auth_spec):
         names = set(re.findall(r"\{([a-z_]+)\}", path))
         declared = {}
         for parameter in item.get("parameters", []):
-            parameter = _resolve(auth_spec, parameter)
+            parameter = resolve(auth_spec, parameter)
             if parameter["in"] == "path":
-                declared[parameter["name"]] = _resolve(auth_spec, parameter["schema"])
+                declared[parameter["name"]] = resolve(auth_spec, parameter["schema"])
         assert set(declared) == names, f"{path}: path parameters {sorted(declared)} != {sorted(names)}"
         for name, schema in declared.items():
             assert {k: schema.get(k) for k in auth_api._ID} == auth_api._ID, f"{path} {name}: not api._ID"
