@@ -246,6 +246,18 @@ async def show(page, name: str, lang: str, seen: list[str] | None = None) -> Non
         await page.screenshot(path=str(Path(shots) / f"{name}.{lang}.png"), full_page=True)
 
 
+async def visit(page, url: str, name: str, lang: str, seen: list[str] | None = None) -> None:
+    """Open `url` in `page` and `show` it as `name`."""
+    await page.goto(url)
+    await show(page, name, lang, seen)
+
+
+async def click_to(target, url: str) -> None:
+    """Click `target` (a locator) and wait for its page to be at `url` (a glob)."""
+    await target.click()
+    await target.page.wait_for_url(url)
+
+
 def _text(mail) -> str:
     return mail.message.get_body(preferencelist=("plain",)).get_content()
 

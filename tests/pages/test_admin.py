@@ -21,12 +21,14 @@ from .conftest import (
     account_in,
     admin_link,
     check_axe,
+    click_to,
     company_with_admin,
     csrf_of,
     open_admin,
     row_of,
     show,
     tab_to,
+    visit,
 )
 
 
@@ -487,16 +489,12 @@ async def test_every_admin_page(site, upstream, browser, lang):
         await open_admin(site, upstream, page, company_id, admin_id)
         await show(page, "admin-employees", lang, seen)
         await page.locator("#q").fill("Kernighan")
-        await page.locator("form.search button").click()
-        await page.wait_for_url("**q=Kernighan")
+        await click_to(page.locator("form.search button"), "**q=Kernighan")
         await show(page, "admin-employees-search", lang, seen)
-        await page.goto(f"{site.base}/mfa/admin/employees/{staff['Ada']}")
-        await show(page, "admin-summary", lang, seen)
-        await page.goto(f"{site.base}/mfa/admin/employees/{staff['Brian']}")
-        await show(page, "admin-summary-forced", lang, seen)
+        await visit(page, f"{site.base}/mfa/admin/employees/{staff['Ada']}", "admin-summary", lang, seen)
+        await visit(page, f"{site.base}/mfa/admin/employees/{staff['Brian']}", "admin-summary-forced", lang, seen)
         await page.goto(f"{site.base}/mfa/admin/employees")
-        await page.locator('form[action="/mfa/admin/require"] button').click()
-        await page.wait_for_url("**notice=company_on")
+        await click_to(page.locator('form[action="/mfa/admin/require"] button'), "**notice=company_on")
         await show(page, "admin-company-required", lang, seen)
         await site.api.call("PUT", f"/v1/accounts/{admin_id}", {
             "company_id": company_id, "email": f"{admin_id}@example.com", "first_name": "Grace",

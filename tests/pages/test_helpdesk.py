@@ -4,33 +4,44 @@ end, through the console, is test_seed_story.py."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from .conftest import show, tab_to
+from ..processes import ROOT, run_to_end
+from .conftest import click_to, show, tab_to, visit
 from .recovery_site import forced_employee
 
-ROOT = Path(__file__).resolve().parents[2]
+
+async def _matched_ticket(site, desk, *, company: str | None = None, **names: str) -> tuple[dict[str, str], str]:
+    """A forced employee matched in recovery's directory, and a ticket of theirs (`names`: the ticket's first, last)."""
+    who = await forced_employee(site, company=company)
+    await desk.matched(who["account_id"])
+    return who, await desk.open_ticket(who["email"], who["company"], **names)
+
+
+async def _open_as(desk, page, agent: str, ticket_id: str) -> None:
+    """Sign `agent` in to the console in `page` and open the ticket."""
+    await page.goto(await desk.sign_in_link(agent))
+    await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}")
+
+
+async def _claim(page) -> None:
+    await click_to(page.get_by_role("button", name="Claim this ticket"), "**?notice=claimed")
 
 
 async def test_two_agents_on_one_ticket_cannot_both_decide(site, desk, browser):
-    who = await forced_employee(site)
-    await desk.matched(who["account_id"])
-    ticket_id = await desk.open_ticket(who["email"], who["company"])
+    _, ticket_id = await _matched_ticket(site, desk)
     ctx_a, ctx_b = await browser.new_context(), await browser.new_context()
     try:
         anna, bram = await desk.sign_in(ctx_a, "Anna"), await desk.sign_in(ctx_b, "Bram")
         for page in (anna, bram):
             await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}")
-        await anna.get_by_role("button", name="Claim this ticket").click()
-        await anna.wait_for_url("**?notice=claimed")
+        await _claim(anna)
         # Bram's page still offers the claim: the server refuses it and says who has the ticket.
         await bram.get_by_role("button", name="Claim this ticket").click()
         await bram.wait_for_load_state()
@@ -41,8 +52,7 @@ async def test_two_agents_on_one_ticket_cannot_both_decide(site, desk, browser):
                                           form={"csrf": csrf, "note": "me too", "agent": "Anna"},
                                           headers={"Origin": desk.base})
         assert refused.status == 409 and "Anna is handling this ticket" in await refused.text()
-        await anna.get_by_role("button", name="Approve: reset MFA").click()
-        await anna.wait_for_url("**?notice=approved")
+        await click_to(anna.get_by_role("button", name="Approve: reset MFA"), "**?notice=approved")
         again = await bram.request.post(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}/reject",
                                         form={"csrf": csrf, "reason": "late"}, headers={"Origin": desk.base})
         assert again.status == 409 and "already been decided" in await again.text()
@@ -57,14 +67,10 @@ async def test_two_agents_on_one_ticket_cannot_both_decide(site, desk, browser):
 
 
 async def test_a_rejected_ticket_says_why_and_deletes_the_photo(site, desk, page):
-    who = await forced_employee(site)
-    await desk.matched(who["account_id"])
-    ticket_id = await desk.open_ticket(who["email"], who["company"], first="Ada", last="Byron")
-    await page.goto(await desk.sign_in_link("Chris"))
-    await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}")
+    who, ticket_id = await _matched_ticket(site, desk, first="Ada", last="Byron")
+    await _open_as(desk, page, "Chris", ticket_id)
     assert "names differ" in await page.locator("#match").inner_text()
-    await page.get_by_role("button", name="Claim this ticket").click()
-    await page.wait_for_url("**?notice=claimed")
+    await _claim(page)
     # An empty reason is refused in the browser (required) and by the server.
     csrf = await page.locator('input[name="csrf"]').first.get_attribute("value")
     empty = await page.request.post(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}/reject",
@@ -74,8 +80,7 @@ async def test_a_rejected_ticket_says_why_and_deletes_the_photo(site, desk, page
     # The agent is the session's: a name slipped into the form changes nothing.
     await page.evaluate("""() => { const i = document.createElement('input'); i.type = 'hidden'; i.name = 'agent';
         i.value = 'Mallory'; document.querySelector('form[action$="/reject"]').appendChild(i); }""")
-    await page.get_by_role("button", name="Reject").click()
-    await page.wait_for_url("**?notice=rejected")
+    await click_to(page.get_by_role("button", name="Reject"), "**?notice=rejected")
     assert (await page.locator("#decision").inner_text()).startswith("Rejected by Chris on ")
     assert (await page.locator("#photo-deleted").inner_text()).startswith("The picture was deleted on ")
     audited = await desk.audited("RecoveryTicketRejected", ticket_id)
@@ -90,18 +95,14 @@ async def test_a_ticket_without_match_says_so_and_the_directory_can_be_searched(
     await desk.matched(who["account_id"])
     typo = who["email"].replace("@example.com", "@exampel.com")
     ticket_id = await desk.open_ticket(typo, who["company"])
-    await page.goto(await desk.sign_in_link("Dana"))
-    await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}")
+    await _open_as(desk, page, "Dana", ticket_id)
     assert "No match" in await page.locator("#no-match").inner_text()
     await page.get_by_label("Search accounts by email").fill(who["account_id"])
-    await page.get_by_role("button", name="Search").click()
-    await page.wait_for_url("**/mfa/helpdesk/search?**")
+    await click_to(page.get_by_role("button", name="Search"), "**/mfa/helpdesk/search?**")
     hits = await page.locator("#hits").inner_text()
     assert who["email"] in hits and who["company"] in hits
-    await page.get_by_role("link", name="Back to the ticket").click()
-    await page.wait_for_url(f"**/tickets/{ticket_id}")
-    await page.get_by_role("button", name="Claim this ticket").click()
-    await page.wait_for_url("**?notice=claimed")
+    await click_to(page.get_by_role("link", name="Back to the ticket"), f"**/tickets/{ticket_id}")
+    await _claim(page)
     await page.get_by_role("button", name="Approve: reset MFA").click()
     await page.wait_for_load_state()
     assert "No account matches this ticket" in await page.get_by_role("alert").inner_text()
@@ -165,11 +166,8 @@ async def test_a_cross_site_post_to_the_console_is_refused(site, desk, upstream,
 
 
 async def test_claim_and_approve_by_keyboard_alone(site, desk, page):
-    who = await forced_employee(site)
-    await desk.matched(who["account_id"])
-    ticket_id = await desk.open_ticket(who["email"], who["company"])
-    await page.goto(await desk.sign_in_link("Hank"))
-    await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}")
+    _, ticket_id = await _matched_ticket(site, desk)
+    await _open_as(desk, page, "Hank", ticket_id)
     await tab_to(page, "#claim", limit=40)
     await page.keyboard.press("Enter")
     await page.wait_for_url("**?notice=claimed")
@@ -182,20 +180,16 @@ async def test_claim_and_approve_by_keyboard_alone(site, desk, page):
 
 
 async def test_the_console_works_without_javascript(site, desk, browser):
-    who = await forced_employee(site)
-    await desk.matched(who["account_id"])
-    ticket_id = await desk.open_ticket(who["email"], who["company"])
+    _, ticket_id = await _matched_ticket(site, desk)
     ctx = await browser.new_context(java_script_enabled=False)
     try:
         page = await ctx.new_page()
         await page.goto(await desk.sign_in_link("Ivo"))
         assert await page.locator("script").count() == 0
         await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}")
-        await page.get_by_role("button", name="Claim this ticket").click()
-        await page.wait_for_url("**?notice=claimed")
+        await _claim(page)
         await page.get_by_label("Reason for rejecting").fill("Please send a sharper picture.")
-        await page.get_by_role("button", name="Reject").click()
-        await page.wait_for_url("**?notice=rejected")
+        await click_to(page.get_by_role("button", name="Reject"), "**?notice=rejected")
         assert (await page.locator("#decision").inner_text()).startswith("Rejected by Ivo")
     finally:
         await ctx.close()
@@ -203,10 +197,7 @@ async def test_the_console_works_without_javascript(site, desk, browser):
 
 async def _mfa(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     """Run the `mfa` command as an operator would; (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", *args, cwd=ROOT, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
+    return await run_to_end(sys.executable, "-m", "services.cli", *args, env=env, cwd=ROOT)
 
 
 async def test_mfa_helpdesk_link_prints_a_link_that_signs_the_agent_in(desk, page):
@@ -227,36 +218,29 @@ async def test_every_console_page(site, desk, browser, lang):
     """Every console page in both languages: no serious axe violation, no raw key; shot with MFA_SCREENSHOTS."""
     seen: list[str] = []
     tag = uuid.uuid4().hex[:4]
-    who = await forced_employee(site, company=f"Acme Tools {tag}")
-    await desk.matched(who["account_id"])
-    ticket_id = await desk.open_ticket(who["email"], who["company"])
+    who, ticket_id = await _matched_ticket(site, desk, company=f"Acme Tools {tag}")
     await desk.open_ticket(who["email"], who["company"])  # a second request: related tickets
     lost = await desk.open_ticket(f"nobody.{tag}@example.com", "Unknown BV", first="Piet", last="Jansen")
     ctx = await browser.new_context(viewport={"width": 1280, "height": 900},
                                     locale="nl-NL" if lang == "nl" else "en-GB")
     try:
         page = await ctx.new_page()
-        await page.goto(await desk.sign_in_link("Ben de Helpdesk"))
-        await show(page, "helpdesk-queue", lang, seen)
+        await visit(page, await desk.sign_in_link("Ben de Helpdesk"), "helpdesk-queue", lang, seen)
         await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{ticket_id}")
         await page.locator("img#photo").evaluate("i => i.decode()")
         assert await page.locator("#related li").count() == 1  # the person's other request
         await show(page, "helpdesk-ticket", lang, seen)
-        await page.locator("#claim").click()
-        await page.wait_for_url("**?notice=claimed")
+        await click_to(page.locator("#claim"), "**?notice=claimed")
         await show(page, "helpdesk-ticket-claimed", lang, seen)
-        await page.locator("#approve").click()
-        await page.wait_for_url("**?notice=approved")
+        await click_to(page.locator("#approve"), "**?notice=approved")
         await show(page, "helpdesk-ticket-approved", lang, seen)
-        await page.goto(f"{desk.base}/mfa/helpdesk/tickets/{lost}")
-        await show(page, "helpdesk-ticket-no-match", lang, seen)
-        await page.goto(f"{desk.base}/mfa/helpdesk/search?email={quote(who['account_id'])}&ticket={lost}")
-        await show(page, "helpdesk-search", lang, seen)
+        await visit(page, f"{desk.base}/mfa/helpdesk/tickets/{lost}", "helpdesk-ticket-no-match", lang, seen)
+        await visit(page, f"{desk.base}/mfa/helpdesk/search?email={quote(who['account_id'])}&ticket={lost}",
+                    "helpdesk-search", lang, seen)
         await page.locator(".agent-bar button").click()
         await page.wait_for_load_state()
         await show(page, "helpdesk-signed-out", lang, seen)
-        await page.goto(f"{desk.base}/mfa/helpdesk")
-        await show(page, "helpdesk-error-signed-out", lang, seen)
+        await visit(page, f"{desk.base}/mfa/helpdesk", "helpdesk-error-signed-out", lang, seen)
     finally:
         await ctx.close()
     assert len(seen) == 8
