@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import socket
 import uuid
@@ -161,6 +162,27 @@ async def publish(runtime, *events: dict) -> None:
 def seal(settings, event_type: str, account_id: str, token: str) -> str:
     """A token sealed the way auth seals tokens in events (BackupEmailRequested, BackupEmailChanged)."""
     return Keyring(settings.secret_keys).seal(token.encode(), aad=f"{event_type}:{account_id}".encode())
+
+
+async def tap(runtime, exchange: str, *routing_keys: str) -> tuple[aio_pika.abc.AbstractChannel, list[dict]]:
+    """Every event published to `exchange` with one of `routing_keys` from now on, as a list that fills up.
+
+    Seen on an exclusive queue of our own (as the suite's guest user, which may read everything); returns the
+    channel too: close it after.
+    """
+    channel = await runtime.broker.channel()
+    await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    queue = await channel.declare_queue(runtime.queue(f"tap-{uuid.uuid4().hex[:8]}"), exclusive=True)
+    for key in routing_keys:
+        await queue.bind(exchange, key)
+    events: list[dict] = []
+
+    async def on_message(message):
+        async with message.process():
+            events.append(json.loads(message.body))
+
+    await queue.consume(on_message)
+    return channel, events
 
 
 async def parked_messages(runtime, queue: str, count: int, timeout: float = 15, *,

@@ -22,7 +22,7 @@ from services.common.events import CONTENT_TYPE, encode, known_types, new_event
 from services.common.producers import PRODUCERS, Publishers, types_of
 from services.common.runtime import Runtime
 
-from .conftest import RUN_ID, isolated, parked_messages, private_database, wait_for
+from .conftest import RUN_ID, isolated, parked_messages, private_database, tap, wait_for
 
 
 def test_every_event_type_has_its_producers():
@@ -108,18 +108,7 @@ def _approval(account: str, company: str) -> dict:
 async def test_a_forged_approval_changes_nothing_and_is_parked(separate, runtime):
     company, account = f"co-{uuid.uuid4().hex[:8]}", f"acct-{uuid.uuid4().hex[:8]}"
     rt = await Runtime.open(separate, parties=["auth"], pool_size=6)
-    # Watches what auth publishes (as the suite's guest user, which may read everything).
-    tap_channel = await runtime.broker.channel()
-    await tap_channel.declare_exchange(separate.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-    tap = await tap_channel.declare_queue(runtime.queue(f"users-tap-{uuid.uuid4().hex[:6]}"), exclusive=True)
-    await tap.bind(separate.exchange, "MfaDisabled")
-    disabled: list[dict] = []
-
-    async def on_message(message):
-        async with message.process():
-            disabled.append(json.loads(message.body))
-
-    await tap.consume(on_message)
+    tap_channel, disabled = await tap(runtime, separate.exchange, "MfaDisabled")  # what auth publishes
     client = TestClient(TestServer(create_app(rt)))  # auth consumes and publishes as its own user
     await client.start_server()
     upstream = await _connect_as(separate, "upstream")

@@ -19,7 +19,7 @@ from services.common.config import queue_name
 from services.common.consumer import Consumer
 from services.common.outbox import add_events
 
-from .conftest import _db_url, drop_database, free_port, wait_for
+from .conftest import _db_url, drop_database, free_port, tap, wait_for
 from .processes import (
     APIS,
     MFA,
@@ -129,16 +129,7 @@ async def test_sigterm_under_http_load_exits_in_time_and_loses_nothing(settings,
 
     ports = free_ports()
     env = run_all_env(settings, ports)
-    channel = await runtime.broker.channel()
-    tap = await channel.declare_queue(runtime.queue(f"sigterm-tap-{uuid.uuid4().hex[:6]}"), exclusive=True)
-    await tap.bind(settings.exchange, "LoginChallengeIssued")
-    published: set[str] = set()
-
-    async def on_message(message):
-        async with message.process():
-            published.add(json.loads(message.body)["data"]["login_id"])
-
-    await tap.consume(on_message)
+    channel, challenges = await tap(runtime, settings.exchange, "LoginChallengeIssued")
     key = await create_key(runtime.pool, "service", label="sigterm")
     headers = {"Authorization": f"Bearer {key}"}
     base = url(ports["AUTH"])
@@ -185,7 +176,7 @@ async def test_sigterm_under_http_load_exits_in_time_and_loses_nothing(settings,
         async def events_accounted_for():
             waiting = {json.loads(bytes(r["body"]))["data"]["login_id"] for r in await runtime.pool.fetch(
                 "SELECT body FROM auth.outbox WHERE event_type = 'LoginChallengeIssued'")}
-            return stored <= published | waiting
+            return stored <= {e["data"]["login_id"] for e in challenges} | waiting
 
         await wait_for(events_accounted_for, timeout=10, message="an event for every stored login")
     finally:
@@ -201,16 +192,7 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
     port, relay_port = free_port(), free_port()
     env = env_for(settings, MFA_DATABASE_URL=_db_url(name), MFA_RELAY="separate", MFA_AUTH_PORT=str(port),
                   MFA_RELAY_PORT=str(relay_port))
-    channel = await runtime.broker.channel()
-    tap = await channel.declare_queue(runtime.queue(f"relay-tap-{uuid.uuid4().hex[:6]}"), exclusive=True)
-    await tap.bind(settings.exchange, "LoginChallengeIssued")
-    seen: list[str] = []
-
-    async def on_message(message):
-        async with message.process():
-            seen.append(json.loads(message.body)["data"]["login_id"])
-
-    await tap.consume(on_message)
+    channel, challenges = await tap(runtime, settings.exchange, "LoginChallengeIssued")
     procs = [await start("run", "auth", env=env)]
     try:
         await asyncio.wait_for(procs[0].stdout.readline(), 30)
@@ -236,7 +218,8 @@ async def test_with_a_separate_relay_the_service_leaves_its_outbox_to_mfa_relay(
             assert await db.fetchval(relay_locks) == 0
             assert await db.fetchval("SELECT count(*) FROM auth.outbox WHERE event_type = 'LoginChallengeIssued'") == 1
             procs.append(await start("relay", "auth", env=env))
-            await wait_for(lambda: login_id in seen, timeout=15, message="the login's event published by mfa relay")
+            await wait_for(lambda: any(e["data"]["login_id"] == login_id for e in challenges), timeout=15,
+                           message="the login's event published by mfa relay")
 
             async def outbox_empty() -> bool:
                 return await db.fetchval("SELECT count(*) FROM auth.outbox") == 0
