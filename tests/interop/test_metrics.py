@@ -4,12 +4,9 @@ exactly what was done through the API."""
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import time
-import uuid
 
-import aio_pika
 import aiohttp
 import pytest
 import segno
@@ -18,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.config import Settings
 from services.common.crypto import Keyring
 
-from ..conftest import wait_for
+from ..conftest import tap, wait_for
 from .conftest import unique
 
 
@@ -53,21 +50,10 @@ class Client:
 
 
 @pytest.fixture
-async def events(stack):
+async def events(stack, runtime):
     """Events on the bus, to read the sealed tokens the notifier would mail (whichever notifier sends)."""
     settings = Settings.from_env(stack.env)
-    conn = await aio_pika.connect(settings.amqp_url)
-    channel = await conn.channel()
-    queue = await channel.declare_queue(f"{settings.queue_prefix}metrics-tap-{uuid.uuid4().hex[:6]}", exclusive=True)
-    for event_type in ("BackupEmailChanged", "BackupEmailRequested"):
-        await queue.bind(settings.exchange, event_type)
-    seen: list[dict] = []
-
-    async def on_message(message):
-        async with message.process():
-            seen.append(json.loads(message.body))
-
-    await queue.consume(on_message)
+    channel, seen = await tap(runtime, settings.exchange, "BackupEmailChanged", "BackupEmailRequested")
     keyring = Keyring(settings.secret_keys)
 
     async def token(event_type: str, account: str, field: str) -> str:
@@ -76,7 +62,7 @@ async def events(stack):
         return keyring.open(event["data"][field], aad=f"{event_type}:{account}".encode()).decode()
 
     yield token
-    await conn.close()
+    await channel.close()
 
 
 async def test_each_counter_counts_what_happened(stack, events):
