@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aio_pika
 import pytest
@@ -15,6 +18,7 @@ from services.auth.app import create_app
 from services.common.apikeys import create_key
 from services.common.crypto import Keyring
 from services.common.events import parse_event
+from services.common.outbox import OutboxRelay, add_events
 
 from ..conftest import wait_for
 
@@ -46,16 +50,40 @@ class EventTap:
         )
 
 
-@pytest.fixture(scope="session")
-async def tap(runtime):
+async def publish_upstream(runtime, events: list[dict]) -> None:
+    """Publish as another producer (an upstream product, recovery) would: through the backbone test schema's outbox
+    and a relay of our own, until the outbox is empty."""
+    async with runtime.pool.acquire() as conn, conn.transaction():
+        await add_events(conn, "bbtest", events)
+    relay = OutboxRelay(runtime.pool, runtime.broker, "bbtest", poll_interval=0.2)
+    task = asyncio.create_task(relay.run())
+    try:
+        await wait_for(lambda: runtime.pool.fetchval("SELECT count(*) = 0 FROM bbtest.outbox"), timeout=15,
+                       message="upstream events published")
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
+async def tapping(runtime) -> AsyncIterator[EventTap]:
+    """An EventTap on every event published to the run's exchange while inside."""
     channel = await runtime.broker.channel()
     queue = await channel.declare_queue(runtime.queue(f"tap-{uuid.uuid4().hex[:6]}"), exclusive=True)
     await queue.bind(runtime.settings.exchange, "#")
     tap = EventTap()
     tag = await queue.consume(tap.on_message)
-    yield tap
-    await queue.cancel(tag)
-    await channel.close()
+    try:
+        yield tap
+    finally:
+        await queue.cancel(tag)
+        await channel.close()
+
+
+@pytest.fixture(scope="session")
+async def tap(runtime):
+    async with tapping(runtime) as found:
+        yield found
 
 
 @pytest.fixture(scope="session")

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 from services.common.events import new_event
-from services.common.outbox import OutboxRelay, add_events
 
 from ..conftest import wait_for
-from .conftest import oathtool
-
-
-async def _publish_upstream(runtime, events: list[dict]) -> None:
-    """Publish as an upstream product would, through the backbone test schema's outbox."""
-    async with runtime.pool.acquire() as conn, conn.transaction():
-        await add_events(conn, "bbtest", events)
-    relay = OutboxRelay(runtime.pool, runtime.broker, "bbtest", poll_interval=0.2)
-    task = asyncio.create_task(relay.run())
-    try:
-        await wait_for(lambda: runtime.pool.fetchval("SELECT count(*) = 0 FROM bbtest.outbox"), timeout=15,
-                       message="upstream events published")
-    finally:
-        relay.stop()
-        await asyncio.wait_for(task, 10)
+from .conftest import oathtool, publish_upstream
 
 
 async def test_account_removed_upstream_removes_the_account_and_its_logins(api, runtime, client):
@@ -31,7 +15,7 @@ async def test_account_removed_upstream_removes_the_account_and_its_logins(api, 
     account = await api.account(company)
     await api.enroll(account)
     _, login = await api.call("POST", "/v1/logins", {"account_id": account}, expect=201)
-    await _publish_upstream(runtime, [new_event(
+    await publish_upstream(runtime, [new_event(
         "AccountRemoved", {"account_id": account, "company_id": company},
         source="/upstream/hr", subject=account, company_id=company,
     )])

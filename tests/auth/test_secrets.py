@@ -14,9 +14,8 @@ from services.common.apikeys import create_key
 from services.common.crypto import Keyring
 from services.common.events import new_event
 from services.common.logs import configure_logging
-from services.common.outbox import add_events
 
-from .conftest import Api, oathtool
+from .conftest import Api, oathtool, publish_upstream
 
 
 async def test_rotation_keeps_old_rows_readable_and_reseals_under_the_newest_key(api, runtime):
@@ -92,20 +91,8 @@ async def test_upstream_directory_and_login_events_are_applied(runtime, client, 
         new_event("LoginAttempted", {"login_id": login_id, "account_id": account}, subject=account,
                   company_id=company, **upstream),
     ]
-    # Upstream publishes through its own outbox; reuse the backbone test schema's as a stand-in producer.
-    async with runtime.pool.acquire() as conn, conn.transaction():
-        await add_events(conn, "bbtest", events)
-    import asyncio
-
-    from services.common.outbox import OutboxRelay
-
-    relay = OutboxRelay(runtime.pool, runtime.broker, "bbtest", poll_interval=0.2)
-    task = asyncio.create_task(relay.run())
-    try:
-        issued = await tap.wait(account, "LoginChallengeIssued", timeout=15)
-    finally:
-        relay.stop()
-        await asyncio.wait_for(task, 10)
+    await publish_upstream(runtime, events)
+    issued = await tap.wait(account, "LoginChallengeIssued", timeout=15)
     assert issued[0]["data"]["decision"] == "enroll"  # the company requires MFA
     assert issued[0]["correlationid"] == "corr-" + login_id
     policy = await tap.wait(company, "MfaPolicyChanged")
@@ -123,19 +110,8 @@ async def test_recovery_approval_resets_forced_mfa(api, tap, runtime):
          "company_id": company, "agent": "helpdesk-anna", "note": "ID matches"},
         source="/mfa/recovery", subject=ticket, company_id=company,
     )
-    async with runtime.pool.acquire() as conn, conn.transaction():
-        await add_events(conn, "bbtest", [approved])
-    import asyncio
-
-    from services.common.outbox import OutboxRelay
-
-    relay = OutboxRelay(runtime.pool, runtime.broker, "bbtest", poll_interval=0.2)
-    task = asyncio.create_task(relay.run())
-    try:
-        disabled = (await tap.wait(account, "MfaDisabled", timeout=15))[0]["data"]
-    finally:
-        relay.stop()
-        await asyncio.wait_for(task, 10)
+    await publish_upstream(runtime, [approved])  # as recovery's relay would
+    disabled = (await tap.wait(account, "MfaDisabled", timeout=15))[0]["data"]
     assert disabled["reason"] == "helpdesk_recovery" and disabled["ticket_id"] == ticket
     _, status = await api.call("GET", f"/v1/accounts/{account}/mfa")
     assert status["enabled"] is False and status["forced"] is True

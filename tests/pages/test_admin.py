@@ -14,7 +14,7 @@ import pytest
 from services.auth.store import _EMPLOYEES, _SEARCH
 from services.common.apikeys import create_key
 
-from ..auth.conftest import Api, EventTap
+from ..auth.conftest import Api, tapping
 from .conftest import (
     SEED_NEXT_LOGIN,
     SEED_WARNING,
@@ -35,14 +35,8 @@ from .conftest import (
 @pytest.fixture(scope="module")
 async def tap(site):
     """Every event the auth app publishes during this module, schema-checked."""
-    channel = await site.runtime.broker.channel()
-    queue = await channel.declare_queue(site.runtime.queue(f"tap-admin-{uuid.uuid4().hex[:6]}"), exclusive=True)
-    await queue.bind(site.runtime.settings.exchange, "#")
-    found = EventTap()
-    tag = await queue.consume(found.on_message)
-    yield found
-    await queue.cancel(tag)
-    await channel.close()
+    async with tapping(site.runtime) as found:
+        yield found
 
 
 async def test_the_employees_tab_shows_status_and_why_it_is_forced(site, upstream, page, context):
