@@ -349,3 +349,47 @@ async def test_commit_wakes_the_relay_without_polling(runtime, writer):
         await asyncio.wait_for(task, 10)
         await other.close()
     assert [r["n"] for r in rows] == [1, 2]
+
+
+async def test_a_relay_discards_a_connection_it_cannot_clean(runtime, monkeypatch):
+    """The pool does not reset connections: one put back with the relay's partition locks would keep them."""
+    from services.common.db import PooledConnection, create_pool
+
+    pool = await create_pool(runtime.settings.database_url, min_size=1, max_size=1)
+    worker = OutboxRelay(pool, runtime.broker, SCHEMA, poll_interval=0.2)
+    task = asyncio.create_task(worker.run())
+
+    async def held() -> int:
+        return await runtime.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1::int::oid"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())", worker._lock_class)
+
+    try:
+        await wait_for(lambda: len(worker.partitions) == PARTITIONS, message="relay holds all partitions")
+        assert await held() == PARTITIONS
+
+        async def broken(self, channel, callback):
+            raise asyncpg.InterfaceError("simulated: the connection cannot be cleaned")
+
+        monkeypatch.setattr(PooledConnection, "remove_listener", broken)
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        # Terminated rather than pooled with the locks: nobody holds the relay's partitions any more.
+        async def none_held() -> bool:
+            return await held() == 0
+
+        await wait_for(none_held, timeout=5, message="no session holding the relay's partition locks")
+        monkeypatch.undo()
+        # And the pool opens a fresh connection for the next relay, which takes every partition.
+        again = OutboxRelay(pool, runtime.broker, SCHEMA, poll_interval=0.2)
+        again_task = asyncio.create_task(again.run())
+        try:
+            await wait_for(lambda: len(again.partitions) == PARTITIONS, message="a new relay holds all partitions")
+        finally:
+            again.stop()
+            await asyncio.wait_for(again_task, 10)
+    finally:
+        if not task.done():
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+        await pool.close()
