@@ -188,6 +188,7 @@ class Received:
     recipient: str
     subject: str
     at: float
+    raw: bytes
 
 
 class _Handler:
@@ -201,7 +202,7 @@ class _Handler:
         with self.smtp.lock:
             for rcpt in envelope.rcpt_tos:
                 self.smtp.received.append(Received(message.get("Message-ID", ""), rcpt,
-                                                   str(message.get("Subject", "")), time.time()))
+                                                   str(message.get("Subject", "")), time.time(), envelope.content))
         return "250 OK"
 
 
