@@ -373,7 +373,7 @@ class Load:
         async def linked(i: int) -> None:
             async with sem:
                 account_id = f"soak-l{i}"
-                await self.put_account(account_id)
+                await self.enrol(account_id)  # MFA on, so a login asks for a second step
                 address = await self.backup_email(account_id)
                 if address:
                     self.link_accounts.append({"id": account_id, "backup": address})
@@ -659,8 +659,9 @@ def profile(short: bool) -> dict[str, Any]:
 async def run_faults(load: Load, stack: Stack, nodes: Nodes, cfg: dict[str, Any], total: float,
                      rows: list[FaultRow]) -> None:
     """The fault schedule, spread over `total` seconds, each fault's recovery measured by a probe."""
-    steps: list[tuple[str, Any]] = [("kill", k) for k in cfg["kills"]] + [("broker", None), ("postgres", None),
-                                                                          ("smtp", None)]
+    # The SMTP outage comes before the broker's, so that retries wait in the retry queues while it stops.
+    steps: list[tuple[str, Any]] = [("kill", k) for k in cfg["kills"]] + [("smtp", None), ("broker", None),
+                                                                          ("postgres", None)]
     start = time.monotonic()
     for n, (kind, arg) in enumerate(steps, start=1):
         at = start + n * total / (len(steps) + 1)
@@ -676,17 +677,18 @@ async def run_faults(load: Load, stack: Stack, nodes: Nodes, cfg: dict[str, Any]
             result = await probe(load, tag + "a", began)
             rows.append(FaultRow(f"SIGKILL {worker} replica {i}", 0.0, **result))
             await asyncio.sleep(max(0.0, began + cfg["restart_after"] - time.time()))
-            restarted = time.time()
             await stack.restart(worker, i)
-            result = await probe(load, tag + "b", restarted)
-            rows.append(FaultRow(f"{worker} replica {i} restarted ({restarted - began:.0f} s after)",
-                                 time.time() - restarted, **result))
+            ready = time.time()  # from its /readyz: the partitions move back to it now
+            result = await probe(load, tag + "b", ready)
+            rows.append(FaultRow(f"{worker} replica {i} restarted {cfg['restart_after']} s after, until ready",
+                                 ready - began - cfg["restart_after"], **result))
             continue
         if kind == "broker":
+            waiting = sum(n for q, n in (await queue_depths(nodes)).items() if ".retry." in q)
             await nodes.rabbit.stop_app()
             await asyncio.sleep(cfg["broker_down"])
             await nodes.rabbit.start_app()
-            name = f"broker stopped {cfg['broker_down']} s (stop_app/start_app)"
+            name = f"broker stopped {cfg['broker_down']} s (stop_app/start_app; {waiting} retries waiting)"
         elif kind == "postgres":
             await nodes.pg.stop("fast")
             await asyncio.sleep(cfg["pg_down"])
