@@ -32,6 +32,18 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
+def append_log(path: Path):
+    """A log file for a child process to write to."""
+    return open(path, "ab")  # noqa: SIM115 (the child owns it; closed when the node is garbage)
+
+
+def _scratch(ident: str) -> Path:
+    """The folder every file of the nodes goes in (readable by the postgres user)."""
+    root = Path(tempfile.mkdtemp(prefix=f"mfa-soak-{ident}-"))
+    root.chmod(0o755)
+    return root
+
+
 def _as_postgres(*args: str | Path) -> list[str]:
     """A PostgreSQL command run as the postgres user when we are root (initdb refuses root)."""
     cmd = [str(a) for a in args]
@@ -143,7 +155,7 @@ class PrivateRabbit:
         """Start the node and wait until its AMQP listener answers."""
         self.proc = await asyncio.create_subprocess_exec(
             str(RABBIT_BIN / "rabbitmq-server"), env=self.env, stdout=asyncio.subprocess.DEVNULL,
-            stderr=open(self.root / "server.out", "wb"), start_new_session=True)
+            stderr=append_log(self.root / "server.out"), start_new_session=True)
         deadline = time.monotonic() + 120
         while True:  # await_startup fails at once until the VM has registered the node with epmd
             if self.proc.returncode is not None:
@@ -245,8 +257,7 @@ class Nodes:
 async def private_nodes(keep: bool = False):
     """Start the three nodes; stop them and delete their files however the block ends."""
     ident = uuid.uuid4().hex[:8]
-    root = Path(tempfile.mkdtemp(prefix=f"mfa-soak-{ident}-"))
-    root.chmod(0o755)
+    root = _scratch(ident)
     pg = PrivatePostgres(root)
     rabbit = PrivateRabbit(root, ident)
     smtp = SoakSmtp()

@@ -61,7 +61,7 @@ import aiosmtplib  # noqa: E402
 import asyncpg  # noqa: E402
 
 from bench.common import free_port, machine, percentile  # noqa: E402
-from bench.nodes import Nodes, private_nodes  # noqa: E402
+from bench.nodes import Nodes, append_log, private_nodes  # noqa: E402
 from services.common.outbox import partition_of  # noqa: E402
 from services.notifier.domain import HANDLED_TYPES as MAIL_TYPES  # noqa: E402
 
@@ -137,7 +137,7 @@ class Proc:
     process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        out = open(self.log, "ab")
+        out = append_log(self.log)
         self.process = await asyncio.create_subprocess_exec(MFA, *self.args, env=self.env, stdout=out, stderr=out)
         out.close()
 
@@ -398,6 +398,13 @@ class Load:
                         expect={200: ("MfaEnrolled", account_id), 201: ("MfaEnrolled", account_id)})
         return {"id": account_id, "secret": secret, "step": step}
 
+    async def start_login(self, account_id: str) -> dict[str, Any]:
+        """POST /v1/logins: the second step of a login of an account with MFA on."""
+        issued = ("LoginChallengeIssued", account_id)
+        _, login = await self.call("login", "POST", "/v1/logins", {"account_id": account_id},
+                                   expect={200: issued, 201: issued})
+        return login
+
     async def login_verify(self) -> None:
         now_step = int(time.time() // 30)
         account = next((a for a in self.totp_accounts if a["step"] < now_step and a["id"] not in self.busy), None)
@@ -406,9 +413,7 @@ class Load:
             return
         self.busy.add(account["id"])
         try:
-            _, login = await self.call("login", "POST", "/v1/logins", {"account_id": account["id"]},
-                                       expect={200: ("LoginChallengeIssued", account["id"]),
-                                               201: ("LoginChallengeIssued", account["id"])})
+            login = await self.start_login(account["id"])
             code, step = totp(account["secret"])
             if step <= account["step"]:
                 await asyncio.sleep(30 - time.time() % 30 + 0.05)
@@ -439,9 +444,7 @@ class Load:
             return
         self.busy.add(account["id"])
         try:
-            _, login = await self.call("login", "POST", "/v1/logins", {"account_id": account["id"]},
-                                       expect={200: ("LoginChallengeIssued", account["id"]),
-                                               201: ("LoginChallengeIssued", account["id"])})
+            login = await self.start_login(account["id"])
             await self.call("link_send", "POST", f"/v1/logins/{login['login_id']}/backup-email", {},
                             expect={202: ("BackupEmailRequested", account["id"])})
             token = await self.wait_token(account["backup"], "/mfa/login-link")
@@ -859,6 +862,10 @@ async def check(load: Load, nodes: Nodes, poison: list[str]) -> dict[str, Any]:
     }
 
 
+def write_report(path: str, report: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(report, indent=2, default=str))
+
+
 def fmt(seconds: float | None) -> str:
     return "not seen" if seconds is None else f"{seconds:.1f} s"
 
@@ -917,6 +924,7 @@ async def main(args: argparse.Namespace) -> int:
         auditor_key = await create_key(db, "auditor", label="soak")
         await db.close()
         codes: dict[str, int | None] = {}
+        load: Load | None = None
         try:
             await stack.start()
             load = Load(stack, nodes, service_key, auditor_key, tally)
@@ -945,19 +953,19 @@ async def main(args: argparse.Namespace) -> int:
                 result["checks"]["backlog_drained"] = drained["drained"]
                 result["details"]["drain"] = drained
         finally:
+            if load is not None:
+                for task in list(load.tasks):  # only after a failure: operations still waiting
+                    task.cancel()
             codes = await stack.stop()
-            load_tasks = [t for t in getattr(locals().get("load"), "tasks", set())]
-            for task in load_tasks:
-                task.cancel()
         result["checks"]["clean_sigterm"] = all(c == 0 for c in codes.values())
         print_report(args, tally, rows, result, elapsed, codes)
         ok = all(result["checks"].values())
         if args.json:
-            Path(args.json).write_text(json.dumps({
+            write_report(args.json, {
                 "ok": ok, "checks": result["checks"], "details": result["details"],
                 "faults": [row.__dict__ for row in rows], "ops": dict(tally.ops),
                 "answers": {f"{k[0]} {k[1]}": v for k, v in tally.answers.items()},
-            }, indent=2, default=str))
+            })
     if not args.logs:
         if ok:
             shutil.rmtree(logs, ignore_errors=True)
