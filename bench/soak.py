@@ -689,9 +689,11 @@ async def run_faults(load: Load, stack: Stack, nodes: Nodes, cfg: dict[str, Any]
         if kind == "broker":
             waiting = sum(n for q, n in (await queue_depths(nodes)).items() if ".retry." in q)
             await nodes.rabbit.stop_app()
+            stopped = time.time()
             await asyncio.sleep(cfg["broker_down"])
             await nodes.rabbit.start_app()
-            name = f"broker stopped {cfg['broker_down']} s (stop_app/start_app; {waiting} retries waiting)"
+            name = (f"broker stopped {cfg['broker_down']} s ({waiting} retries waiting; stop_app took"
+                    f" {stopped - began:.0f} s, start_app {time.time() - stopped - cfg['broker_down']:.0f} s)")
         elif kind == "postgres":
             await nodes.pg.stop("fast")
             await asyncio.sleep(cfg["pg_down"])

@@ -255,7 +255,10 @@ class OutboxRelay:
         publish them again: a connection that cannot be cleaned (an error, a cancellation, a
         socket half-dead after a PostgreSQL restart) is terminated, so the pool discards it.
         """
-        if conn.is_closed():
+        try:
+            if conn.is_closed():
+                return
+        except asyncpg.InterfaceError:  # asyncpg released it already: the connection was lost
             return
         try:
             await conn.remove_listener(channel_name(self.schema), self._on_notify)
