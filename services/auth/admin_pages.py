@@ -15,20 +15,19 @@ from ..common.errors import Conflict, MfaError
 from ..common.pages import PageError, redirect, with_query
 from ..common.web import current_correlation_id
 from . import store
-from .handlers import admin, directory, disable, prompt
+from .handlers import admin, directory, disable
 from .handlers.admin import ADMIN
-from .pages import auth_of, exchange_link, page_error, pages_of, render_page, text_of
+from .pages import LinkPages, auth_of, page_error, pages_of, render_page, text_of
 
-ADMIN_COOKIE = "mfa_admin"
 EMPLOYEES = "/mfa/admin/employees"
+ADMIN_PAGES = LinkPages(ADMIN, "mfa_admin", EMPLOYEES)
 # Notices a redirect may ask a page to show (`?notice=`): only these keys, never free text.
 NOTICES = {"company_on", "company_off", "personal_on", "personal_off", "mfa_off"}
 
 
 async def _admin(request: web.Request) -> tuple[store.Account, str, store.PageSession]:
     """The administrator of the session cookie (410 without one, 403 once no longer an admin)."""
-    cookie = request.cookies.get(ADMIN_COOKIE, "")
-    session = await prompt.session_of(auth_of(request), ADMIN, cookie)
+    session, cookie = await ADMIN_PAGES.session(request)
     return await admin.admin_of(auth_of(request), session), cookie, session
 
 
@@ -57,7 +56,7 @@ async def _required(request: web.Request, cookie: str) -> bool:
 async def entry(request: web.Request) -> web.StreamResponse:
     """The link from `admin-sessions`: its token becomes the session cookie, then the Employees tab."""
     if "token" in request.query:
-        return await exchange_link(request, ADMIN, ADMIN_COOKIE, EMPLOYEES)
+        return await ADMIN_PAGES.exchange(request)
     return redirect(EMPLOYEES)
 
 

@@ -7,6 +7,8 @@ templates, language, security headers and CSRF checks. Paths live under `/mfa/`.
 from __future__ import annotations
 
 import io
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import segno
@@ -22,8 +24,6 @@ from .handlers.context import Auth, now
 from .handlers.prompt import PORTAL, PROMPT
 from .store import PageSession
 
-PROMPT_COOKIE = "mfa_prompt"
-PORTAL_COOKIE = "mfa_portal"
 LINK_COOKIE = "mfa_link"
 CONFIRM_COOKIE = "mfa_confirm"
 TOKEN_COOKIE_AGE = 15 * 60
@@ -69,18 +69,36 @@ def _moment(request: web.Request, account: Any, value: Any) -> str:
     return format_moment(moment, pages_of(request).locale(request, account.locale), account.time_zone)
 
 
-def exchange_link(request: web.Request, kind: str, cookie: str, here: str):
-    """The first GET of a link: its token becomes a session cookie, then the same page without it."""
+@dataclass(frozen=True)
+class LinkPages:
+    """Pages opened by a single-use link (the prompt, "My login", the admin pages): one kind of page
+    session, the cookie that carries it, and `home`, the page the link lands on once its token is a cookie."""
 
-    async def go() -> web.Response:
-        session, expires = await prompt.open_link(auth_of(request), kind, request.query["token"])
+    kind: str
+    cookie: str
+    home: str
+
+    async def session(self, request: web.Request) -> tuple[PageSession, str]:
+        """The live session of this kind from the request's cookie (410 without one), and the cookie."""
+        cookie = request.cookies.get(self.cookie, "")
+        return await prompt.session_of(auth_of(request), self.kind, cookie), cookie
+
+    async def exchange(self, request: web.Request) -> web.Response:
+        """The first GET of a link: its token becomes the session cookie, then `home` without it."""
+        session, expires = await prompt.open_link(auth_of(request), self.kind, request.query["token"])
         lang = request.query.get("lang")
-        response = redirect(here + (f"?lang={lang}" if lang in ("en", "nl") else ""))
+        response = redirect(self.home + (f"?lang={lang}" if lang in ("en", "nl") else ""))
         max_age = max(60, int((expires - now()).total_seconds()))
-        pages_of(request).set_cookie(response, cookie, session, max_age=max_age)
+        pages_of(request).set_cookie(response, self.cookie, session, max_age=max_age)
         return response
 
-    return go()
+    async def entry(self, request: web.Request, show: Callable[..., Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        """`home` itself: the link's exchange while the token is in the URL, else `show`(request, session, cookie)."""
+        if "token" in request.query:
+            return await self.exchange(request)
+        session, cookie = await self.session(request)
+        return await show(request, session, cookie)
 
 
 async def _enrollment(auth: Auth, session: PageSession) -> str:
@@ -104,16 +122,10 @@ def _qr(uri: str) -> web.Response:
 
 # ---- the prompt ------------------------------------------------------------------------------
 
-async def _prompt_session(request: web.Request) -> tuple[PageSession, str]:
-    cookie = request.cookies.get(PROMPT_COOKIE, "")
-    return await prompt.session_of(auth_of(request), PROMPT, cookie), cookie
-
+PROMPT_PAGES = LinkPages(PROMPT, "mfa_prompt", "/mfa/prompt")
 
 async def prompt_page(request: web.Request) -> web.StreamResponse:
-    if "token" in request.query:
-        return await exchange_link(request, PROMPT, PROMPT_COOKIE, "/mfa/prompt")
-    session, cookie = await _prompt_session(request)
-    return await _show_prompt(request, session, cookie)
+    return await PROMPT_PAGES.entry(request, _show_prompt)
 
 
 async def _show_prompt(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
@@ -158,7 +170,7 @@ def _code_error(request: web.Request, account: Any, exc: MfaError) -> str:
 
 
 async def prompt_code(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _prompt_session(request)
+    session, cookie = await PROMPT_PAGES.session(request)
     form = await pages_of(request).form(request, cookie)
     code = "".join(form.get("code", "").split())
     try:
@@ -174,7 +186,7 @@ async def prompt_code(request: web.Request) -> web.StreamResponse:
 
 
 async def prompt_backup_page(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _prompt_session(request)
+    session, cookie = await PROMPT_PAGES.session(request)
     return await _backup_page(request, session, cookie)
 
 
@@ -189,7 +201,7 @@ async def _backup_page(request: web.Request, session: PageSession, cookie: str, 
 
 
 async def prompt_backup(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _prompt_session(request)
+    session, cookie = await PROMPT_PAGES.session(request)
     form = await pages_of(request).form(request, cookie)
     try:
         result = await logins.verify_login(auth_of(request), prompt.person(session), session.login_id, "backup_code",
@@ -213,7 +225,7 @@ async def prompt_backup(request: web.Request) -> web.StreamResponse:
 
 
 async def prompt_email_link(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _prompt_session(request)
+    session, cookie = await PROMPT_PAGES.session(request)
     await pages_of(request).form(request, cookie)
     try:
         await logins.send_login_link(auth_of(request), prompt.person(session), session.login_id)
@@ -230,7 +242,7 @@ async def prompt_email_link(request: web.Request) -> web.StreamResponse:
 
 async def prompt_check_mail(request: web.Request) -> web.StreamResponse:
     """Waits for the emailed link (opened here or on the phone); reloads itself without JavaScript."""
-    session, cookie = await _prompt_session(request)
+    session, cookie = await PROMPT_PAGES.session(request)
     view = await prompt.prompt_view(auth_of(request), session)
     if view.login.status != "pending" or view.expired:
         return await _show_prompt(request, session, cookie)
@@ -239,12 +251,12 @@ async def prompt_check_mail(request: web.Request) -> web.StreamResponse:
 
 
 async def prompt_qr(request: web.Request) -> web.StreamResponse:
-    session, _ = await _prompt_session(request)
+    session, _ = await PROMPT_PAGES.session(request)
     return _qr(await enrolment.pending_uri(auth_of(request), prompt.person(session), session.account_id))
 
 
 async def prompt_enroll(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _prompt_session(request)
+    session, cookie = await PROMPT_PAGES.session(request)
     form = await pages_of(request).form(request, cookie)
     code = "".join(form.get("code", "").split())
     auth = auth_of(request)
@@ -266,7 +278,7 @@ async def prompt_enroll(request: web.Request) -> web.StreamResponse:
 
 
 async def prompt_finish(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _prompt_session(request)
+    session, cookie = await PROMPT_PAGES.session(request)
     form = await pages_of(request).form(request, cookie)
     view = await prompt.prompt_view(auth_of(request), session)
     if form.get("saved") != "yes" and view.login.status == "succeeded":
@@ -291,6 +303,14 @@ def _token_cookie(request: web.Request, name: str, here: str) -> web.StreamRespo
     return cookie
 
 
+def _check_unused(account: Any, used_at: Any, expires_at: Any) -> None:
+    """410 for an emailed link already used or expired, as a page with the account's company and language."""
+    if used_at is not None:
+        raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
+    if expires_at is None or expires_at <= now():
+        raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
+
+
 async def login_link_page(request: web.Request) -> web.StreamResponse:
     token = _token_cookie(request, LINK_COOKIE, "/mfa/login-link")
     if not isinstance(token, str):
@@ -298,10 +318,7 @@ async def login_link_page(request: web.Request) -> web.StreamResponse:
     link, account = await prompt.login_link_info(auth_of(request), token)
     if link is None or account is None:
         raise PageError(410, "invalid_token")
-    if link.used_at is not None:
-        raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
-    if link.expires_at <= now():
-        raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
+    _check_unused(account, link.used_at, link.expires_at)
     back = await prompt.return_of_login(auth_of(request), link.company_id, link.login_id)
     return render_page(request, "link.html", account, session=token, return_to=back[0] if back else None,
                        prefix="link", action="/mfa/login-link", address="")
@@ -334,10 +351,7 @@ async def confirm_page(request: web.Request) -> web.StreamResponse:
     row, account = await prompt.confirm_info(auth_of(request), token)
     if row is None or account is None:
         raise PageError(410, "invalid_token")
-    if row.verified_at is not None:
-        raise PageError(410, "token_used", company_name=account.company_name, locale=account.locale)
-    if row.confirm_expires_at is None or row.confirm_expires_at <= now():
-        raise PageError(410, "token_expired", company_name=account.company_name, locale=account.locale)
+    _check_unused(account, row.verified_at, row.confirm_expires_at)
     return render_page(request, "link.html", account, session=token, prefix="confirm", action="/mfa/backup-email/confirm",
                        address=row.address)
 
@@ -360,16 +374,10 @@ async def confirm_post(request: web.Request) -> web.StreamResponse:
 
 # ---- "My login" ------------------------------------------------------------------------------
 
-async def _portal_session(request: web.Request) -> tuple[PageSession, str]:
-    cookie = request.cookies.get(PORTAL_COOKIE, "")
-    return await prompt.session_of(auth_of(request), PORTAL, cookie), cookie
-
+PORTAL_PAGES = LinkPages(PORTAL, "mfa_portal", "/mfa/my-login")
 
 async def portal_page(request: web.Request) -> web.StreamResponse:
-    if "token" in request.query:
-        return await exchange_link(request, PORTAL, PORTAL_COOKIE, "/mfa/my-login")
-    session, cookie = await _portal_session(request)
-    return await _show_portal(request, session, cookie)
+    return await PORTAL_PAGES.entry(request, _show_portal)
 
 
 async def _show_portal(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
@@ -383,7 +391,7 @@ async def _show_portal(request: web.Request, session: PageSession, cookie: str, 
 
 
 async def portal_setup_page(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _portal_session(request)
+    session, cookie = await PORTAL_PAGES.session(request)
     return await _portal_setup(request, session, cookie)
 
 
@@ -399,7 +407,7 @@ async def _portal_setup(request: web.Request, session: PageSession, cookie: str,
 
 
 async def portal_setup(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _portal_session(request)
+    session, cookie = await PORTAL_PAGES.session(request)
     form = await pages_of(request).form(request, cookie)
     auth = auth_of(request)
     account = await prompt.account_of(auth, session)
@@ -418,18 +426,18 @@ async def portal_setup(request: web.Request) -> web.StreamResponse:
 
 
 async def portal_qr(request: web.Request) -> web.StreamResponse:
-    session, _ = await _portal_session(request)
+    session, _ = await PORTAL_PAGES.session(request)
     return _qr(await enrolment.pending_uri(auth_of(request), prompt.person(session), session.account_id))
 
 
 async def portal_saved(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _portal_session(request)
+    session, cookie = await PORTAL_PAGES.session(request)
     await pages_of(request).form(request, cookie)
     return redirect("/mfa/my-login?notice=codes_saved")
 
 
 async def portal_codes(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _portal_session(request)
+    session, cookie = await PORTAL_PAGES.session(request)
     await pages_of(request).form(request, cookie)
     try:
         result = await enrolment.regenerate_backup_codes(auth_of(request), prompt.person(session), session.account_id)
@@ -441,7 +449,7 @@ async def portal_codes(request: web.Request) -> web.StreamResponse:
 
 
 async def portal_backup_email(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _portal_session(request)
+    session, cookie = await PORTAL_PAGES.session(request)
     form = await pages_of(request).form(request, cookie)
     auth = auth_of(request)
     try:
@@ -454,7 +462,7 @@ async def portal_backup_email(request: web.Request) -> web.StreamResponse:
 
 
 async def portal_disable(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _portal_session(request)
+    session, cookie = await PORTAL_PAGES.session(request)
     form = await pages_of(request).form(request, cookie)
     auth = auth_of(request)
     account = await prompt.account_of(auth, session)
@@ -477,7 +485,7 @@ async def portal_disable(request: web.Request) -> web.StreamResponse:
 
 async def portal_replace(request: web.Request) -> web.StreamResponse:
     """Replacing the app, first step: the present app's code proves it is the person."""
-    session, cookie = await _portal_session(request)
+    session, cookie = await PORTAL_PAGES.session(request)
     form = await pages_of(request).form(request, cookie)
     auth = auth_of(request)
     try:
@@ -494,7 +502,7 @@ async def portal_replace(request: web.Request) -> web.StreamResponse:
 
 
 async def portal_replace_page(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _portal_session(request)
+    session, cookie = await PORTAL_PAGES.session(request)
     return await _replace_page(request, session, cookie)
 
 
@@ -513,7 +521,7 @@ async def _replace_page(request: web.Request, session: PageSession, cookie: str,
 
 
 async def portal_replace_confirm(request: web.Request) -> web.StreamResponse:
-    session, cookie = await _portal_session(request)
+    session, cookie = await PORTAL_PAGES.session(request)
     form = await pages_of(request).form(request, cookie)
     auth = auth_of(request)
     try:

@@ -46,6 +46,17 @@ def key(address: str) -> str:
     return f"{found.local_part.casefold()}@{found.domain}"
 
 
+def wire_form(address: str) -> str | None:
+    """The address as SMTP carries it: the domain in ASCII (IDNA), the local part as given; None if not valid.
+
+    A local part that is not ASCII stays UTF-8: only a server with SMTPUTF8 (RFC 6531) takes it.
+    """
+    found = _validated(address)
+    if found is None:
+        return None
+    return found.ascii_email or f"{found.local_part}@{found.ascii_domain}"
+
+
 def same(a: str, b: str) -> bool:
     """True when two addresses name the same mailbox, as far as this service can tell."""
     return key(a) == key(b)

@@ -98,6 +98,7 @@ class Pages:
 
     async def form(self, request: web.Request, session: str | None) -> dict[str, str]:
         """The POSTed form, after the CSRF checks: same-site request and a token matching `session`."""
+        # A cross-site post is refused before its body is read.
         refuse_cross_site(request, origin_of(self.public_url) if self.public_url else None)
         if request.content_length and request.content_length > MAX_FORM:
             raise PageError(413, "too_large")
@@ -106,8 +107,11 @@ class Pages:
         return {k: v for k, v in data.items() if isinstance(v, str)}
 
     def check_csrf(self, request: web.Request, session: str | None, sent: object) -> None:
-        """403 unless `sent` is the CSRF token of `session` (for forms read by other means, e.g. multipart)."""
-        refuse_cross_site(request, origin_of(self.public_url) if self.public_url else None)
+        """403 unless `sent` is the CSRF token of `session`.
+
+        `form` checks both; a form read by other means (e.g. multipart) calls `refuse_cross_site` before
+        reading its body, then this.
+        """
         if not session or not isinstance(sent, str) or not hmac.compare_digest(sent, self.csrf_token(session)):
             log.warning("csrf_refused", path=request.path)
             raise PageError(403, "csrf")

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from babel.dates import format_timedelta
 
-from ..common import events, i18n, sealing
+from ..common import emails, events, i18n, sealing
 
 HANDLED_TYPES = (
     "BackupEmailRequested",
@@ -78,22 +78,30 @@ Unseal = Callable[[str, str], str]
 
 # --- addresses and headers -------------------------------------------------------------------
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_ADDRESS = re.compile(rf"^(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>{_LABEL}(?:\.{_LABEL})*)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_address(address: str, what: str = "recipient") -> str:
-    """`address` when it is a plain ASCII mailbox (local@domain); BadMail('invalid_address') otherwise."""
+    """`address` as it goes on the wire, when it is one valid mailbox; BadMail('invalid_address') otherwise.
+
+    The rule is the one every service keeps (`common.emails`), so an address an account was given
+    is one the notifier can write to. An international domain goes out in its ASCII (IDNA) form,
+    which every server takes; a local part that is not ASCII stays UTF-8 and needs a server that
+    offers SMTPUTF8 (RFC 6531; see `needs_smtputf8`).
+    """
     if not isinstance(address, str) or not address:
         raise BadMail("invalid_address", f"the event names no {what} address")
     if _CONTROL.search(address):
         raise BadMail("unsafe_header", f"the {what} address contains line breaks or control characters")
-    match = _ADDRESS.match(address)
-    if not match or len(address) > 254 or len(match["local"]) > 64:
+    wire = emails.wire_form(address)
+    if wire is None:
         raise BadMail("invalid_address", f"the {what} address {address[:80]!r} is not a valid email address")
-    return address
+    return wire
+
+
+def needs_smtputf8(*addresses: str) -> bool:
+    """True when an address (in its wire form) can only travel with the SMTPUTF8 extension."""
+    return not all(a.isascii() for a in addresses)
 
 
 def check_header(value: str, what: str) -> str:
@@ -157,14 +165,14 @@ def build_message(
     otherwise, so any SMTP server takes them. The boundary derives from the Message-ID: the
     same mail is the same bytes on every attempt.
     """
-    check_address(recipient)
+    recipient = check_address(recipient)
     check_header(recipient_name, "recipient name")
     check_header(subject, "subject")
     check_header(msg_id, "Message-ID")
     boundary = "=_mfa_" + hashlib.sha256(msg_id.encode()).hexdigest()[:24]  # "=_" never occurs in QP text
     headers = [
         f"From: {formataddr((sender.display_name, sender.addr_spec), charset='utf-8')}",
-        f"To: {formataddr((recipient_name, recipient), charset='utf-8')}",
+        f"To: {_mailbox(recipient_name, recipient)}",
     ]
     if reply_to:
         headers.append(f"Reply-To: {check_address(reply_to, 'reply-to')}")
@@ -181,7 +189,19 @@ def build_message(
     for subtype, body in (("plain", text), ("html", html)):
         lines += [f"--{boundary}", *_body_part(subtype, body, boundary)]
     lines += [f"--{boundary}--", ""]
-    return "\r\n".join(lines).encode("ascii")
+    # ASCII but for an address that needs SMTPUTF8, which then travels as UTF-8 (RFC 6532).
+    return "\r\n".join(lines).encode("utf-8")
+
+
+def _mailbox(name: str, address: str) -> str:
+    """`Name <address>` for a header, the name RFC 2047-encoded as needed; a UTF-8 address as is (RFC 6532)."""
+    if address.isascii():
+        return formataddr((name, address), charset="utf-8")
+    if not name:
+        return address
+    # formataddr refuses an address that is not ASCII: take the name part it writes, then the address.
+    shown = formataddr((name, "x@x"), charset="utf-8")
+    return f"{shown[:-len('x@x>')]}{address}>"
 
 
 def _header_text(value: str) -> str:

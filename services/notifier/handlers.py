@@ -174,7 +174,8 @@ class Notifier:
                 continue
             record = replace(record, subject=subject)
             started = time.perf_counter()
-            result = await self.mailer.send(message, sender=self.sender.addr_spec, recipient=plan.recipient)
+            result = await self.mailer.send(message, sender=self.sender.addr_spec,
+                                            recipient=check_address(plan.recipient))
             SEND_SECONDS.observe(time.perf_counter() - started)
             await self._journal(replace(record, status=result.status, reason_code=result.reason_code, reason=result.reason))
             outcomes[result.status] += 1

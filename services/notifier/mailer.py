@@ -19,7 +19,7 @@ import aiosmtplib
 from ..common.config import Settings
 from ..common.logs import get_logger
 from ..common.runtime import cancel_and_wait
-from .domain import classify_reply
+from .domain import classify_reply, needs_smtputf8
 
 log = get_logger("notifier.smtp")
 
@@ -125,9 +125,14 @@ class Mailer:
                     if conn.client is None or not conn.client.is_connected:
                         self._discard(conn)
                         conn.client = await self._connect()
-                    _errors, reply = await conn.client.sendmail(sender, [recipient], message)
+                    options = ["SMTPUTF8"] if needs_smtputf8(sender, recipient) else []
+                    _errors, reply = await conn.client.sendmail(sender, [recipient], message, mail_options=options)
                     keep = True
                     return SendResult("sent", None, _reply(None, reply))
+                except aiosmtplib.SMTPNotSupported as exc:
+                    # A UTF-8 local part and a server without SMTPUTF8: no retry will change that.
+                    keep = True
+                    return SendResult("failed", "smtputf8_unsupported", _reply(None, str(exc)))
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     keep = True  # the client reset the envelope; the connection is fine
                     refused = exc.recipients[0]

@@ -33,22 +33,29 @@ async def on_company_upserted(conn: asyncpg.Connection, event: dict[str, Any]) -
     data = event["data"]
     await store.upsert_company(conn, data["company_id"], data["name"].strip(), company_key(data["name"]),
                                data["mfa_required"], event_time(event))
+    await store.match_waiting_tickets(conn, company_id=data["company_id"])
 
 
 async def on_account_upserted(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
     data = event["data"]
+    email_key = normalize_email(data["email"])
+    company = await store.company_name_key(conn, data["company_id"])
+    if company is not None:
+        # The same lock as an intake of this person: the intake sees this account, or its ticket is matched here.
+        await store.lock_person(conn, email_key, company)
     await store.upsert_account_profile(
         conn,
         account_id=data["account_id"],
         company_id=data["company_id"],
         email=data["email"].strip(),
-        email_key=normalize_email(data["email"]),
+        email_key=email_key,
         first_name=data["first_name"],
         last_name=data["last_name"],
         role=data["role"],
         mfa_required=data["mfa_required"],
         at=event_time(event),
     )
+    await store.match_waiting_tickets(conn, account_id=data["account_id"])
 
 
 async def on_account_removed(conn: asyncpg.Connection, event: dict[str, Any]) -> None:

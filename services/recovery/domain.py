@@ -182,7 +182,7 @@ def new_ticket_fields(req: IntakeRequest) -> TicketFields:
     """The fields of a ticket opened by `req` alone."""
     missing = req.missing()
     return TicketFields(
-        status="incomplete" if missing else "open",
+        status=event_status(missing),
         requester_email=req.email,
         first_name=req.first_name,
         last_name=req.last_name,
@@ -194,7 +194,7 @@ def new_ticket_fields(req: IntakeRequest) -> TicketFields:
 
 
 def event_status(missing: list[str]) -> str:
-    """The status a RecoveryTicketOpened event reports: complete or not."""
+    """The status of a ticket with these fields missing (as stored and as RecoveryTicketOpened reports it)."""
     return "incomplete" if missing else "open"
 
 

@@ -79,10 +79,10 @@ async def check_rate_limit(pool: asyncpg.Pool, rate_key: bytes, limits: RateLimi
         checks.append((keyed_hash(rate_key, f"sender:{domain.normalize_email(req.sender)}"), limits.per_sender))
     if req.ip:
         checks.append((keyed_hash(rate_key, f"ip:{req.ip}"), limits.per_ip))
-    over = False
-    async with pool.acquire() as conn:
-        for key, limit in checks:
-            over = await store.hit(conn, key, start) > limit or over
+    if not checks:
+        return None
+    counts = await store.hits(pool, [key for key, _ in checks], start)
+    over = any(count > limit for count, (_, limit) in zip(counts, checks, strict=True))
     return limits.retry_after(now) if over else None
 
 
@@ -167,22 +167,11 @@ def _opened_data(ticket_id: str, channel: str, fields: TicketFields, account_id:
 # ---- helpdesk
 
 
-async def _ensure_match(conn: asyncpg.Connection, ticket: Ticket) -> Ticket:
-    """The ticket, matched now to its account if the directory learnt of it after the intake."""
-    if ticket.account_id is not None or not (ticket.email_key and ticket.company_key):
-        return ticket
-    matches = await store.find_accounts(conn, ticket.email_key, ticket.company_key, ticket.scope_company_id)
-    if len(matches) != 1:
-        return ticket
-    return await store.set_match(conn, ticket.ticket_id, matches[0].account_id, matches[0].company_id)
-
-
 async def _visible_ticket(conn: asyncpg.Connection, ticket_id: str, principal: Principal,
                           *, for_update: bool = False) -> Ticket:
     ticket = await store.get_ticket(conn, ticket_id, for_update=for_update)
     if ticket is None:
         raise NotFound("No such recovery ticket.", code="ticket_not_found")
-    ticket = await _ensure_match(conn, ticket)
     # A key bound to a company sees only tickets matched to it: anything else is "not found".
     if not principal.sees(ticket.company_id):
         raise NotFound("No such recovery ticket.", code="ticket_not_found")
@@ -380,13 +369,11 @@ async def purge_expired_photos(pool: asyncpg.Pool, *, now: datetime | None = Non
     while True:
         async with pool.acquire() as conn, conn.transaction():
             tickets = await store.expired_photo_tickets(conn, cutoff, batch)
-            events = []
-            for ticket in tickets:
-                deleted = await store.delete_photo(conn, ticket.ticket_id, "expired")
-                await store.mark_photo_expired(conn, ticket.ticket_id)
-                if deleted is not None:
-                    events.append(_photo_deleted(deleted, ticket.account_id, ticket.company_id))
-            await add_events(conn, SCHEMA, events)
+            by_id = {ticket.ticket_id: ticket for ticket in tickets}
+            deletions = await store.delete_photos(conn, list(by_id), "expired")
+            await store.mark_photos_expired(conn, list(by_id))
+            await add_events(conn, SCHEMA, [
+                _photo_deleted(d, by_id[d.ticket_id].account_id, by_id[d.ticket_id].company_id) for d in deletions])
         total += len(tickets)
         if len(tickets) < batch:
             break

@@ -218,6 +218,43 @@ async def find_accounts(conn: asyncpg.Connection, email_key: str, company_key: s
     )]
 
 
+async def company_name_key(conn: asyncpg.Connection, company_id: str) -> str | None:
+    """The matching key of a company's name as the directory copy holds it, or None when not known yet."""
+    return await conn.fetchval("SELECT name_key FROM recovery.companies WHERE company_id = $1", company_id)
+
+
+async def match_waiting_tickets(conn: asyncpg.Connection, *, account_id: str | None = None,
+                                company_id: str | None = None) -> int:
+    """Match the undecided, unmatched tickets that this account (or this company's accounts) now answer.
+
+    The directory may learn of an account after its person wrote in; the ticket is matched as soon
+    as the account or its company arrives, and only when exactly one live account answers it.
+    The number of tickets matched.
+    """
+    status = await conn.execute(
+        f"""WITH candidates AS (
+              SELECT t.ticket_id, t.email_key, t.company_key, t.scope_company_id FROM recovery.tickets t
+              WHERE t.account_id IS NULL AND t.status = ANY($3::text[])
+                AND (t.email_key, t.company_key) IN (
+                  SELECT a.email_key, c.name_key FROM recovery.accounts a
+                  JOIN recovery.companies c ON c.company_id = a.company_id
+                  WHERE a.account_id = $1 OR a.company_id = $2)
+            ), matches AS (
+              SELECT k.ticket_id, min(a.account_id) AS account_id, min(a.company_id) AS company_id,
+                     count(*) AS answers
+              FROM candidates k
+              JOIN recovery.accounts a ON a.email_key = k.email_key
+              JOIN recovery.companies c ON c.company_id = a.company_id AND c.name_key = k.company_key
+              WHERE {_LIVE} AND (k.scope_company_id IS NULL OR a.company_id = k.scope_company_id)
+              GROUP BY k.ticket_id
+            )
+            UPDATE recovery.tickets t SET account_id = m.account_id, company_id = m.company_id, updated_at = now()
+            FROM matches m WHERE t.ticket_id = m.ticket_id AND m.answers = 1 AND t.account_id IS NULL""",
+        account_id, company_id, list(UNDECIDED),
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def account_details(conn: asyncpg.Connection, account_id: str) -> AccountDetails | None:
     """The live account with its company, or None when unknown or removed."""
     return _row(AccountDetails, await conn.fetchrow(
@@ -303,15 +340,6 @@ async def list_tickets(conn: asyncpg.Connection, *, statuses: list[str], company
     )]
 
 
-async def set_match(conn: asyncpg.Connection, ticket_id: str, account_id: str, company_id: str | None) -> Ticket:
-    """Record the account a ticket matched; the updated ticket."""
-    return _row(Ticket, await conn.fetchrow(
-        f"""UPDATE recovery.tickets SET account_id = $2, company_id = $3, updated_at = now() WHERE ticket_id = $1
-            RETURNING {TICKET_COLUMNS}""",
-        ticket_id, account_id, company_id,
-    ))
-
-
 async def claim_ticket(conn: asyncpg.Connection, ticket_id: str, agent: str) -> Ticket:
     """Record the claim; the updated ticket (the caller holds its row lock)."""
     return _row(Ticket, await conn.fetchrow(
@@ -332,8 +360,8 @@ async def decide_ticket(conn: asyncpg.Connection, ticket_id: str, status: str, a
     ))
 
 
-async def mark_photo_expired(conn: asyncpg.Connection, ticket_id: str) -> None:
-    """The photo is gone: the ticket needs a new one before it can be approved."""
+async def mark_photos_expired(conn: asyncpg.Connection, ticket_ids: list[str]) -> None:
+    """The photos are gone: the tickets need a new one before they can be approved."""
     await conn.execute(
         """UPDATE recovery.tickets SET
              missing = CASE WHEN 'photo' = ANY(missing) THEN missing ELSE missing || '{photo}'::text[] END,
@@ -341,8 +369,8 @@ async def mark_photo_expired(conn: asyncpg.Connection, ticket_id: str) -> None:
                              ELSE problems || '{photo_expired}'::text[] END,
              status = CASE WHEN status = 'open' THEN 'incomplete' ELSE status END,
              updated_at = now()
-           WHERE ticket_id = $1""",
-        ticket_id,
+           WHERE ticket_id = ANY($1::text[])""",
+        ticket_ids,
     )
 
 
@@ -370,14 +398,20 @@ async def photo_meta(conn: asyncpg.Connection, ticket_id: str) -> StoredPhoto | 
 
 async def delete_photo(conn: asyncpg.Connection, ticket_id: str, reason: str) -> PhotoDeletion | None:
     """Delete the ticket's photo and record the deletion in the same statement; None when there was none."""
-    return _row(PhotoDeletion, await conn.fetchrow(
-        """WITH gone AS (DELETE FROM recovery.photos WHERE ticket_id = $1
+    deleted = await delete_photos(conn, [ticket_id], reason)
+    return deleted[0] if deleted else None
+
+
+async def delete_photos(conn: asyncpg.Connection, ticket_ids: list[str], reason: str) -> list[PhotoDeletion]:
+    """Delete these tickets' photos and record each deletion, in one statement; the deletions made."""
+    return [_row(PhotoDeletion, r) for r in await conn.fetch(
+        """WITH gone AS (DELETE FROM recovery.photos WHERE ticket_id = ANY($1::text[])
                          RETURNING ticket_id, content_type, size, sha256, received_at)
            INSERT INTO recovery.photo_deletions (ticket_id, reason, content_type, size, sha256, received_at)
            SELECT ticket_id, $2, content_type, size, sha256, received_at FROM gone
            RETURNING id, ticket_id, reason, content_type, size, sha256, received_at, deleted_at""",
-        ticket_id, reason,
-    ))
+        ticket_ids, reason,
+    )]
 
 
 async def last_photo_deletion(conn: asyncpg.Connection, ticket_id: str) -> PhotoDeletion | None:
@@ -401,13 +435,16 @@ async def expired_photo_tickets(conn: asyncpg.Connection, cutoff: datetime, limi
 # ---- rate limits
 
 
-async def hit(conn: asyncpg.Connection | asyncpg.Pool, key: bytes, window_start: datetime) -> int:
-    """Count one hit for `key` in its window; returns the hits so far, this one included."""
-    return await conn.fetchval(
-        """INSERT INTO recovery.rate_limits (key, window_start, hits) VALUES ($1, $2, 1)
-           ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_limits.hits + 1 RETURNING hits""",
-        key, window_start,
+async def hits(conn: asyncpg.Connection | asyncpg.Pool, keys: list[bytes], window_start: datetime) -> list[int]:
+    """Count one hit for each key in its window, in one statement; the hits so far of each, this one included."""
+    rows = await conn.fetch(
+        """INSERT INTO recovery.rate_limits (key, window_start, hits)
+           SELECT key, $2, 1 FROM unnest($1::bytea[]) WITH ORDINALITY AS k(key, n) ORDER BY n
+           ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_limits.hits + 1 RETURNING key, hits""",
+        keys, window_start,
     )
+    counted = {r["key"]: r["hits"] for r in rows}
+    return [counted[key] for key in keys]
 
 
 async def prune_rate_limits(conn: asyncpg.Connection | asyncpg.Pool, before: datetime) -> int:

@@ -66,8 +66,10 @@ class TestSmtpServer:
     __test__ = False  # not a pytest class
 
     def __init__(self, recorder: Recorder | None = None, *, port: int = 0, starttls: ssl.SSLContext | None = None,
-                 implicit_tls: ssl.SSLContext | None = None, credentials: tuple[str, str] | None = None) -> None:
+                 implicit_tls: ssl.SSLContext | None = None, credentials: tuple[str, str] | None = None,
+                 smtputf8: bool = True) -> None:
         self.recorder = recorder or Recorder()
+        self.smtputf8 = smtputf8
         self.port = port
         self.starttls = starttls
         self.implicit_tls = implicit_tls
@@ -82,7 +84,7 @@ class TestSmtpServer:
 
     def _factory(self) -> SMTP:
         self.connections += 1
-        kwargs = {}
+        kwargs = {"enable_SMTPUTF8": self.smtputf8}
         if self.starttls is not None:
             kwargs.update(tls_context=self.starttls, require_starttls=True)
         if self.credentials is not None:

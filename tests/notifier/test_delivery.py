@@ -328,6 +328,37 @@ async def test_mailed_tokens_never_reach_the_logs(runtime, smtp, start_notifier)
     assert login_token not in logs and confirm_token not in logs
 
 
+async def test_international_addresses_reach_a_server_that_takes_them(runtime, start_notifier):
+    acct, co = ids()
+    idn_only = f"ann.{acct}@müller.example"  # goes as xn--mller-kva to any server
+    utf8_local = f"jörg.{acct}@müller.example"  # needs SMTPUTF8
+    utf8_server = await TestSmtpServer(smtputf8=True).start()
+    ascii_server = await TestSmtpServer(smtputf8=False).start()
+    try:
+        for server in (utf8_server, ascii_server):
+            running = await start_notifier(plain(server))
+            sent = [event("MfaEnrolled", {"account_id": acct, "company_id": co, "email": address, "first_name": "Jörg",
+                                          "method": "totp", "enrolled_at": T0}) for address in (idn_only, utf8_local)]
+            await publish(runtime, *sent)
+            for e in sent:
+                await wait_for(lambda e=e, q=running.queue: processed(runtime.pool, q, e["id"]), message="event processed")
+            (idn_row,) = await journal(running.notifier.journal, sent[0]["id"])
+            assert idn_row["status"] == "sent"
+            (utf8_row,) = await journal(running.notifier.journal, sent[1]["id"])
+            if server is utf8_server:
+                assert utf8_row["status"] == "sent"
+                (mail,) = server.recorder.to(f"jörg.{acct}@xn--mller-kva.example")
+                assert f"jörg.{acct}@xn--mller-kva.example" in str(mail.message["To"])
+            else:
+                # A server without SMTPUTF8 cannot take the address: a clear, final verdict, not endless retries.
+                assert (utf8_row["status"], utf8_row["reason_code"]) == ("failed", "smtputf8_unsupported")
+                assert server.recorder.to(f"jörg.{acct}@xn--mller-kva.example") == []
+            assert len(server.recorder.to(f"ann.{acct}@xn--mller-kva.example")) == 1
+    finally:
+        await utf8_server.stop()
+        await ascii_server.stop()
+
+
 class _JournalAway:
     """The notifier's pool while the database restarts: the first `outages` journal writes fail as asyncpg fails."""
 

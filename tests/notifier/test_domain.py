@@ -16,6 +16,7 @@ from services.notifier.domain import (
     classify_reply,
     locale_chain,
     message_id,
+    needs_smtputf8,
     parse_sender,
     plan_mails,
 )
@@ -37,9 +38,18 @@ def test_message_id_is_derived_from_the_event_and_stable():
     assert odd.count("<") == 1 and odd.count("@") == 1 and " " not in odd
 
 
-@pytest.mark.parametrize("address", ["ann@example.com", "a.b+tag@sub.example.co", "x@localhost"])
+@pytest.mark.parametrize("address", ["ann@example.com", "a.b+tag@sub.example.co", "helpdesk@mfa.localhost"])
 def test_valid_addresses(address):
     assert check_address(address) == address
+
+
+@pytest.mark.parametrize(("address", "wire", "utf8"), [
+    ("ann@müller.de", "ann@xn--mller-kva.de", False),  # an international domain goes as IDNA, to any server
+    ("jörg@müller.de", "jörg@xn--mller-kva.de", True),  # a UTF-8 local part needs SMTPUTF8
+])
+def test_international_addresses_in_their_wire_form(address, wire, utf8):
+    assert check_address(address) == wire
+    assert needs_smtputf8(wire) is utf8
 
 
 @pytest.mark.parametrize(("address", "code"), [
@@ -50,6 +60,7 @@ def test_valid_addresses(address):
     ("<ann@example.com>", "invalid_address"),
     ("ann@example.com\r\nBcc: victim@example.com", "unsafe_header"),
     ("", "invalid_address"),
+    ("x@localhost", "invalid_address"),  # the rule of every service: a domain has a dot
 ])
 def test_invalid_addresses(address, code):
     with pytest.raises(BadMail) as exc:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
+import json
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -23,27 +22,55 @@ from ..conftest import free_port, wait_for
 if TYPE_CHECKING:
     from .conftest import Site
 
-SHOTS = os.environ.get("MFA_SCREENSHOTS")
-if SHOTS:
-    Path(SHOTS).mkdir(parents=True, exist_ok=True)
 PER_SENDER = 3  # requests per hour per email on the form, as for mail (the per-IP limit is lifted: all is 127.0.0.1)
 
 
 @dataclasses.dataclass
 class Desk:
-    """The running recovery service as a browser sees it, with a helpdesk key and a service key."""
+    """The running recovery service as a browser sees it, with a helpdesk key and a service key, and the
+    audit service beside it with an auditor key."""
 
     base: str
     client: TestClient
     runtime: Runtime
     helpdesk_key: str
     service_key: str
+    audit: TestClient
+    auditor_key: str
 
     async def sign_in_link(self, agent: str, key: str | None = None) -> str:
         resp = await self.client.post("/v1/helpdesk-sessions", json={"agent": agent},
                                       headers={"Authorization": f"Bearer {key or self.helpdesk_key}"})
         assert resp.status == 201, await resp.text()
         return (await resp.json())["url"]
+
+    async def sign_in(self, context, agent: str):
+        """A new page of `context` signed in to the console as `agent` through a single-use link."""
+        page = await context.new_page()
+        await page.goto(await self.sign_in_link(agent))
+        assert page.url == f"{self.base}/mfa/helpdesk"  # the token is exchanged for a cookie: no secret in the URL
+        return page
+
+    async def audited(self, event_type: str, ticket_id: str) -> dict:
+        """The event about `ticket_id` as the audit log recorded it (the envelope it hashed), waiting for it."""
+        async def find():
+            rows = await self.runtime.pool.fetch("SELECT envelope FROM audit.events WHERE event_type = $1", event_type)
+            hits = [json.loads(r["envelope"]) for r in rows]
+            return next((e for e in hits if e["data"].get("ticket_id") == ticket_id), None)
+
+        return await wait_for(find, timeout=20, message=f"{event_type} of {ticket_id} in the audit log")
+
+    async def audit_trail(self, account_id: str, *until: str, timeout: float = 20) -> list[dict]:
+        """The account's audit log as an auditor reads it (`GET /v1/audit/events`): its events in the log's
+        order, waiting until one of each type in `until` is in it."""
+        async def read():
+            resp = await self.audit.get("/v1/audit/events", params={"account_id": account_id, "limit": "100"},
+                                        headers={"Authorization": f"Bearer {self.auditor_key}"})
+            assert resp.status == 200, await resp.text()
+            events = [row["envelope"] for row in (await resp.json())["events"]]
+            return events if set(until) <= {e["type"] for e in events} else None
+
+        return await wait_for(read, timeout=timeout, message=f"{', '.join(until)} of {account_id} in the audit log")
 
     async def ticket_of(self, email: str, company: str) -> str:
         """The newest ticket of this email and company, waiting for it."""
@@ -92,7 +119,8 @@ async def desk(site: Site):
     await audit.start_server()
     try:
         yield Desk(base, client, runtime, await create_key(runtime.pool, "helpdesk", label="pages"),
-                   await create_key(runtime.pool, "service", label="pages"))
+                   await create_key(runtime.pool, "service", label="pages"), audit,
+                   await create_key(runtime.pool, "auditor", label="pages"))
     finally:
         await audit.close()
         await client.close()
@@ -115,12 +143,16 @@ def id_photo(width: int = 640, height: int = 480) -> bytes:
     return out.getvalue()
 
 
-async def forced_employee(site: Site, *, company: str | None = None, locale: str | None = None) -> dict[str, str]:
-    """An employee of a company that forces MFA, enrolled on a phone that is now broken, without backup."""
+async def forced_employee(site: Site, *, company: str | None = None, locale: str | None = None,
+                          by: str = "company") -> dict[str, str]:
+    """An employee whose MFA is forced (`by` the company or personally), enrolled on a phone that is now
+    broken, without backup."""
     from .conftest import person
 
+    assert by in ("company", "personal")
     company = company or f"Broken Phone {uuid.uuid4().hex[:6]} BV"
-    company_id, account_id = await person(site, company_required=True, company=company, locale=locale)
+    company_id, account_id = await person(site, company_required=by == "company", required=by == "personal",
+                                          company=company, locale=locale)
     await site.api.enroll(account_id)
     return {"company_id": company_id, "account_id": account_id, "company": company,
             "email": f"{account_id}@example.com", "first_name": "Ada", "last_name": "Lovelace"}
@@ -135,15 +167,3 @@ async def fill_form(page, who: dict[str, str], photo: bytes | None = None, *, na
     await page.get_by_label("Company name").fill(who["company"])
     await page.locator("#photo").set_input_files(files=[{"name": name, "mimeType": mime,
                                                          "buffer": id_photo() if photo is None else photo}])
-
-
-async def show(page, name: str, lang: str, seen: list[str] | None = None) -> None:
-    """Check a page with axe (and for raw keys); with MFA_SCREENSHOTS, save it as `<name>.<lang>.png`."""
-    from .conftest import check_axe
-
-    assert await page.locator("html").get_attribute("lang") == lang, f"{name} is not in {lang}"
-    await check_axe(page)
-    if seen is not None:
-        seen.append(name)
-    if SHOTS:
-        await page.screenshot(path=str(Path(SHOTS) / f"{name}.{lang}.png"), full_page=True)

@@ -15,10 +15,19 @@ from services.auth.store import _EMPLOYEES, _SEARCH
 from services.common.apikeys import create_key
 
 from ..auth.conftest import Api, EventTap
-from .conftest import check_axe
-
-SEED_WARNING = "This can only be done when the Multifactor authentication is not forced by the administrator."
-SEED_NEXT_LOGIN = "directly sees the configuration screen for the multifactor authentication"
+from .conftest import (
+    SEED_NEXT_LOGIN,
+    SEED_WARNING,
+    account_in,
+    admin_link,
+    check_axe,
+    company_with_admin,
+    csrf_of,
+    open_admin,
+    row_of,
+    show,
+    tab_to,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,66 +43,15 @@ async def tap(site):
     await channel.close()
 
 
-async def company_with_admin(site, *, required: bool = False, name: str | None = None,
-                             locale: str | None = None) -> tuple[str, str]:
-    """A company and its administrator: (company_id, admin account id)."""
-    company_id = await site.api.company(required=required, name=name or f"Admin Co {uuid.uuid4().hex[:4]}")
-    admin_id = f"admin-{uuid.uuid4().hex[:10]}"
-    body = {"company_id": company_id, "email": f"{admin_id}@example.com", "first_name": "Grace",
-            "last_name": "Hopper", "role": "admin", "mfa_required": False}
-    if locale:
-        body["locale"] = locale
-    await site.api.call("PUT", f"/v1/accounts/{admin_id}", body, expect=201)
-    return company_id, admin_id
-
-
-async def employee(site, company_id: str, *, required: bool = False, first: str = "Ada",
-                   last: str = "Lovelace", email: str | None = None) -> str:
-    account_id = f"emp-{uuid.uuid4().hex[:10]}"
-    await site.api.call("PUT", f"/v1/accounts/{account_id}", {
-        "company_id": company_id, "email": email or f"{account_id}@example.com", "first_name": first, "last_name": last,
-        "role": "employee", "mfa_required": required}, expect=201)
-    return account_id
-
-
-async def admin_link(site, upstream, company_id: str, admin_id: str) -> str:
-    _, session = await site.api.call("POST", f"/v1/companies/{company_id}/admin-sessions",
-                                     {"actor_account_id": admin_id, "return_to": f"{upstream.base}/back"}, expect=201)
-    return session["url"]
-
-
-async def open_admin(site, upstream, page, company_id: str, admin_id: str) -> None:
-    await page.goto(await admin_link(site, upstream, company_id, admin_id))
-    assert "token" not in page.url and page.url.endswith("/mfa/admin/employees")
-
-
-_RAW_KEY = re.compile(r"(?<![@.\w-])admin\.[a-z_]+(?:\.[a-z_]+)?\b")
-
-
-async def check_page(page) -> None:
-    """axe-core clean (no serious or critical violation) and no admin text shown as its raw key."""
-    shown = await page.locator("body").inner_text()
-    assert not _RAW_KEY.search(shown), f"{page.url} shows a key: {_RAW_KEY.search(shown)[0]}"
-    await check_axe(page)
-
-
-async def row_of(page, account_id: str):
-    return page.locator("table.employees tbody tr").filter(has=page.locator(f'a[href$="/{account_id}"]'))
-
-
-async def csrf_of(page) -> str:
-    return await page.locator('input[name="csrf"]').first.get_attribute("value")
-
-
 async def test_the_employees_tab_shows_status_and_why_it_is_forced(site, upstream, page, context):
     company_id, admin_id = await company_with_admin(site, name="Tab BV")
-    plain = await employee(site, company_id, first="Plain", last="Off")
-    forced = await employee(site, company_id, required=True, first="Forced", last="Personal")
-    enrolled = await employee(site, company_id, first="Set", last="Up")
+    plain = await account_in(site, company_id, first="Plain", last="Off")
+    forced = await account_in(site, company_id, required=True, first="Forced", last="Personal")
+    enrolled = await account_in(site, company_id, first="Set", last="Up")
     await site.api.enroll(enrolled)
-    pending = await employee(site, company_id, first="Half", last="Way")
+    pending = await account_in(site, company_id, first="Half", last="Way")
     await site.api.call("POST", f"/v1/accounts/{pending}/mfa/enrollment", expect=201)
-    locked = await employee(site, company_id, first="Locked", last="Out")
+    locked = await account_in(site, company_id, first="Locked", last="Out")
     await site.api.enroll(locked)
     until = datetime.now(UTC) + timedelta(minutes=7)
     async with site.runtime.pool.acquire() as conn:
@@ -112,7 +70,7 @@ async def test_the_employees_tab_shows_status_and_why_it_is_forced(site, upstrea
         assert cells == [f"{account_id}@example.com", status, why]
     locked_cells = await (await row_of(page, locked)).locator("td").all_inner_texts()
     assert locked_cells[1].startswith("Locked until ") and until.strftime("%H:%M") in locked_cells[1]
-    await check_page(page)
+    await check_axe(page)
 
     # The company switch: forced by the company everywhere after it.
     await page.get_by_role("button", name="Require MFA for every employee").click()
@@ -133,7 +91,7 @@ async def test_the_employees_tab_shows_status_and_why_it_is_forced(site, upstrea
 
 async def test_the_company_switch_sends_unenrolled_employees_to_enrolment_and_names_the_admin(site, upstream, page, tap):
     company_id, admin_id = await company_with_admin(site)
-    staff = await employee(site, company_id)
+    staff = await account_in(site, company_id)
     _, before = await site.api.call("POST", "/v1/logins", {"account_id": staff}, expect=201)
     assert before["decision"] == "allow"
     await open_admin(site, upstream, page, company_id, admin_id)
@@ -160,7 +118,7 @@ async def test_the_company_switch_sends_unenrolled_employees_to_enrolment_and_na
 
 async def test_disable_mfa_turns_it_off_when_not_forced_with_the_admin_as_actor(site, upstream, page, tap):
     company_id, admin_id = await company_with_admin(site)
-    staff = await employee(site, company_id, first="Broken", last="Phone")
+    staff = await account_in(site, company_id, first="Broken", last="Phone")
     await site.api.enroll(staff)
     await open_admin(site, upstream, page, company_id, admin_id)
     await page.get_by_role("link", name="Broken Phone").click()
@@ -173,7 +131,7 @@ async def test_disable_mfa_turns_it_off_when_not_forced_with_the_admin_as_actor(
     assert await button.is_enabled()
     color = await button.evaluate("b => getComputedStyle(b).backgroundColor")
     assert color == "rgb(180, 35, 24)"  # the seed's red button
-    await check_page(page)
+    await check_axe(page)
     await button.click()
     await page.wait_for_url(f"**/mfa/admin/employees/{staff}?notice=mfa_off")
     assert await page.locator("#employee-status").inner_text() == "Off"
@@ -188,7 +146,7 @@ async def test_disable_mfa_turns_it_off_when_not_forced_with_the_admin_as_actor(
 @pytest.mark.parametrize("by", ["personal", "company"])
 async def test_disable_mfa_is_refused_while_forced_on_the_page_and_by_the_server(site, upstream, page, by):
     company_id, admin_id = await company_with_admin(site, required=by == "company")
-    staff = await employee(site, company_id, required=by == "personal", first="Forced", last="Person")
+    staff = await account_in(site, company_id, required=by == "personal", first="Forced", last="Person")
     await site.api.enroll(staff)
     await open_admin(site, upstream, page, company_id, admin_id)
     await page.goto(f"{site.base}/mfa/admin/employees/{staff}")
@@ -198,7 +156,7 @@ async def test_disable_mfa_is_refused_while_forced_on_the_page_and_by_the_server
     assert SEED_WARNING in warning
     assert ("for this employee personally" if by == "personal" else "every employee of the company") in warning
     assert await button.get_attribute("aria-describedby") == "disable-refused"
-    await check_page(page)
+    await check_axe(page)
     # Whatever the page sends: a forged POST with a valid token is refused by the server.
     response = await page.request.post(f"{site.base}/mfa/admin/employees/{staff}/disable",
                                        form={"csrf": await csrf_of(page)}, headers={"Origin": site.base})
@@ -213,7 +171,7 @@ async def test_disable_mfa_is_refused_while_forced_on_the_page_and_by_the_server
 
 async def test_the_personal_switch_requires_mfa_for_one_employee(site, upstream, page, tap):
     company_id, admin_id = await company_with_admin(site)
-    staff = await employee(site, company_id, first="Solo", last="Switch")
+    staff = await account_in(site, company_id, first="Solo", last="Switch")
     await site.api.enroll(staff)
     await open_admin(site, upstream, page, company_id, admin_id)
     await page.goto(f"{site.base}/mfa/admin/employees/{staff}")
@@ -273,7 +231,7 @@ async def test_search_and_paging_over_a_few_hundred_employees(site, upstream, pa
         seen += await _emails(page)
         pages += 1
     assert seen == expected and pages == 6  # 50 a page (the admin first), in email order, none twice
-    await check_page(page)
+    await check_axe(page)
     await page.get_by_role("link", name="Previous page").click()
     await page.wait_for_load_state()
     assert await _emails(page) == expected[199:249]
@@ -321,7 +279,7 @@ async def test_a_company_of_5000_pages_by_index_without_sorting(site):
 async def test_an_admin_of_one_company_sees_nothing_of_another(site, upstream, page):
     company_a, admin_a = await company_with_admin(site)
     company_b, _ = await company_with_admin(site)
-    theirs = await employee(site, company_b, first="Other", last="Company")
+    theirs = await account_in(site, company_b, first="Other", last="Company")
     await site.api.enroll(theirs)
     await open_admin(site, upstream, page, company_a, admin_a)
     assert await page.get_by_text("Other Company").count() == 0
@@ -347,7 +305,7 @@ async def test_an_admin_of_one_company_sees_nothing_of_another(site, upstream, p
 
 async def test_admin_sessions_are_for_admins_of_that_company_only(site, upstream):
     company_id, admin_id = await company_with_admin(site)
-    staff = await employee(site, company_id)
+    staff = await account_in(site, company_id)
     other_company, other_admin = await company_with_admin(site)
     back = {"return_to": f"{upstream.base}/back"}
     cases = [
@@ -370,7 +328,7 @@ async def test_admin_sessions_are_for_admins_of_that_company_only(site, upstream
 
 async def test_an_employees_session_is_refused_and_a_demoted_admin_loses_access(site, upstream, page):
     company_id, admin_id = await company_with_admin(site)
-    staff = await employee(site, company_id)
+    staff = await account_in(site, company_id)
     _, portal = await site.api.call("POST", f"/v1/accounts/{staff}/portal-sessions",
                                     {"return_to": f"{upstream.base}/back"}, expect=201)
     await page.goto(portal["url"])  # the employee's own "My login" session
@@ -405,26 +363,19 @@ async def test_a_cross_site_post_is_refused(site, upstream, page):
 
 async def test_keyboard_only_from_search_to_disable_mfa(site, upstream, page):
     company_id, admin_id = await company_with_admin(site)
-    staff = await employee(site, company_id, first="Keyboard", last="User")
-    await employee(site, company_id, first="Someone", last="Else")
+    staff = await account_in(site, company_id, first="Keyboard", last="User")
+    await account_in(site, company_id, first="Someone", last="Else")
     await site.api.enroll(staff)
     await open_admin(site, upstream, page, company_id, admin_id)
 
-    async def tab_to(selector: str, limit: int = 40) -> None:
-        for _ in range(limit):
-            await page.keyboard.press("Tab")
-            if await page.evaluate("s => document.activeElement.matches(s)", selector):
-                return
-        raise AssertionError(f"Tab never reached {selector}")
-
-    await tab_to("#q")
+    await tab_to(page, "#q", limit=40)
     await page.keyboard.type("Keyboard")
     await page.keyboard.press("Enter")
     await page.wait_for_url("**q=Keyboard")
-    await tab_to(f'a[href$="/{staff}"]')
+    await tab_to(page, f'a[href$="/{staff}"]', limit=40)
     await page.keyboard.press("Enter")
     await page.wait_for_url(f"**/mfa/admin/employees/{staff}")
-    await tab_to("#disable-mfa")
+    await tab_to(page, "#disable-mfa", limit=40)
     focus_ring = await page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
     assert focus_ring == "solid"
     await page.keyboard.press("Enter")
@@ -435,7 +386,7 @@ async def test_keyboard_only_from_search_to_disable_mfa(site, upstream, page):
 
 async def test_without_javascript_in_dutch(site, upstream, browser):
     company_id, admin_id = await company_with_admin(site, locale="nl", name="Zonder JS BV")
-    staff = await employee(site, company_id, first="Jan", last="Jansen")
+    staff = await account_in(site, company_id, first="Jan", last="Jansen")
     await site.api.enroll(staff)
     ctx = await browser.new_context(java_script_enabled=False, locale="en-GB")
     try:
@@ -466,13 +417,13 @@ async def test_without_javascript_in_dutch(site, upstream, browser):
 
 async def test_the_admin_pages_are_axe_clean_in_dutch(site, upstream, page):
     company_id, admin_id = await company_with_admin(site, locale="nl", required=True)
-    staff = await employee(site, company_id)
+    staff = await account_in(site, company_id)
     await site.api.enroll(staff)
     await open_admin(site, upstream, page, company_id, admin_id)
-    await check_page(page)
+    await check_axe(page)
     await page.goto(f"{site.base}/mfa/admin/employees/{staff}")
     assert await page.get_by_role("button", name="MFA uitschakelen").is_disabled()
-    await check_page(page)
+    await check_axe(page)
 
 
 def test_the_tabs_rules_state_reason_search_and_cursor():
@@ -516,14 +467,12 @@ def test_every_admin_key_is_in_both_languages():
 @pytest.mark.parametrize("lang", ["en", "nl"])
 async def test_every_admin_page(site, upstream, browser, lang):
     """Each admin page in `lang`, axe-checked; `make screenshots` (MFA_SCREENSHOTS) saves them as PNGs."""
-    from .test_every_page import _show
-
     company_id, admin_id = await company_with_admin(site, name="Acme Logistics", locale=lang)
     staff = {}
     for first, last, required in (("Ada", "Lovelace", False), ("Brian", "Kernighan", True), ("Carla", "Mendes", False),
                                   ("Dirk", "de Vries", False), ("Eva", "Jansen", False)):
         address = f"{first}.{last.replace(' ', '')}@acme.example".lower()
-        staff[first] = await employee(site, company_id, first=first, last=last, required=required, email=address)
+        staff[first] = await account_in(site, company_id, first=first, last=last, required=required, email=address)
     for first in ("Ada", "Brian", "Dirk"):
         await site.api.enroll(staff[first])
     await site.api.call("POST", f"/v1/accounts/{staff['Carla']}/mfa/enrollment", expect=201)
@@ -536,24 +485,24 @@ async def test_every_admin_page(site, upstream, browser, lang):
     try:
         page = await ctx.new_page()
         await open_admin(site, upstream, page, company_id, admin_id)
-        await _show(page, "admin-employees", lang, seen)
+        await show(page, "admin-employees", lang, seen)
         await page.locator("#q").fill("Kernighan")
         await page.locator("form.search button").click()
         await page.wait_for_url("**q=Kernighan")
-        await _show(page, "admin-employees-search", lang, seen)
+        await show(page, "admin-employees-search", lang, seen)
         await page.goto(f"{site.base}/mfa/admin/employees/{staff['Ada']}")
-        await _show(page, "admin-summary", lang, seen)
+        await show(page, "admin-summary", lang, seen)
         await page.goto(f"{site.base}/mfa/admin/employees/{staff['Brian']}")
-        await _show(page, "admin-summary-forced", lang, seen)
+        await show(page, "admin-summary-forced", lang, seen)
         await page.goto(f"{site.base}/mfa/admin/employees")
         await page.locator('form[action="/mfa/admin/require"] button').click()
         await page.wait_for_url("**notice=company_on")
-        await _show(page, "admin-company-required", lang, seen)
+        await show(page, "admin-company-required", lang, seen)
         await site.api.call("PUT", f"/v1/accounts/{admin_id}", {
             "company_id": company_id, "email": f"{admin_id}@example.com", "first_name": "Grace",
             "last_name": "Hopper", "role": "employee", "mfa_required": False, "locale": lang}, expect=200)
         await page.reload()
-        await _show(page, "admin-error-not-admin", lang, seen)
+        await show(page, "admin-error-not-admin", lang, seen)
     finally:
         await ctx.close()
     assert len(seen) == 6
@@ -572,7 +521,7 @@ async def test_the_personal_switch_does_not_undo_an_upstream_change_made_meanwhi
     from ..conftest import wait_for
 
     company_id, admin_id = await company_with_admin(site)
-    staff = await employee(site, company_id, first="Old", last="Name")
+    staff = await account_in(site, company_id, first="Old", last="Name")
     auth = site.api.client.server.app[AUTH]
     async with site.runtime.pool.acquire() as upstream_conn:
         tx = upstream_conn.transaction()

@@ -6,26 +6,12 @@ With MFA_SCREENSHOTS=<folder> (what `make screenshots` sets) each page is also s
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from ..auth.conftest import oathtool
-from .conftest import check_axe, link_to, person, start_login
+from .conftest import link_to, person, show, start_login
 
-SHOTS = os.environ.get("MFA_SCREENSHOTS")
 WRONG = "000000"
-if SHOTS:
-    Path(SHOTS).mkdir(parents=True, exist_ok=True)
-
-
-async def _show(page, name: str, lang: str, seen: list[str]) -> None:
-    assert await page.locator("html").get_attribute("lang") == lang, f"{name} is not in {lang}"
-    await check_axe(page)
-    seen.append(name)
-    if SHOTS:
-        await page.screenshot(path=str(Path(SHOTS) / f"{name}.{lang}.png"), full_page=True)
 
 
 def _wrong(secret: str) -> str:
@@ -42,16 +28,16 @@ async def test_every_page(site, upstream, mailbox, browser, lang):
         _, account = await person(site, company_required=True, locale=lang, company="Acme Tools")
         login = await start_login(site, upstream, account)
         await page.goto(login["prompt_url"])
-        await _show(page, "enroll", lang, seen)
+        await show(page, "enroll", lang, seen)
         secret = (await page.locator("#secret").inner_text()).replace(" ", "")
         await page.locator("#code").fill(_wrong(secret))
         await page.locator("form button[type=submit]").click()
         await page.wait_for_load_state()
-        await _show(page, "enroll-wrong-code", lang, seen)
+        await show(page, "enroll-wrong-code", lang, seen)
         await page.locator("#code").fill(oathtool(secret))
         await page.locator("form button[type=submit]").click()
         await page.wait_for_selector("#backup-codes")
-        await _show(page, "backup-codes", lang, seen)
+        await show(page, "backup-codes", lang, seen)
         await page.locator("#saved").check()
         await page.locator("form button[type=submit]").click()
         await page.wait_for_url(f"{upstream.base}/back**")
@@ -60,29 +46,29 @@ async def test_every_page(site, upstream, mailbox, browser, lang):
         backup = f"{account}@home.example"
         await site.api.call("PUT", f"/v1/accounts/{account}/backup-email", {"email": backup}, expect=202)
         await page.goto(await link_to(mailbox, backup, "/mfa/backup-email/confirm"))
-        await _show(page, "confirm-backup-email", lang, seen)
+        await show(page, "confirm-backup-email", lang, seen)
         await page.locator("form button[type=submit]").click()
         await page.wait_for_load_state()
-        await _show(page, "backup-email-confirmed", lang, seen)
+        await show(page, "backup-email-confirmed", lang, seen)
 
         # The verify prompt, a wrong code, the backup-code page, the mailed link and its page.
         login = await start_login(site, upstream, account)
         await page.goto(login["prompt_url"])
-        await _show(page, "verify", lang, seen)
+        await show(page, "verify", lang, seen)
         await page.locator("#code").fill(_wrong(secret))
         await page.locator('form[action="/mfa/prompt/code"] button').click()
         await page.wait_for_load_state()
-        await _show(page, "verify-wrong-code", lang, seen)
+        await show(page, "verify-wrong-code", lang, seen)
         await page.goto(f"{site.base}/mfa/prompt/backup-code")
-        await _show(page, "backup-code", lang, seen)
+        await show(page, "backup-code", lang, seen)
         await page.goto(f"{site.base}/mfa/prompt")
         await page.locator('form[action="/mfa/prompt/email-link"] button').click()
         await page.wait_for_url("**/check-mail")
-        await _show(page, "check-mail", lang, seen)
+        await show(page, "check-mail", lang, seen)
         link = await link_to(mailbox, backup, "/mfa/login-link")
         phone = await ctx.new_page()
         await phone.goto(link)
-        await _show(phone, "login-link", lang, seen)
+        await show(phone, "login-link", lang, seen)
         await phone.close()
         await page.close()  # the waiting page reloads itself every few seconds: leave it
         page = await ctx.new_page()
@@ -91,14 +77,14 @@ async def test_every_page(site, upstream, mailbox, browser, lang):
         _, portal = await site.api.call("POST", f"/v1/accounts/{account}/portal-sessions",
                                         {"return_to": f"{upstream.base}/back"}, expect=201)
         await page.goto(portal["url"])
-        await _show(page, "my-login-forced", lang, seen)
+        await show(page, "my-login-forced", lang, seen)
         _, free = await person(site, locale=lang, company="Acme Tools")
         _, portal = await site.api.call("POST", f"/v1/accounts/{free}/portal-sessions",
                                         {"return_to": f"{upstream.base}/back"}, expect=201)
         await page.goto(portal["url"])
-        await _show(page, "my-login-off", lang, seen)
+        await show(page, "my-login-off", lang, seen)
         await page.goto(portal["url"])
-        await _show(page, "error-link-used", lang, seen)
+        await show(page, "error-link-used", lang, seen)
 
         # A lock, with its end in the person's language.
         _, locked = await person(site, locale=lang, company="Acme Tools")
@@ -110,12 +96,12 @@ async def test_every_page(site, upstream, mailbox, browser, lang):
                 await page.locator("#code").fill(_wrong(locked_secret))
                 await page.locator('form[action="/mfa/prompt/code"] button').click()
                 await page.wait_for_load_state()
-        await _show(page, "locked", lang, seen)
+        await show(page, "locked", lang, seen)
         fresh = await browser.new_context(locale="nl-NL" if lang == "nl" else "en-GB")
         try:
             stranger = await fresh.new_page()
             await stranger.goto(f"{site.base}/mfa/prompt")
-            await _show(stranger, "error-session-missing", lang, seen)
+            await show(stranger, "error-session-missing", lang, seen)
         finally:
             await fresh.close()
     finally:

@@ -3,16 +3,7 @@
 from __future__ import annotations
 
 from ..auth.conftest import oathtool
-from .conftest import arrival_of, person, start_login
-
-
-async def _tab_to(page, selector: str, limit: int = 25) -> None:
-    """Press Tab until the element matching `selector` has the focus (as a keyboard user would)."""
-    for _ in range(limit):
-        if await page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
-            return
-        await page.keyboard.press("Tab")
-    raise AssertionError(f"{selector} cannot be reached with Tab on {page.url}")
+from .conftest import arrival_of, person, start_login, tab_to
 
 
 async def test_enrolment_then_a_backup_code_login_by_keyboard_alone(site, upstream, page):
@@ -20,23 +11,23 @@ async def test_enrolment_then_a_backup_code_login_by_keyboard_alone(site, upstre
     login = await start_login(site, upstream, account)
     await page.goto(login["prompt_url"])
     secret = (await page.locator("#secret").inner_text()).replace(" ", "")
-    await _tab_to(page, "#code")
+    await tab_to(page, "#code")
     await page.keyboard.type(oathtool(secret))
     await page.keyboard.press("Enter")
     await page.wait_for_selector("#backup-codes")
     codes = await page.locator("#backup-codes li").all_inner_texts()
-    await _tab_to(page, "#saved")
+    await tab_to(page, "#saved")
     await page.keyboard.press("Space")
-    await _tab_to(page, "button[type=submit]")
+    await tab_to(page, "button[type=submit]")
     await page.keyboard.press("Enter")
     await page.wait_for_url(f"{upstream.base}/back**")
 
     again = await start_login(site, upstream, account)
     await page.goto(again["prompt_url"])
-    await _tab_to(page, 'a[href="/mfa/prompt/backup-code"]')
+    await tab_to(page, 'a[href="/mfa/prompt/backup-code"]')
     await page.keyboard.press("Enter")
     await page.wait_for_url("**/mfa/prompt/backup-code")
-    await _tab_to(page, "#backup_code")
+    await tab_to(page, "#backup_code")
     await page.keyboard.type(codes[0])
     await page.keyboard.press("Enter")
     await page.wait_for_load_state()

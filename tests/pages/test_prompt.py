@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from services.auth.tokens import verify_assertion
-
-from ..auth.conftest import oathtool, zbarimg
-from .conftest import arrival_of, check_axe, person, start_login
-
-
-async def _assertion_of(site, login_id: str) -> dict:
-    _, login = await site.api.call("GET", f"/v1/logins/{login_id}", expect=200)
-    _, jwks = await site.api.call("GET", "/.well-known/jwks.json")
-    assert login["status"] == "succeeded"
-    return verify_assertion(login["assertion"], jwks)
+from ..auth.conftest import oathtool
+from .conftest import arrival_of, assertion_of, check_axe, person, scan_qr, start_login
 
 
 async def test_verify_with_the_app_code_returns_to_upstream_with_login_id_and_state_only(site, upstream, page):
@@ -29,7 +20,7 @@ async def test_verify_with_the_app_code_returns_to_upstream_with_login_id_and_st
     await page.get_by_role("button", name="Log in").click()
     await page.wait_for_url(f"{upstream.base}/back**")
     assert arrival_of(page.url) == {"login_id": [login["login_id"]], "state": ["xyz-42"]}
-    claims = await _assertion_of(site, login["login_id"])
+    claims = await assertion_of(site, login["login_id"])
     assert claims["sub"] == account and claims["login_id"] == login["login_id"]
 
 
@@ -82,16 +73,10 @@ async def test_a_backup_code_logs_in_and_turns_mfa_off(site, upstream, page):
     await page.get_by_label("Backup code").fill(codes[3])
     await page.get_by_role("button", name="Log in with backup code").click()
     await page.wait_for_url(f"{upstream.base}/back**")
-    claims = await _assertion_of(site, login["login_id"])
+    claims = await assertion_of(site, login["login_id"])
     assert claims["login_id"] == login["login_id"]
     _, status = await site.api.call("GET", f"/v1/accounts/{account}/mfa", expect=200)
     assert status["enabled"] is False
-
-
-async def _scan(page) -> str:
-    """The QR code as a phone camera sees it: the rendered image, decoded by zbarimg."""
-    png = await page.get_by_role("img", name="QR code to scan with your authenticator app").screenshot()
-    return zbarimg(png)
 
 
 async def test_mandatory_enrolment_scan_confirm_save_backup_codes_then_back_to_upstream(site, upstream, page):
@@ -102,7 +87,7 @@ async def test_mandatory_enrolment_scan_confirm_save_backup_codes_then_back_to_u
     assert await page.locator("h1").inner_text() == "Set up multifactor authentication"
     assert "Google Authenticator" in await page.locator("main").inner_text()
     await check_axe(page)
-    uri = await _scan(page)
+    uri = await scan_qr(page)
     typed = (await page.locator("#secret").inner_text()).replace(" ", "")
     assert f"secret={typed}" in uri and "issuer=Forced%20Ltd" in uri
     assert len((await page.locator("#secret").inner_text()).split(" ")) == 8  # groups of four for typing
@@ -124,7 +109,7 @@ async def test_mandatory_enrolment_scan_confirm_save_backup_codes_then_back_to_u
     await page.get_by_role("button", name="Continue").click()
     await page.wait_for_url(f"{upstream.base}/back**")
     assert arrival_of(page.url) == {"login_id": [login["login_id"]], "state": ["s-enrol"]}
-    claims = await _assertion_of(site, login["login_id"])
+    claims = await assertion_of(site, login["login_id"])
     assert claims["sub"] == account
     # The codes shown work: one of them turns MFA off through the API.
     await site.api.call("POST", f"/v1/accounts/{account}/mfa/disable", {"backup_code": codes[0]}, expect=200)
@@ -148,7 +133,7 @@ async def test_a_backup_code_on_a_forced_account_leads_straight_to_setting_up_ag
     await page.get_by_label("I have saved my backup codes").check()
     await page.get_by_role("button", name="Continue").click()
     await page.wait_for_url(f"{upstream.base}/back**")
-    assert (await _assertion_of(site, login["login_id"]))["sub"] == account
+    assert (await assertion_of(site, login["login_id"]))["sub"] == account
 
 
 async def test_used_expired_and_unknown_prompt_urls_are_clear_pages(site, upstream, page, context):

@@ -11,8 +11,8 @@ import pytest
 from services.common.crypto import Keyring, keyed_hash
 from services.recovery.domain import MAX_PHOTO_BYTES
 
-from .recovery_site import PER_SENDER, fill_form, forced_employee, id_photo, show
-from .test_keyboard_nojs import _tab_to
+from .conftest import show, tab_to
+from .recovery_site import PER_SENDER, fill_form, forced_employee, id_photo
 
 
 def _stranger(tag: str | None = None) -> dict[str, str]:
@@ -154,19 +154,19 @@ async def test_the_form_works_without_javascript_and_by_keyboard(site, desk, bro
         page = await ctx.new_page()
         await page.goto(f"{desk.base}/recover")
         assert await page.locator("script").count() == 0
-        await _tab_to(page, "#first_name")
+        await tab_to(page, "#first_name")
         await page.keyboard.type(who["first_name"])
-        await _tab_to(page, "#last_name")
+        await tab_to(page, "#last_name")
         await page.keyboard.type(who["last_name"])
-        await _tab_to(page, "#email")
+        await tab_to(page, "#email")
         await page.keyboard.type(who["email"])
-        await _tab_to(page, "#company_name")
+        await tab_to(page, "#company_name")
         await page.keyboard.type(who["company"])
-        await _tab_to(page, "#photo")
+        await tab_to(page, "#photo")
         # The file dialog is the browser's; Playwright answers it with the photo.
         await page.locator("#photo").set_input_files(files=[{"name": "me.jpg", "mimeType": "image/jpeg",
                                                              "buffer": id_photo()}])
-        await _tab_to(page, "button[type=submit]")
+        await tab_to(page, "button[type=submit]")
         await page.keyboard.press("Enter")
         await page.wait_for_url(f"{desk.base}/recover?sent=1&lang=en")
         assert await desk.ticket_of(who["email"], who["company"])

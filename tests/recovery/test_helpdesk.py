@@ -116,14 +116,39 @@ async def test_ticket_matched_once_the_directory_learns_of_the_account(recovery)
     person = {"email": f"late.{tag}@acme.example", "company_name": f"Late {tag}"}
     ticket_id = await open_ticket(recovery, person)
     assert (await call(recovery, "GET", f"/v1/recovery-tickets/{ticket_id}"))[1]["match"] is None
-    await recovery.directory_event("CompanyUpserted", {"company_id": f"co-{tag}", "name": person["company_name"],
-                                                       "mfa_required": False})
+    # The account arrives before its company: the match is made when the company's name is known.
     await recovery.directory_event("AccountUpserted", {
         "account_id": f"acc-{tag}", "company_id": f"co-{tag}", "email": person["email"], "first_name": "Jane",
         "last_name": "Doe", "role": "admin", "mfa_required": True})
+    await recovery.directory_event("CompanyUpserted", {"company_id": f"co-{tag}", "name": person["company_name"],
+                                                       "mfa_required": False})
+    # Matched by the directory consumer, not by somebody opening the ticket: a key bound to the
+    # company finds it in its queue straight away.
+    bound = {"Authorization": f"Bearer {await create_key(recovery.runtime.pool, 'helpdesk', f'co-{tag}')}"}
+    status, queue = await call(recovery, "GET", "/v1/recovery-tickets", headers=bound)
+    assert status == 200 and [t["ticket_id"] for t in queue["tickets"]] == [ticket_id]
     view = (await call(recovery, "GET", f"/v1/recovery-tickets/{ticket_id}"))[1]
     assert view["match"]["account_id"] == f"acc-{tag}" and view["match"]["mfa_forced"] is True
     assert view["match"]["role"] == "admin" and view["company_id"] == f"co-{tag}"
+
+
+async def test_a_ticket_that_two_accounts_answer_stays_unmatched(recovery):
+    tag = uuid.uuid4().hex[:8]
+    person = {"email": f"twice.{tag}@acme.example", "company_name": f"Twice {tag}"}
+
+    async def account(n: int, first_name: str) -> None:
+        await recovery.directory_event("AccountUpserted", {
+            "account_id": f"acc{n}-{tag}", "company_id": f"co{n}-{tag}", "email": person["email"],
+            "first_name": first_name, "last_name": "Doe", "role": "employee", "mfa_required": False})
+
+    for n in (1, 2):  # two companies of the same name, each with an account of that email
+        await recovery.directory_event("CompanyUpserted", {"company_id": f"co{n}-{tag}",
+                                                           "name": person["company_name"], "mfa_required": False})
+        await account(n, "Jane")
+    ticket_id = await open_ticket(recovery, person)
+    await account(1, "Janet")  # a later change of one of them does not make it the answer
+    view = (await call(recovery, "GET", f"/v1/recovery-tickets/{ticket_id}"))[1]
+    assert view["match"] is None and view["account_id"] is None
 
 
 async def test_claim_by_another_agent_needs_force(recovery):
