@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import email
 import hashlib
 import hmac
@@ -409,14 +410,30 @@ class Load:
                                    expect={200: issued, 201: issued})
         return login
 
-    async def login_verify(self) -> None:
-        now_step = int(time.time() // 30)
-        account = next((a for a in self.totp_accounts if a["step"] < now_step and a["id"] not in self.busy), None)
+    @contextlib.contextmanager
+    def take(self, accounts: list[dict[str, Any]], ready: Any = None):
+        """An account of `accounts` that no other operation uses now and is `ready` (None: none is).
+
+        It goes to the back of the line afterwards.
+        """
+        account = next((a for a in accounts if a["id"] not in self.busy and (ready is None or ready(a))), None)
         if account is None:
             self.tally.skipped += 1
+            yield None
             return
         self.busy.add(account["id"])
         try:
+            yield account
+        finally:
+            self.busy.discard(account["id"])
+            accounts.remove(account)
+            accounts.append(account)
+
+    async def login_verify(self) -> None:
+        now_step = int(time.time() // 30)
+        with self.take(self.totp_accounts, lambda a: a["step"] < now_step) as account:
+            if account is None:
+                return
             login = await self.start_login(account["id"])
             code, step = totp(account["secret"])
             if step <= account["step"]:
@@ -426,8 +443,6 @@ class Load:
             await self.call("verify", "POST", f"/v1/logins/{login['login_id']}/verify",
                             {"method": "totp", "code": code},
                             expect={200: ("LoginSucceeded", account["id"]), 401: ("LoginFailed", account["id"])})
-        finally:
-            self.busy.discard(account["id"])
 
     async def backup_email(self, account_id: str) -> str | None:
         address = f"{account_id}-{next(self.counter)}@backup.example"
@@ -442,12 +457,9 @@ class Load:
         return address
 
     async def login_link(self) -> None:
-        account = next((a for a in self.link_accounts if a["id"] not in self.busy), None)
-        if account is None:
-            self.tally.skipped += 1
-            return
-        self.busy.add(account["id"])
-        try:
+        with self.take(self.link_accounts) as account:
+            if account is None:
+                return
             login = await self.start_login(account["id"])
             await self.call("link_send", "POST", f"/v1/logins/{login['login_id']}/backup-email", {},
                             expect={202: ("BackupEmailRequested", account["id"])})
@@ -457,10 +469,6 @@ class Load:
                 return
             await self.call("link_redeem", "POST", "/v1/login-links/redeem", {"token": token},
                             expect={200: ("LoginSucceeded", account["id"])})
-        finally:
-            self.busy.discard(account["id"])
-            self.link_accounts.remove(account)
-            self.link_accounts.append(account)  # to the back of the line
 
     async def recovery_mail(self) -> None:
         sender = f"person{next(self.counter)}@soak.example"
@@ -527,17 +535,9 @@ class Load:
         await self.enrol(f"soak-e{next(self.counter)}")
 
     async def backup_email_op(self) -> None:
-        account = next((a for a in self.totp_accounts if a["id"] not in self.busy), None)
-        if account is None:
-            self.tally.skipped += 1
-            return
-        self.busy.add(account["id"])
-        try:
-            await self.backup_email(account["id"])
-        finally:
-            self.busy.discard(account["id"])
-            self.totp_accounts.remove(account)
-            self.totp_accounts.append(account)
+        with self.take(self.totp_accounts) as account:
+            if account is not None:
+                await self.backup_email(account["id"])
 
     async def run_op(self, name: str) -> None:
         self.tally.ops[name] += 1
