@@ -932,62 +932,70 @@ async def main(args: argparse.Namespace) -> int:
     tally = Tally()
     rows: list[FaultRow] = []
     ok = False
-    async with private_nodes() as nodes:
-        admin = await asyncpg.connect(nodes.pg.url())
-        await admin.execute("CREATE DATABASE mfa")
-        await admin.close()
-        replicas = {"auth": 2, "notifier": 2, "recovery": 1, "audit": 2, "relay": 2}
-        stack = Stack(nodes, logs, replicas)
-        await stack.migrate()
-        from services.common.apikeys import create_key
+    try:
+        async with private_nodes() as nodes:
+            admin = await asyncpg.connect(nodes.pg.url())
+            await admin.execute("CREATE DATABASE mfa")
+            await admin.close()
+            replicas = {"auth": 2, "notifier": 2, "recovery": 1, "audit": 2, "relay": 2}
+            stack = Stack(nodes, logs, replicas)
+            await stack.migrate()
+            from services.common.apikeys import create_key
 
-        db = await asyncpg.connect(nodes.pg.url("mfa"))
-        service_key = await create_key(db, "service", label="soak")
-        auditor_key = await create_key(db, "auditor", label="soak")
-        await db.close()
-        codes: dict[str, int | None] = {}
-        load: Load | None = None
-        try:
-            await stack.start()
-            load = Load(stack, nodes, service_key, auditor_key, tally)
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-                load.http = http
-                totp_accounts = int(args.rate * OPS["login_verify"] / sum(OPS.values()) * 30 * 1.6) + 10
-                await load.seed(totp_accounts, link_accounts=max(4, int(args.rate)))
-                print(f"seeded {len(load.totp_accounts)} TOTP accounts, {len(load.link_accounts)} with a backup email",
-                      flush=True)
-                poison = await inject_poison(nodes)
-                stop = asyncio.Event()
-                started = time.monotonic()
-                runner = asyncio.create_task(load.run(args.rate, stop))
-                try:
-                    await run_faults(load, stack, nodes, cfg, args.minutes * 60, rows)
-                    rest = started + args.minutes * 60 - time.monotonic()
-                    if rest > 0:
-                        await asyncio.sleep(rest)
-                finally:
-                    stop.set()
-                    await runner
-                elapsed = time.monotonic() - started
-                await load.settle(timeout=300)
-                drained = await drain(nodes, timeout=300)
-                result = await check(load, nodes, poison)
-                result["checks"]["backlog_drained"] = drained["drained"]
-                result["details"]["drain"] = drained
-        finally:
-            if load is not None:
-                for task in list(load.tasks):  # only after a failure: operations still waiting
-                    task.cancel()
-            codes = await stack.stop()
-        result["checks"]["clean_sigterm"] = all(c == 0 for c in codes.values())
-        print_report(args, tally, rows, result, elapsed, codes)
-        ok = all(result["checks"].values())
-        if args.json:
-            write_report(args.json, {
-                "ok": ok, "checks": result["checks"], "details": result["details"],
-                "faults": [row.__dict__ for row in rows], "ops": dict(tally.ops),
-                "answers": {f"{k[0]} {k[1]}": v for k, v in tally.answers.items()},
-            })
+            db = await asyncpg.connect(nodes.pg.url("mfa"))
+            service_key = await create_key(db, "service", label="soak")
+            auditor_key = await create_key(db, "auditor", label="soak")
+            await db.close()
+            codes: dict[str, int | None] = {}
+            load: Load | None = None
+            try:
+                await stack.start()
+                load = Load(stack, nodes, service_key, auditor_key, tally)
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+                    load.http = http
+                    totp_accounts = int(args.rate * OPS["login_verify"] / sum(OPS.values()) * 30 * 1.6) + 10
+                    await load.seed(totp_accounts, link_accounts=max(4, int(args.rate)))
+                    print(f"seeded {len(load.totp_accounts)} TOTP accounts, {len(load.link_accounts)} with a backup email",
+                          flush=True)
+                    poison = await inject_poison(nodes)
+                    stop = asyncio.Event()
+                    started = time.monotonic()
+                    runner = asyncio.create_task(load.run(args.rate, stop))
+                    try:
+                        await run_faults(load, stack, nodes, cfg, args.minutes * 60, rows)
+                        rest = started + args.minutes * 60 - time.monotonic()
+                        if rest > 0:
+                            await asyncio.sleep(rest)
+                    finally:
+                        stop.set()
+                        await runner
+                    elapsed = time.monotonic() - started
+                    await load.settle(timeout=300)
+                    drained = await drain(nodes, timeout=300)
+                    result = await check(load, nodes, poison)
+                    result["checks"]["backlog_drained"] = drained["drained"]
+                    result["details"]["drain"] = drained
+            finally:
+                if load is not None:
+                    for task in list(load.tasks):  # only after a failure: operations still waiting
+                        task.cancel()
+                codes = await stack.stop()
+            result["checks"]["clean_sigterm"] = all(c == 0 for c in codes.values())
+            print_report(args, tally, rows, result, elapsed, codes)
+            ok = all(result["checks"].values())
+            if args.json:
+                write_report(args.json, {
+                    "ok": ok, "checks": result["checks"], "details": result["details"],
+                    "faults": [row.__dict__ for row in rows], "ops": dict(tally.ops),
+                    "answers": {f"{k[0]} {k[1]}": v for k, v in tally.answers.items()},
+                })
+    except BaseException as exc:
+        if not args.logs:
+            if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+                shutil.rmtree(logs, ignore_errors=True)
+            else:
+                print(f"process logs kept in {logs}")
+        raise
     if not args.logs:
         if ok:
             shutil.rmtree(logs, ignore_errors=True)
