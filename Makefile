@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/mail.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/admin_pages.py
+	$(BIN)/python bench/soak.py
 
 # A PNG of every hosted page in English and Dutch (docs/screenshots/), from the page tests in Chromium.
 screenshots: $(DEV_STAMP)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import subprocess
 import uuid
 
 import aio_pika
@@ -236,30 +236,46 @@ async def _count_at_least(pool, run, n):
     return rows if len(rows) >= n else None
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+@pytest.fixture
+async def private_broker(tmp_path):
+    """A RabbitMQ node of this test's own (bench/nodes.py), to stop and start: never the shared one."""
+    from bench.nodes import RABBIT_BIN, PrivateRabbit
+
+    if not (RABBIT_BIN / "rabbitmq-server").exists():
+        pytest.skip("needs RabbitMQ installed on this machine for a private node")
+    node = PrivateRabbit(tmp_path, uuid.uuid4().hex[:8])
+    try:
+        await node.start()
+        yield node
+    finally:
+        await node.shutdown()
 
 
 @pytest.mark.slow
-async def test_broker_outage_loses_nothing_and_keeps_order(runtime, relay):
+async def test_broker_outage_loses_nothing_and_keeps_order(runtime, private_broker):
     run = uuid.uuid4().hex
-    consumer = make_consumer(runtime, f"outage-{run}", recording_handler(run), prefetch=100)
+    mine = await Runtime.open(dataclasses.replace(runtime.settings, amqp_url=private_broker.url), pool_size=10)
+    relay = OutboxRelay(mine.pool, mine.broker, SCHEMA, poll_interval=0.5)
+    relay_task = asyncio.create_task(relay.run())
+    consumer = make_consumer(mine, f"outage-{run}", recording_handler(run), prefetch=100)
     await consumer.start()
     accounts = [f"acct-{i}" for i in range(20)]
     try:
-        await asyncio.to_thread(_rabbitmqctl, "stop_app")
+        await private_broker.stop_app()
         try:
-            await wait_for(lambda: not runtime.broker.connected, timeout=30, message="broker seen down")
+            await wait_for(lambda: not mine.broker.connected, timeout=30, message="broker seen down")
             for k in range(50):  # 50 transactions x 20 accounts = 1,000 events written while the broker is away
-                await write(runtime.pool, [ping(run, a, k) for a in accounts])
-            backlog = await runtime.pool.fetchval("SELECT count(*) FROM bbtest.outbox")
+                await write(mine.pool, [ping(run, a, k) for a in accounts])
+            backlog = await mine.pool.fetchval("SELECT count(*) FROM bbtest.outbox")
         finally:
-            await asyncio.to_thread(_rabbitmqctl, "start_app")
+            await private_broker.start_app()
         assert backlog >= 1000
-        await asyncio.to_thread(_rabbitmqctl, "await_startup")
-        rows = await wait_for(lambda: _count_at_least(runtime.pool, run, 1000), timeout=90, message="1000 effects")
+        rows = await wait_for(lambda: _count_at_least(mine.pool, run, 1000), timeout=90, message="1000 effects")
     finally:
         await consumer.stop()
+        relay.stop()
+        await asyncio.wait_for(relay_task, 10)
+        await mine.close()
     assert len(rows) == 1000
     assert len({r["event_id"] for r in rows}) == 1000
     for account in accounts:
@@ -349,3 +365,47 @@ async def test_commit_wakes_the_relay_without_polling(runtime, writer):
         await asyncio.wait_for(task, 10)
         await other.close()
     assert [r["n"] for r in rows] == [1, 2]
+
+
+async def test_a_relay_discards_a_connection_it_cannot_clean(runtime, monkeypatch):
+    """The pool does not reset connections: one put back with the relay's partition locks would keep them."""
+    from services.common.db import PooledConnection, create_pool
+
+    pool = await create_pool(runtime.settings.database_url, min_size=1, max_size=1)
+    worker = OutboxRelay(pool, runtime.broker, SCHEMA, poll_interval=0.2)
+    task = asyncio.create_task(worker.run())
+
+    async def held() -> int:
+        return await runtime.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1::int::oid"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())", worker._lock_class)
+
+    try:
+        await wait_for(lambda: len(worker.partitions) == PARTITIONS, message="relay holds all partitions")
+        assert await held() == PARTITIONS
+
+        async def broken(self, channel, callback):
+            raise asyncpg.InterfaceError("simulated: the connection cannot be cleaned")
+
+        monkeypatch.setattr(PooledConnection, "remove_listener", broken)
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        # Terminated rather than pooled with the locks: nobody holds the relay's partitions any more.
+        async def none_held() -> bool:
+            return await held() == 0
+
+        await wait_for(none_held, timeout=5, message="no session holding the relay's partition locks")
+        monkeypatch.undo()
+        # And the pool opens a fresh connection for the next relay, which takes every partition.
+        again = OutboxRelay(pool, runtime.broker, SCHEMA, poll_interval=0.2)
+        again_task = asyncio.create_task(again.run())
+        try:
+            await wait_for(lambda: len(again.partitions) == PARTITIONS, message="a new relay holds all partitions")
+        finally:
+            again.stop()
+            await asyncio.wait_for(again_task, 10)
+    finally:
+        if not task.done():
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+        await pool.close()

@@ -96,3 +96,32 @@ def test_queue_partitions_setting():
     assert Settings.from_env({"MFA_QUEUE_PARTITIONS": "4"}).queue_partitions == 4
     with pytest.raises(ConfigError, match="MFA_QUEUE_PARTITIONS must be between 1 and 16"):
         Settings.from_env({"MFA_QUEUE_PARTITIONS": "17"})
+
+
+@pytest.mark.parametrize("error", [
+    "ConnectionDoesNotExistError", "CrashShutdownError", "InternalClientError", "AdminShutdownError",
+    "CannotConnectNowError", "InterfaceError",
+])
+async def test_a_database_outage_answers_503_problem_json_not_500(error):
+    """What asyncpg raises while PostgreSQL restarts (seen by bench/soak.py) is a 503, never a 500."""
+    import asyncpg
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from services.common.errors import DATABASE_UNAVAILABLE
+    from services.common.web import SERVICE_NAME, edge_middleware
+
+    exc_type = getattr(asyncpg, error)
+    assert issubclass(exc_type, DATABASE_UNAVAILABLE)
+
+    async def handler(request):
+        raise exc_type("simulated outage")
+
+    app = web.Application(middlewares=[edge_middleware])
+    app[SERVICE_NAME] = "test"
+    app.router.add_get("/x", handler)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/x")
+        assert resp.status == 503
+        assert resp.headers["Content-Type"].startswith("application/problem+json")
+        assert (await resp.json())["code"] == "unavailable"

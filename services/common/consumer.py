@@ -9,7 +9,8 @@ For a consumer queue `Q` with N partitions (MFA_QUEUE_PARTITIONS) the topology i
 - `Q.p<i>`: quorum queues with a single active consumer, so one account's events are
   handled by one process at a time, in order, however many replicas run; the replicas share
   the partitions out among themselves (services/common/lease.py);
-- `Q.retry.<n>`: one queue per delay, whose TTL dead-letters the message back through `Q.in`;
+- `Q.retry.q<n>`: one quorum queue per delay, whose TTL dead-letters the message back through
+  `Q.in`, at least once (classic `Q.retry.<n>` queues of earlier versions are deleted once empty);
 - `Q.parked`: messages that are malformed, fail their schema, come from a party that may not
   publish their type (services/common/producers.py) or failed every attempt.
 
@@ -140,7 +141,7 @@ class Consumer:
         return f"{self.queue_name}.p{part}"
 
     def retry_queue(self, attempt: int) -> str:
-        return f"{self.queue_name}.retry.{attempt}"
+        return f"{self.queue_name}.retry.q{attempt}"
 
     @property
     def consuming(self) -> set[int]:
@@ -189,11 +190,36 @@ class Consumer:
                 self.retry_queue(attempt),
                 durable=True,
                 arguments={
+                    # Quorum, dead-lettering at least once: a classic queue's dead-lettering is at
+                    # most once, and the chaos soak lost retries that expired while the partition
+                    # queues were not back yet after a broker restart. At-least-once asks for
+                    # reject-publish: a full queue refuses the copy, and the delivery is retried.
+                    "x-queue-type": "quorum",
                     "x-message-ttl": int(delay * 1000),
                     "x-dead-letter-exchange": self.exchange_name,
                     "x-dead-letter-routing-key": self.queue_name,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
                 },
             )
+        await self._retire_classic_retry_queues()
+
+    async def _retire_classic_retry_queues(self) -> None:
+        """Delete the classic `Q.retry.<n>` queues of earlier versions once they are empty.
+
+        A queue cannot change its type, so the quorum retry queues have names of their own
+        (`Q.retry.q<n>`). What still waits in an old one dead-letters back through `Q.in` when its
+        TTL ends, consumers or not, so it empties by itself; a later start deletes it then.
+        """
+        for attempt in range(1, len(self.retry_delays) + 1):
+            channel = await self.broker.channel()  # a refused delete closes its channel
+            try:
+                await channel.queue_delete(f"{self.queue_name}.retry.{attempt}", if_empty=True)
+            except aio_pika.exceptions.AMQPError as exc:
+                log.info("classic_retry_queue_kept", queue=f"{self.queue_name}.retry.{attempt}", reason=str(exc))
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
 
     async def _take(self, part: int) -> None:
         """Start consuming partition `part` (the lease holds its lock)."""

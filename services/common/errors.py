@@ -25,6 +25,11 @@ import asyncpg
 # Where a database outage surfaces: the pool is closed, connecting fails, refuses or times out,
 # the server shuts down or has no connection left. The HTTP edge answers these with 503, the
 # consumer hands the message back without using up an attempt, the mail intake answers 451.
+# The one list: everything that asks "is the database away?" uses it. The chaos soak
+# (bench/soak.py) met the last three while PostgreSQL restarted under load: a session ended by
+# the shutdown (ConnectionDoesNotExistError, a PostgresConnectionError), the crash-restart of
+# the other backends (CrashShutdownError), and a pooled connection whose socket died in the
+# middle of a statement (InternalClientError "cannot switch to state ...").
 DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
@@ -32,7 +37,10 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InternalClientError,
 )
 
 

@@ -197,7 +197,10 @@ class OutboxRelay:
                 async with self.pool.acquire() as conn:
                     await self._serve(conn)
             except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
-                log.warning("outbox_relay_db_error", schema=self.schema, error=str(exc))
+                log.warning("outbox_relay_db_error", schema=self.schema, error=f"{type(exc).__name__}: {exc}")
+                await self._pause(1.0)
+            except Exception:  # a relay that stopped would leave its partitions' events waiting for good
+                log.exception("outbox_relay_error", schema=self.schema)
                 await self._pause(1.0)
         log.info("outbox_relay_stopped", schema=self.schema)
 
@@ -241,13 +244,30 @@ class OutboxRelay:
                 # of single-event transactions costs one relay round per few events, not per event.
                 await asyncio.sleep(self.gather_delay)
         finally:
-            if not conn.is_closed():
-                try:
-                    await conn.remove_listener(channel_name(self.schema), self._on_notify)
-                    await conn.execute("SELECT pg_advisory_unlock_all()")
-                except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError):
-                    pass
+            await self._clean(conn)
             self.partitions = set()
+
+    async def _clean(self, conn: asyncpg.Connection) -> None:
+        """Unlisten and drop the partition locks before the connection goes back to the pool.
+
+        The pool does not reset connections (services/common/db.py), so one that kept the locks
+        would hold this relay's partitions for whoever borrows it next, and no relay could
+        publish them again: a connection that cannot be cleaned (an error, a cancellation, a
+        socket half-dead after a PostgreSQL restart) is terminated, so the pool discards it.
+        """
+        try:
+            if conn.is_closed():
+                return
+        except asyncpg.InterfaceError:  # asyncpg released it already: the connection was lost
+            return
+        try:
+            await conn.remove_listener(channel_name(self.schema), self._on_notify)
+            await conn.execute("SELECT pg_advisory_unlock_all()", timeout=5)
+        except BaseException as exc:
+            log.warning("outbox_relay_connection_discarded", schema=self.schema, error=f"{type(exc).__name__}: {exc}")
+            conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
 
     async def _take_partitions(self, conn: asyncpg.Connection) -> None:
         for part in range(PARTITIONS):

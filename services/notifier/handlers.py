@@ -11,10 +11,14 @@ Every attempt at the same mail carries the same Message-ID, derived from the eve
   event is parked (PermanentError) so a human sees it; a replay re-checks only those mails;
 - anything that may pass later (4xx, server down, timeout): recorded `deferred`, and the event
   goes back through the backbone's retry queues (1 s, 5 s, 30 s, 120 s by default).
+
+A journal write that meets a database outage waits for the database to come back (up to
+`journal_patience`): dropped after a mail went out, the next attempt would send it again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -27,6 +31,7 @@ import structlog
 from ..common.config import ConfigError, Settings
 from ..common.consumer import PermanentError
 from ..common.crypto import Keyring
+from ..common.errors import DATABASE_UNAVAILABLE
 from ..common.logs import get_logger
 from . import store
 from .domain import (
@@ -70,6 +75,7 @@ class Notifier:
     sender: Address
     helpdesk_email: str
     public_url: str
+    journal_patience: float = 300.0  # seconds a journal write waits out a database outage
 
     @classmethod
     def from_settings(cls, settings: Settings, *, catalog: Catalog, mailer: Sender, journal: asyncpg.Pool) -> Notifier:
@@ -114,6 +120,22 @@ class Notifier:
             reply_to=plan.reply_to,
         )
 
+    async def _journal(self, record: store.MailRecord) -> None:
+        """Write a mail's fate, waiting for the database if it is away (PostgreSQL restarting)."""
+        deadline = time.monotonic() + self.journal_patience
+        pause = 0.2
+        while True:
+            try:
+                await store.record(self.journal, record)
+                return
+            except DATABASE_UNAVAILABLE as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("journal_write_waiting", seq=record.seq, status=record.status,
+                            error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
     async def handle(self, conn: asyncpg.Connection, event: dict[str, Any]) -> None:
         """Consumer handler: deliver what `event` asks for and has not been delivered yet.
 
@@ -144,7 +166,7 @@ class Notifier:
             try:
                 subject, message = self.compose(event, plan, msg_id)
             except BadMail as exc:
-                await store.record(self.journal, replace(record, reason_code=exc.code, reason=exc.detail))
+                await self._journal(replace(record, reason_code=exc.code, reason=exc.detail))
                 outcomes["failed"] += 1
                 MAILS.labels(plan.kind, "failed").inc()
                 unusable.append(f"mail {plan.seq} ({plan.kind}): {exc.detail}")
@@ -155,9 +177,7 @@ class Notifier:
             result = await self.mailer.send(message, sender=self.sender.addr_spec,
                                             recipient=check_address(plan.recipient))
             SEND_SECONDS.observe(time.perf_counter() - started)
-            await store.record(
-                self.journal, replace(record, status=result.status, reason_code=result.reason_code, reason=result.reason)
-            )
+            await self._journal(replace(record, status=result.status, reason_code=result.reason_code, reason=result.reason))
             outcomes[result.status] += 1
             MAILS.labels(plan.kind, result.status).inc()
             if result.status == "deferred":

@@ -6,6 +6,7 @@ import re
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import pytest
 
 from services.common.crypto import Keyring
@@ -355,3 +356,47 @@ async def test_international_addresses_reach_a_server_that_takes_them(runtime, s
             assert server.recorder.to(f"jörg.{acct}@xn--mller-kva.example") == []
     finally:
         await server.stop()
+
+
+class _JournalAway:
+    """The notifier's pool while the database restarts: the first `outages` journal writes fail as asyncpg fails."""
+
+    def __init__(self, pool, outages: int) -> None:
+        self.pool = pool
+        self.outages = outages
+        self.failed = 0
+
+    async def execute(self, query: str, *args):
+        if "INSERT INTO notifier.mails" in query and self.failed < self.outages:
+            self.failed += 1
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await self.pool.execute(query, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+
+async def test_a_journal_write_waits_for_the_database_so_the_mail_is_not_sent_twice(runtime, smtp, journal_pool):
+    """After a mail went out, the journal is written when the database is back; a redelivery sends nothing."""
+    from services.notifier.domain import TEMPLATE_KINDS
+    from services.notifier.handlers import Notifier
+    from services.notifier.mailer import Mailer
+    from services.notifier.templates import Catalog
+
+    mailer = await Mailer(plain(smtp)).start()
+    away = _JournalAway(journal_pool, outages=3)
+    notifier = Notifier.from_settings(runtime.settings, catalog=Catalog.load(required=TEMPLATE_KINDS), mailer=mailer,
+                                      journal=away)
+    acct, co = ids()
+    ev = event("MfaEnrolled", {"account_id": acct, "company_id": co, "email": f"{acct}@example.com",
+                               "first_name": "Ann", "method": "totp", "enrolled_at": T0})
+    try:
+        for _ in range(2):  # the second time as the broker's redelivery after a lost commit
+            async with journal_pool.acquire() as conn, conn.transaction():
+                await notifier.handle(conn, ev)
+    finally:
+        await mailer.close()
+    assert away.failed == 3
+    (row,) = await journal(journal_pool, ev["id"])
+    assert row["status"] == "sent"
+    assert len(smtp.recorder.to(f"{acct}@example.com")) == 1
