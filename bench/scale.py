@@ -556,6 +556,7 @@ QUICK = {"accounts": [1000, 3000], "sample": 300, "audit_rows": [5000, 20000], "
 
 async def main(args: argparse.Namespace) -> int:
     configure_logging("WARNING", "console")
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows as it goes, also into a pipe or a file
     verdicts = Verdicts()
     print(f"machine: {machine()}")
     print(f"load before: {uptime()}")
