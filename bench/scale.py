@@ -81,7 +81,15 @@ class Verdicts:
 
 
 def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    """`uptime`, and how much of the last minute tasks waited for a CPU (Linux pressure stall information)."""
+    line = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()[2].split("=")[1]  # "some avg10=.. avg60=.. ..."
+        line += f"; CPU pressure (some, avg60) {some} %"
+    except (OSError, IndexError):
+        pass
+    return line
 
 
 def service_env(runtime: Runtime, **extra: str) -> dict[str, str]:
