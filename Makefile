@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # node `jose` for the interop test and the quickstart, from the committed lock file
 JOSE := tests/interop/node_modules/.package-lock.json
 
-.PHONY: run test test-fast bench lint clean screenshots
+.PHONY: run test test-fast bench bench-scale lint clean screenshots
 
 # `make run` is development: the public development key is allowed, and upstream and each service
 # get a broker user of their own (created by `mfa broker setup` with rabbitmqctl) with these
@@ -60,6 +60,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/admin_pages.py
 	$(BIN)/python bench/soak.py
+
+# How cost grows with size (1M accounts, 10M audit rows, a 200,000-event backlog): half an hour, ~12 GB of disk.
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 # A PNG of every hosted page in English and Dutch (docs/screenshots/), from the page tests in Chromium.
 screenshots: $(DEV_STAMP)

@@ -84,6 +84,42 @@ async def collect(proc: asyncio.subprocess.Process, timeout: float) -> tuple[dic
     return report["handled"], report["cpu"]
 
 
+async def write_events(runtime: Runtime, events: list[dict], batch: int, writers: int = 4) -> None:
+    """Commit `events` to the bench outbox from `writers` concurrent writers, `batch` per transaction."""
+
+    async def writer(chunk):
+        for i in range(0, len(chunk), batch):
+            async with runtime.pool.acquire() as conn, conn.transaction():
+                await add_events(conn, SCHEMA, chunk[i : i + batch])
+
+    await asyncio.gather(*(writer(events[k::writers]) for k in range(writers)))
+
+
+async def sustained(runtime: Runtime, total: int, batch: int, batched: bool, first: int = 0) -> float:
+    """Sustained events/s while writers, the running relay and a consumer process all work at once; prints it.
+
+    The relay of `SCHEMA` must be running. Counted from the first write to the last event handled.
+    """
+    proc = await start_consumer(runtime, total, batched, profile=True)
+    events = [ping(first + n) for n in range(total)]
+    cpu_before = cpu_times()
+    started = time.time()
+    await write_events(runtime, events, batch)
+    written = time.time()
+    while await runtime.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.outbox"):  # noqa: ASYNC110 (polls the database)
+        await asyncio.sleep(0.05)
+    relayed = time.time()
+    handled, consumer_cpu = await collect(proc, 600)
+    cpu_after = cpu_times()
+    cpu_after[0] = ("consumer process", consumer_cpu)  # it has exited: its own count
+    elapsed = max(handled.values()) - started
+    print(f"sustained: {total} events in {elapsed:.2f} s = {total / elapsed:,.0f} events/s "
+          f"(writes done after {written - started:.2f} s, all published after {relayed - started:.2f} s; "
+          f"{batch} events per transaction)")
+    print(cpu_report(cpu_before, cpu_after, total, "event"))
+    return total / elapsed
+
+
 async def main(total: int, rate: int, seconds: float, batch: int, batched: bool) -> None:
     configure_logging("WARNING", "console")
     extra = [MigrationSet.for_service(SCHEMA, Path(__file__).parent / "migrations")]
@@ -135,29 +171,7 @@ async def main(total: int, rate: int, seconds: float, batch: int, batched: bool)
                   f"p50 {percentile(latencies, 50):.1f} ms, p99 {percentile(latencies, 99):.1f} ms, "
                   f"max {max(latencies):.1f} ms")
             # 2. Sustained throughput: 4 writers commit `batch` events per transaction as fast as they can.
-            proc = await start_consumer(runtime, total, batched, profile=True)
-            events = [ping(count + n) for n in range(total)]
-            cpu_before = cpu_times()
-            started = time.time()
-
-            async def writer(chunk):
-                for i in range(0, len(chunk), batch):
-                    async with runtime.pool.acquire() as conn, conn.transaction():
-                        await add_events(conn, SCHEMA, chunk[i : i + batch])
-
-            await asyncio.gather(*(writer(events[k::4]) for k in range(4)))
-            written = time.time()
-            while await runtime.pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.outbox"):  # noqa: ASYNC110 (polls the database)
-                await asyncio.sleep(0.05)
-            relayed = time.time()
-            handled, consumer_cpu = await collect(proc, 600)
-            cpu_after = cpu_times()
-            cpu_after[0] = ("consumer process", consumer_cpu)  # it has exited: its own count
-            elapsed = max(handled.values()) - started
-            print(f"sustained: {total} events in {elapsed:.2f} s = {total / elapsed:,.0f} events/s "
-                  f"(writes done after {written - started:.2f} s, all published after {relayed - started:.2f} s; "
-                  f"{batch} events per transaction)")
-            print(cpu_report(cpu_before, cpu_after, total, "event"))
+            await sustained(runtime, total, batch, batched, first=count)
         finally:
             relay.stop()
             await relay_task
