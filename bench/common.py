@@ -6,12 +6,14 @@ import asyncio
 import dataclasses
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -94,11 +96,39 @@ async def bench_runtime(extra: list[MigrationSet] | None = None, pool_size: int 
         await admin.close()
 
 
-def cpu_times() -> dict[int, tuple[str, float]]:
+def pgbench_ceiling(database_url: str, *, scale: int = 10, clients: int = 16, threads: int = 2,
+                    seconds: int = 15) -> float:
+    """This machine's database ceiling: `pgbench -N` transactions/s on a scratch database, dropped after.
+
+    The figure the benchmarks divide by, so that a result holds on any machine: TPC-B without
+    the updates of the two small tables (-N), so clients do not queue on a few rows.
+    """
+    head, _, _ = database_url.rpartition("/")
+    scratch = f"mfa_pgbench_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(f"{head}/{scratch}")
+    conn_args = ["-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432), "-U", parts.username or "postgres"]
+    env = {**os.environ, **({"PGPASSWORD": parts.password} if parts.password else {})}
+    subprocess.run(["createdb", *conn_args, scratch], check=True, env=env)
+    try:
+        subprocess.run(["pgbench", *conn_args, "-i", "-q", "-s", str(scale), scratch], check=True, env=env,
+                       capture_output=True)
+        run = subprocess.run(["pgbench", *conn_args, "-N", "-c", str(clients), "-j", str(threads), "-T", str(seconds),
+                              scratch], check=True, env=env, capture_output=True, text=True)
+    finally:
+        subprocess.run(["dropdb", *conn_args, "--force", scratch], env=env, capture_output=True)
+    found = re.search(r"tps = ([\d.]+) \(without initial connection time\)", run.stdout)
+    if not found:
+        raise RuntimeError(f"pgbench printed no tps: {run.stdout[-500:]}")
+    return float(found.group(1))
+
+
+def cpu_times(database: str | None = None) -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by every process on the machine: pid -> (program, seconds).
 
     Kept per process so that one that exits during the run (a PostgreSQL backend whose client
-    closed, say) does not take its earlier CPU time out of its program's total.
+    closed, say) does not take its earlier CPU time out of its program's total. With
+    `database`, PostgreSQL backends of other databases (other work on a shared server) are
+    counted apart, as `postgres (other databases)`.
     """
     import os
 
@@ -120,8 +150,18 @@ def cpu_times() -> dict[int, tuple[str, float]]:
             # Tell the load generator from the service: name the script or the mfa sub-command.
             args = [a.decode(errors="replace") for a in cmd if a]
             script = next((a for a in args[1:] if a.endswith(".py")), None)
-            name = os.path.basename(script) if script else " ".join(os.path.basename(a) for a in args[:3])
+            if "services.cli" in args or (len(args) > 1 and os.path.basename(args[1]) == "mfa"):
+                # `mfa run auth`, `mfa relay all`, `mfa start`: the processes of one kind add up
+                first = args.index("services.cli") + 1 if "services.cli" in args else 2
+                name = "mfa " + " ".join(a for a in args[first:] if not a.startswith("-"))
+            else:
+                name = os.path.basename(script) if script else " ".join(os.path.basename(a) for a in args[:3])
             name += "".join(f" {a}" for a in args if a in ("--sink", "--consumer"))  # a benchmark's child process
+        if database and name == "postgres" and cmd and cmd[0].startswith(b"postgres: "):
+            words = cmd[0].decode(errors="replace").split()
+            # A backend says "postgres: 15/main: user database host(port) state"; the server's own processes do not.
+            if len(words) > 4 and "(" in words[4] and words[3] != database:
+                name = "postgres (other databases)"
         if name.startswith("kworker"):
             name = "kworker"  # the kernel renames its workers by the queue they serve
         totals[int(pid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
@@ -140,5 +180,5 @@ def cpu_report(
         used[name] = used.get(name, 0.0) + seconds - before.get(pid, (name, 0.0))[1]
     rows = sorted(((sec, name) for name, sec in used.items() if sec > 0.005), reverse=True)
     total = sum(sec for sec, _ in rows)
-    parts = ", ".join(f"{name} {sec * 1000 / operations:.2f}" for sec, name in rows[:6])
+    parts = ", ".join(f"{name} {sec * 1000 / operations:.2f}" for sec, name in rows[:8])
     return f"cpu per {what}: {total * 1000 / operations:.2f} ms in all ({parts})"
