@@ -154,6 +154,12 @@ async def test_start_serves_one_port_from_two_auth_processes_publishes_once_and_
                         body = await r.json()
                         assert r.status in (200, 201) and body["decision"] == "allow", body
                         login_ids.append(body["login_id"])
+                # /metrics counts every auth process's logins, whichever process answers the scrape.
+                for _ in range(6):
+                    async with http.get("/metrics") as r:
+                        text = await r.text()
+                    allowed = [line for line in text.splitlines() if line.startswith('mfa_logins_total{decision="allow"}')]
+                    assert allowed and float(allowed[0].rsplit(" ", 1)[1]) == LOGINS, allowed
             await wait_for(lambda: all(seen[i] for i in login_ids), timeout=30, message="every LoginSucceeded published")
             await wait_for(lambda: db.fetchval("SELECT count(*) = 0 FROM auth.outbox"), timeout=30,
                            message="the outbox empty")

@@ -10,7 +10,9 @@ core. So `mfa start` applies the migrations once, then runs
 - one relay (`mfa relay all`) that publishes every outbox, the services run with
   `MFA_RELAY=separate`.
 
-The auth processes are replicas like those of docker-compose.replicas.yml: their consumers
+Their metrics are kept in files of one folder (PROMETHEUS_MULTIPROC_DIR, a temporary one
+unless set), so /metrics on any port sums every process's counters. The auth processes are
+replicas like those of docker-compose.replicas.yml: their consumers
 share the auth queue's partitions through advisory locks (with MFA_QUEUE_PARTITIONS=1 one
 consumes and the others stand by), each reloads the signing keys itself, and nothing else
 in them runs on a schedule. The supervisor prints one line per service once every process
@@ -27,9 +29,11 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -106,6 +110,10 @@ async def start(settings: Settings, specs: list[ServiceSpec], parts: list[str]) 
             print(f"mfa: {port_taken(settings, ('auth_port',), taken)}", file=sys.stderr)
             return 2
     env = dict(os.environ)
+    # Each process's metrics in files of one folder, so /metrics of any of them sums them all.
+    metrics_dir = None if env.get("PROMETHEUS_MULTIPROC_DIR") else tempfile.mkdtemp(prefix="mfa-metrics-")
+    if metrics_dir:
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if "relay" in parts:
         env["MFA_RELAY"] = "separate"  # the relay process publishes every outbox
     children = plan(settings, specs, parts)
@@ -175,6 +183,8 @@ async def start(settings: Settings, specs: list[ServiceSpec], parts: list[str]) 
         await asyncio.gather(*pumps, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def _ready_lines(proc: asyncio.subprocess.Process, count: int, out: list[str]) -> bool:

@@ -21,13 +21,13 @@ import fastjsonschema
 import orjson
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import strictjson
 from .apikeys import Principal
 from .errors import DATABASE_UNAVAILABLE, BadRequest, Forbidden, MfaError, PayloadTooLarge, Unauthorized
 from .logs import get_logger
-from .metrics import HTTP_LATENCY, HTTP_REQUESTS
+from .metrics import HTTP_LATENCY, HTTP_REQUESTS, exposition
 from .outbox import backlog
 from .runtime import Runtime
 
@@ -270,7 +270,7 @@ def metrics_handler(*schemas: str):
                 await backlog(runtime.pool, schema)
         except Exception as exc:
             log.warning("backlog_unavailable", error=str(exc))
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return metrics
 
