@@ -194,3 +194,28 @@ async def test_a_child_that_dies_stops_the_set_up_with_exit_1(settings, tmp_path
         assert [pid for pid in children if _alive(pid)] == []
     finally:
         await _clean_up(mine, "startdie", u, proc)
+
+
+async def test_a_taken_auth_port_is_one_sentence_before_any_process_starts(settings):
+    # SO_REUSEPORT would let the auth processes share the port with whatever holds it: checked first.
+    u = uuid.uuid4().hex[:8]
+    mine = dataclasses.replace(settings, database_url=_db_url(f"mfa_starttaken_{u}"))
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as an earlier `mfa start` holds it
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = env_for(mine, MFA_AUTH_PORT=str(port))
+        mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
+        proc = await asyncio.create_subprocess_exec(mfa, "start", env=env, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await drop_database(f"mfa_starttaken_{u}")
+    assert proc.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use by another process" in err.decode()
+    assert "MFA_AUTH_PORT" in err.decode() and b"ready" not in out
