@@ -4,7 +4,7 @@ On two or more cores one Python process is the limit long before PostgreSQL is: 
 service's event loop answers HTTP, signs assertions and, inline, publishes its outbox on one
 core. So `mfa start` applies the migrations once, then runs
 
-- `MFA_AUTH_WORKERS` auth processes (default: the cores it may use) on the one auth port,
+- `MFA_AUTH_WORKERS` auth processes (default: half the cores it may use) on the one auth port,
   each with SO_REUSEPORT, so the kernel spreads new connections over them;
 - one process for the other services (`mfa run notifier recovery audit`);
 - one relay (`mfa relay all`) that publishes every outbox, the services run with
