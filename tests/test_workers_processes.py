@@ -219,3 +219,13 @@ async def test_a_taken_auth_port_is_one_sentence_before_any_process_starts(setti
     assert proc.returncode == 2
     assert f"port {port} on 127.0.0.1 is already in use by another process" in err.decode()
     assert "MFA_AUTH_PORT" in err.decode() and b"ready" not in out
+
+
+def test_auth_workers_default_to_half_the_cores_and_refuse_nonsense():
+    from services.common.config import ConfigError, Settings, available_cores
+
+    assert Settings.from_env({}).auth_workers == max(1, available_cores() // 2)
+    assert Settings.from_env({"MFA_AUTH_WORKERS": "3"}).auth_workers == 3
+    for bad in ("0", "65", "many"):
+        with pytest.raises(ConfigError, match="MFA_AUTH_WORKERS"):
+            Settings.from_env({"MFA_AUTH_WORKERS": bad})
