@@ -43,7 +43,7 @@ run: $(STAMP)
 	@for role in service helpdesk auditor; do \
 	  printf '  %-9s %s\n' "$$role" "$$($(BIN)/mfa api-key create --role $$role --label dev | tail -n 1)"; \
 	done
-	MFA_LOG_FORMAT=$${MFA_LOG_FORMAT:-console} $(BIN)/mfa run all
+	MFA_LOG_FORMAT=$${MFA_LOG_FORMAT:-console} $(BIN)/mfa start
 
 test: $(DEV_STAMP) $(JOSE)
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -11,16 +11,24 @@ from .common.brokeradmin import AdminError
 from .common.config import ConfigError, Settings
 from .common.db import DatabaseUnreachable
 from .common.logs import configure_logging
+from .common.supervisor import PARTS
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfa", description="Multi-factor authentication service")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations of every service")
-    run = sub.add_parser("run", help="run one service, or all of them in one process")
-    run.add_argument("service", choices=["auth", "notifier", "recovery", "audit", "all"])
+    start = sub.add_parser("start", help="run everything (or the parts named) as the recommended processes:"
+                           " MFA_AUTH_WORKERS auth processes on one port, one for the other services, one relay")
+    start.add_argument("parts", nargs="*", choices=[[], *PARTS], metavar="PART",
+                       help=f"some of {', '.join(PARTS)} (default: all of them)")
+    run = sub.add_parser("run", help="run services in this one process (all: every service)")
+    run.add_argument("service", nargs="+", choices=["auth", "notifier", "recovery", "audit", "all"])
+    run.add_argument("--no-migrate", action="store_true", help=argparse.SUPPRESS)  # `mfa start` migrated
+    run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # `mfa start`'s auth processes
     relay = sub.add_parser("relay", help="publish the outboxes of services run with MFA_RELAY=separate")
     relay.add_argument("service", choices=["auth", "notifier", "recovery", "all"])
+    relay.add_argument("--no-migrate", action="store_true", help=argparse.SUPPRESS)
     keys = sub.add_parser("api-key", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="action", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it once")
@@ -66,11 +74,16 @@ async def _main(args: argparse.Namespace, settings: Settings) -> int:
         for name in applied:
             print(f"  {name}")
         return 0
+    if args.command == "start":
+        from .common.supervisor import start
+
+        return await start(settings, specs, args.parts or list(PARTS))
     if args.command == "run":
-        chosen = specs if args.service == "all" else [SERVICES[args.service]]
-        return await serve(settings, chosen)
+        chosen = specs if "all" in args.service else [s for s in specs if s.name in args.service]
+        return await serve(settings, chosen, migrations=not args.no_migrate, reuse_port=args.reuse_port)
     if args.command == "relay":
-        return await relay(settings, specs if args.service == "all" else [SERVICES[args.service]])
+        return await relay(settings, specs if args.service == "all" else [SERVICES[args.service]],
+                           migrations=not args.no_migrate)
     if args.command == "api-key":
         import asyncpg
 

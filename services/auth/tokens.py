@@ -12,12 +12,14 @@ same instant because the switch is a time in the database, not a message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
+import orjson
 from joserfc import jwt
 from joserfc.jwk import KeySet, OKPKey
 from joserfc.jws import JWSRegistry
@@ -105,6 +107,7 @@ class Signer:
     # (activation as a Unix time, kid), newest first
     schedule: list[tuple[float, str]] = field(default_factory=list)
     jwks: dict = field(default_factory=lambda: {"keys": []})
+    _headers: dict[str, bytes] = field(default_factory=dict, repr=False)  # kid -> its encoded JWS header
 
     async def load(self, pool: asyncpg.Pool, keyring: Keyring) -> Signer:
         """Load the keys from the database, creating the first one if there is none."""
@@ -176,7 +179,22 @@ class Signer:
             "exp": now + self.ttl,
             "jti": uuid.uuid4().hex,
         }
-        return jwt.encode({"alg": ALG, "kid": kid, "typ": "JWT"}, claims, self.keys[kid], registry=REGISTRY)
+        # The compact JWS by hand, as joserfc builds it (RFC 7515 section 7.1): the header of each
+        # key is encoded once, the claims with orjson, the signature by `cryptography` directly.
+        # joserfc's generic path cost about a tenth of a verification's CPU in the auth process.
+        signing_input = self._header(kid) + b"." + _b64(orjson.dumps(claims))
+        signature = self.keys[kid].private_key.sign(signing_input)
+        return (signing_input + b"." + _b64(signature)).decode()
+
+    def _header(self, kid: str) -> bytes:
+        header = self._headers.get(kid)
+        if header is None:
+            header = self._headers[kid] = _b64(orjson.dumps({"typ": "JWT", "alg": ALG, "kid": kid}))
+        return header
+
+
+def _b64(raw: bytes) -> bytes:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
 
 
 def verify_assertion(token: str, jwks: dict, *, issuer: str | None = None, audience: str | None = None) -> dict:

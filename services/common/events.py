@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
+import orjson
 
 from . import strictjson
 
@@ -198,4 +199,6 @@ def parse_event(body: bytes) -> dict[str, Any]:
 
 
 def encode(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+    """The message body of an envelope: compact JSON, sorted keys, UTF-8 (orjson: a few microseconds)."""
+    # Datetimes are no JSON value here as in json.dumps: orjson passes them on to a default there is not.
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 HTTP_REQUESTS = Counter("mfa_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
 HTTP_LATENCY = Histogram(
@@ -18,7 +19,21 @@ EVENTS_PUBLISHED = Counter("mfa_events_published_total", "Events published from 
 EVENTS_CONSUMED = Counter("mfa_events_consumed_total", "Events handled by consumers", ["queue", "type", "outcome"])
 EVENTS_RETRIED = Counter("mfa_events_retried_total", "Events sent to a retry queue", ["queue", "type"])
 EVENTS_PARKED = Counter("mfa_events_parked_total", "Events parked for a human", ["queue", "type", "reason"])
-OUTBOX_BACKLOG = Gauge("mfa_outbox_backlog", "Events written but not yet published", ["service"])
+# Several processes (`mfa start`) report the same outbox: the value read last is the one shown.
+OUTBOX_BACKLOG = Gauge("mfa_outbox_backlog", "Events written but not yet published", ["service"],
+                       multiprocess_mode="mostrecent")
+
+
+def exposition() -> bytes:
+    """/metrics in Prometheus' text format: this process's metrics, or with PROMETHEUS_MULTIPROC_DIR
+    (set by `mfa start` for its children) the sum over every process of the set-up, so a scrape
+    through the auth port counts every auth process's requests, whichever one answers it.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
 
 # What a service's use cases did, counted from the events they write: every entry point (API,
 # hosted pages, consumed events) goes through the outbox, so one place counts them all.

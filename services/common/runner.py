@@ -37,20 +37,22 @@ async def run_migrations(settings: Settings, specs: list[ServiceSpec]) -> list[s
     return await migrate(settings.database_url, migration_sets(specs))
 
 
-async def relay(settings: Settings, specs: list[ServiceSpec], *, ready_message: bool = True) -> int:
+async def relay(settings: Settings, specs: list[ServiceSpec], *, ready_message: bool = True,
+                migrations: bool = True) -> int:
     """Publish the outboxes of `specs` in this process only, until SIGTERM or SIGINT (`mfa relay`).
 
     With MFA_RELAY=separate the service processes leave their outboxes to this one, so that
     publishing gets its own share of the CPU instead of queueing behind HTTP requests on one
     event loop (under full load an inline relay published about half as fast as logins were
     verified). The services' commits wake it through NOTIFY; several may run (partitions are
-    shared out by advisory locks).
+    shared out by advisory locks). `migrations=False`: the caller (`mfa start`) applied them.
     """
     publishing = [spec for spec in specs if spec.publishes]
     schemas = [spec.schema for spec in publishing]
     try:
         settings.check_safe_to_serve()
-        await run_migrations(settings, specs)
+        if migrations:
+            await run_migrations(settings, specs)
         # Each outbox is published as the user of the service that wrote it.
         runtime = await Runtime.open(settings, parties=[spec.name for spec in publishing], pool_size=len(schemas) + 2)
     except (DatabaseUnreachable, BrokerUnreachable, ConfigError) as exc:
@@ -71,7 +73,7 @@ async def relay(settings: Settings, specs: list[ServiceSpec], *, ready_message: 
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
-                print(f"mfa: {_port_taken(settings, ('relay_port',), exc)}", file=sys.stderr)
+                print(f"mfa: {port_taken(settings, ('relay_port',), exc)}", file=sys.stderr)
                 return 2
             url = f"http://{settings.host}:{settings.relay_port}"
             log.info("relay_running", schemas=schemas, url=url)
@@ -142,7 +144,7 @@ async def _shut_down(runners: list[web.AppRunner], runtime: Runtime) -> None:
             runtime.pool.terminate()
 
 
-def _port_taken(settings: Settings, port_settings: tuple[str, ...], exc: OSError) -> str:
+def port_taken(settings: Settings, port_settings: tuple[str, ...], exc: OSError) -> str:
     """One sentence naming the setting whose port is taken (the first one when the error does not say)."""
     found = re.search(r"(\d+)\)?: address already in use", str(exc), re.IGNORECASE)
     taken = [name for name in port_settings if found and str(getattr(settings, name)) == found.group(1)]
@@ -165,11 +167,18 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def serve(settings: Settings, specs: list[ServiceSpec], *, ready_message: bool = True) -> int:
-    """Serve `specs` in this process until SIGTERM or SIGINT; returns the exit code."""
+async def serve(settings: Settings, specs: list[ServiceSpec], *, ready_message: bool = True,
+                migrations: bool = True, reuse_port: bool = False) -> int:
+    """Serve `specs` in this process until SIGTERM or SIGINT; returns the exit code.
+
+    `migrations=False` and `reuse_port=True` are for the processes `mfa start` runs: it applied
+    the migrations once, and several auth processes share one port (SO_REUSEPORT: the kernel
+    spreads new connections over them).
+    """
     try:
         settings.check_safe_to_serve()
-        await run_migrations(settings, specs)
+        if migrations:
+            await run_migrations(settings, specs)
         # One broker connection per service user: each consumes and publishes as itself.
         runtime = await Runtime.open(settings, parties=[spec.name for spec in specs],
                                      pool_size=sum(spec.pool_size for spec in specs))
@@ -190,13 +199,13 @@ async def serve(settings: Settings, specs: list[ServiceSpec], *, ready_message: 
                 try:
                     await runner.setup()
                     runners.append(runner)
-                    await web.TCPSite(runner, settings.host, port).start()
+                    await web.TCPSite(runner, settings.host, port, reuse_port=reuse_port or None).start()
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE:
                         raise
                     if runner not in runners:
                         runners.append(runner)  # its half-started contexts are cleaned up below
-                    print(f"mfa: {_port_taken(settings, spec.port_settings, exc)}", file=sys.stderr)
+                    print(f"mfa: {port_taken(settings, spec.port_settings, exc)}", file=sys.stderr)
                     return 2
                 log.info("service_listening", service=spec.name, url=f"http://{settings.host}:{port}")
                 if ready_message:

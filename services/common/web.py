@@ -18,15 +18,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import fastjsonschema
+import orjson
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import strictjson
 from .apikeys import Principal
 from .errors import DATABASE_UNAVAILABLE, BadRequest, Forbidden, MfaError, PayloadTooLarge, Unauthorized
 from .logs import get_logger
-from .metrics import HTTP_LATENCY, HTTP_REQUESTS
+from .metrics import HTTP_LATENCY, HTTP_REQUESTS, exposition
 from .outbox import backlog
 from .runtime import Runtime
 
@@ -60,7 +61,7 @@ def problem(status: int, code: str, detail: str, title: str | None = None, **ext
     correlation_id = structlog.contextvars.get_contextvars().get("correlation_id")
     if correlation_id:
         body["correlation_id"] = correlation_id
-    return web.Response(status=status, body=json.dumps(body), content_type=PROBLEM_TYPE)
+    return web.Response(status=status, body=dumps(body), content_type=PROBLEM_TYPE)
 
 
 _HTTP_CODES = {
@@ -226,8 +227,22 @@ def _schema_problem(exc: fastjsonschema.JsonSchemaValueException) -> tuple[str, 
     return code, path or None
 
 
+# orjson encodes in C about ten times faster than json; datetimes and dataclasses are passed on
+# to `default=str` as json.dumps did, so every answer keeps its form.
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def dumps(data: Any) -> bytes:
+    """JSON of an answer body: orjson, or json for what orjson refuses (integers past 64 bits)."""
+    try:
+        return orjson.dumps(data, default=str, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return json.dumps(data, default=str).encode()
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str))
+    """An `application/json` answer."""
+    return web.Response(body=dumps(data), status=status, content_type="application/json", charset="utf-8")
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -255,7 +270,7 @@ def metrics_handler(*schemas: str):
                 await backlog(runtime.pool, schema)
         except Exception as exc:
             log.warning("backlog_unavailable", error=str(exc))
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return metrics
 

@@ -70,7 +70,9 @@ async def stop_stack(stack: Stack, proc) -> None:
 
 @pytest.fixture(scope="package")
 async def stack(settings):
-    """`mfa run all` of this checkout on the run's database and exchange, as `make run` starts it.
+    """`mfa run all` of this checkout on the run's database and exchange: every service in one process.
+
+    (`make run` starts `mfa start`, several processes; tests/test_workers_processes.py runs that.)
 
     Package scope: it consumes the run's queues, so it must be gone before other packages' apps
     expect to be the only consumers (a notifier test would miss the mails this one sent).
