@@ -160,13 +160,14 @@ async def main(accounts: int, concurrency: int, json_concurrency: int) -> None:
             print(f"set-up: `mfa start auth relay`; {2 * accounts} accounts enrolled with one open login each in "
                   f"{time.perf_counter() - t:.1f} s")
 
+            database = runtime.settings.database_url.rpartition("/")[2]
             settle_garbage_collector()
-            cpu_before = cpu_times()
+            cpu_before = cpu_times(database)
             started = time.perf_counter()
             json_latencies, json_failures = await fire(port, verifies, json_concurrency)
             await wait_for_outbox(runtime)
             json_elapsed = time.perf_counter() - started
-            cpu_mid = cpu_times()
+            cpu_mid = cpu_times(database)
             json_done = len(verifies) - json_failures
             json_rate = json_done / json_elapsed
             print(f"json verify: {json_done} verifications with their events on the broker in {json_elapsed:.2f} s = "
@@ -179,7 +180,7 @@ async def main(accounts: int, concurrency: int, json_concurrency: int) -> None:
             latencies, failures = await run_prompts(port, key, prompts, concurrency)
             await wait_for_outbox(runtime)
             elapsed = time.perf_counter() - started
-            cpu_after = cpu_times()
+            cpu_after = cpu_times(database)
             done = len(prompts) - failures
             rate = done / elapsed
             p99 = percentile(latencies, 99)
