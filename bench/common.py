@@ -122,6 +122,31 @@ def pgbench_ceiling(database_url: str, *, scale: int = 10, clients: int = 16, th
     return float(found.group(1))
 
 
+async def queues_drained(prefix: str, timeout: float = 600.0) -> float:
+    """Wait until every queue named `prefix...` holds no message, ready or unacknowledged; seconds waited.
+
+    Work a set-up leaves behind (the audit log appending its events, say) would otherwise be done
+    during the measurement and counted in its CPU and latency.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    quiet_since = None
+    while loop.time() - started < timeout:
+        out = await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "-q", "--no-table-headers", "list_queues",
+                                                       "name", "messages_ready", "messages_unacknowledged"],
+                                      capture_output=True, text=True)
+        busy = sum(int(n) for line in out.stdout.splitlines() if line.startswith(prefix)
+                   for n in line.split()[1:] if n.isdigit())
+        if busy == 0:
+            quiet_since = quiet_since or loop.time()
+            if loop.time() - quiet_since >= 1.0:
+                return loop.time() - started
+        else:
+            quiet_since = None
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"queues {prefix}* still hold messages after {timeout:.0f} s")
+
+
 def cpu_times(database: str | None = None) -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by every process on the machine: pid -> (program, seconds).
 

@@ -28,7 +28,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_runtime, cpu_report, cpu_times, free_port, machine, percentile  # noqa: E402
+from bench.common import bench_runtime, cpu_report, cpu_times, free_port, machine, percentile, queues_drained  # noqa: E402
 from bench.verify import _Client, code_for, fire, run_pool, verify_request  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
@@ -156,6 +156,7 @@ async def main(accounts: int, concurrency: int, json_concurrency: int) -> None:
                 t = time.perf_counter()
                 await run_pool(range(2 * accounts), enrol, 32)
                 await wait_for_outbox(runtime)
+                await queues_drained(runtime.settings.queue_prefix)  # the set-up's events, handled
             print(f"machine: {machine()}")
             print(f"set-up: `mfa start auth relay`; {2 * accounts} accounts enrolled with one open login each in "
                   f"{time.perf_counter() - t:.1f} s")

@@ -36,6 +36,7 @@ from bench.common import (  # noqa: E402
     machine,
     percentile,
     pgbench_ceiling,
+    queues_drained,
     start_profiler,
 )
 from services.auth import domain  # noqa: E402
@@ -297,7 +298,9 @@ async def main(args: argparse.Namespace) -> None:
                 # Let the set-up's own events (enrolments, challenges) leave and be consumed first.
                 while await runtime.pool.fetchval("SELECT count(*) FROM auth.outbox"):  # noqa: ASYNC110 (polls the database)
                     await asyncio.sleep(0.05)
-                await asyncio.sleep(2)  # the audit and notifier consumers finish the set-up's events
+                # ... and be handled by every consumer (the audit log appends each), before the clock starts.
+                waited = await queues_drained(runtime.settings.queue_prefix)
+                print(f"set-up: its events handled by every consumer {waited:.1f} s later")
 
             # Every request is built before the clock starts; the code is one step ahead of
             # now, so it is later than the step used to confirm and valid for 60 s or more.
