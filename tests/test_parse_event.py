@@ -38,7 +38,8 @@ BAD_BODIES = {
     "deep-in-envelope": _in_envelope(b"ext", DEEP),
     "deep-objects": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
     "nul-escape": encode(_event(account_id="acct\u0000x")),
-    "lone-surrogate-escape": encode(_event(account_id="acct\ud800")),
+    # orjson refuses to write a lone surrogate, so the escape is put into the JSON text by hand.
+    "lone-surrogate-escape": encode(_event()).replace(b'"acct-1"', b'"acct\\ud800"', 1),
     "surrogate-as-utf8-bytes": encode(_event()).replace(b'"acct-1"', b'"acct-\xed\xa0\x80"', 1),
     "nul-in-member-name": _in_envelope(b"x\\u0000", b"1"),
     "nan": _sent_at(b"NaN"),
@@ -55,11 +56,12 @@ def test_undecodable_bodies_are_event_errors(body):
 
 def test_escaped_pairs_and_non_ascii_text_parse_but_half_a_pair_does_not():
     event = _event(account_id="Jos\u00e9 \U0001F600 \\u0000")
-    body = encode(event)  # escapes the emoji as a surrogate pair
-    assert parse_event(body) == event
-    assert parse_event(json.dumps(event, ensure_ascii=False).encode()) == event
+    assert parse_event(encode(event)) == event  # UTF-8 text, as the services write it
+    escaped = json.dumps(event).encode()  # the emoji as an escaped surrogate pair, as other producers may
+    assert b"\\ud83d\\ude00" in escaped
+    assert parse_event(escaped) == event
     with pytest.raises(EventError):
-        parse_event(body.replace(b"\\ude00", b"", 1))
+        parse_event(escaped.replace(b"\\ude00", b"", 1))
 
 
 def ping(run: str, account: str, n: int) -> dict:
