@@ -29,7 +29,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import bench_runtime, cpu_report, cpu_times, free_port, machine, percentile, queues_drained  # noqa: E402
-from bench.verify import _Client, code_for, fire, run_pool, verify_request  # noqa: E402
+from bench.verify import _Client, code_for, fire, over_connections, run_pool, verify_request  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
 from services.common.runner import settle_garbage_collector  # noqa: E402
@@ -81,25 +81,13 @@ async def prompt_login(client: _Client, host: str, key: str, prompt_url: str, lo
 async def run_prompts(port: int, key: str, logins: list[tuple[str, str, str]], concurrency: int
                       ) -> tuple[list[float], int]:
     """Every prompt login over `concurrency` connections; request latencies in ms and how many failed."""
-    loop = asyncio.get_running_loop()
-    clients = [(await loop.create_connection(_Client, "127.0.0.1", port))[1] for _ in range(concurrency)]
     host = f"127.0.0.1:{port}"
     latencies: list[float] = []
-    failures = 0
-    queue = iter(logins)
 
-    async def worker(client: _Client) -> None:
-        nonlocal failures
-        for item in queue:
-            if not await prompt_login(client, host, key, *item, latencies):
-                failures += 1
+    async def login(client: _Client, item: tuple[str, str, str]) -> bool:
+        return await prompt_login(client, host, key, *item, latencies)
 
-    try:
-        await asyncio.gather(*(worker(c) for c in clients))
-    finally:
-        for client in clients:
-            client.transport.close()
-    return latencies, failures
+    return latencies, await over_connections(port, logins, concurrency, login)
 
 
 async def wait_for_outbox(runtime) -> None:

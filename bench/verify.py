@@ -113,23 +113,17 @@ def _succeeded(response: bytes) -> bool:
     return response.startswith(b"HTTP/1.1 200") and b'"result":"success"' in response.replace(b" ", b"")
 
 
-async def fire(port: int, requests: list[bytes], concurrency: int) -> tuple[list[float], int]:
-    """Send every request over `concurrency` connections; latencies in ms and how many did not succeed."""
+async def over_connections(port: int, items, concurrency: int, work) -> int:
+    """Await `work(client, item)` for every item over `concurrency` keep-alive connections; how many gave False."""
     loop = asyncio.get_running_loop()
     clients = [(await loop.create_connection(_Client, "127.0.0.1", port))[1] for _ in range(concurrency)]
-    latencies: list[float] = []
-    starts: list[float] = []
     failures = 0
-    queue = iter(requests)
+    queue = iter(items)
 
     async def worker(client: _Client) -> None:
         nonlocal failures
-        for data in queue:
-            start = time.perf_counter()
-            response = await client.request(data)
-            latencies.append((time.perf_counter() - start) * 1000)
-            starts.append(start)
-            if not _succeeded(response):
+        for item in queue:
+            if not await work(client, item):
                 failures += 1
 
     try:
@@ -137,6 +131,22 @@ async def fire(port: int, requests: list[bytes], concurrency: int) -> tuple[list
     finally:
         for client in clients:
             client.transport.close()
+    return failures
+
+
+async def fire(port: int, requests: list[bytes], concurrency: int) -> tuple[list[float], int]:
+    """Send every request over `concurrency` connections; latencies in ms and how many did not succeed."""
+    latencies: list[float] = []
+    starts: list[float] = []
+
+    async def send(client: _Client, data: bytes) -> bool:
+        start = time.perf_counter()
+        response = await client.request(data)
+        latencies.append((time.perf_counter() - start) * 1000)
+        starts.append(start)
+        return _succeeded(response)
+
+    failures = await over_connections(port, requests, concurrency, send)
     if os.environ.get("BENCH_DEBUG"):
         first = min(starts)
         for bucket in range(int((max(starts) - first) / 0.1) + 1):
