@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -44,10 +45,34 @@ def _db_url(name: str) -> str:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses right now, below the kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) comes from the range it also gives outgoing connections,
+    so between this call and the server's bind a client socket of the suite could take it (a
+    `mfa run all` once exited 2, "already in use", in the middle of the suite). Ports below that
+    range are only ever taken by a bind.
+    """
+    low, _ = _EPHEMERAL
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
 
 
 async def drop_database(name: str) -> None:

@@ -167,7 +167,7 @@ async def test_sigterm_under_http_load_exits_in_time_and_loses_nothing(settings,
             code = await asyncio.wait_for(proc.wait(), 12)
             elapsed = asyncio.get_running_loop().time() - started
             await asyncio.gather(*clients)
-        assert code == 0
+        assert code == 0, (await proc.stderr.read()).decode(errors="replace")[-3000:]
         assert elapsed < 10, elapsed
         stored = {r["login_id"] for r in await runtime.pool.fetch(
             "SELECT login_id FROM auth.logins WHERE company_id = $1", company)}
