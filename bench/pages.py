@@ -28,7 +28,16 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_runtime, cpu_report, cpu_times, free_port, machine, percentile, queues_drained  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_runtime,
+    cpu_report,
+    cpu_times,
+    free_port,
+    machine,
+    percentile,
+    pgbench_ceiling,
+    queues_drained,
+)
 from bench.verify import _Client, code_for, fire, over_connections, run_pool, verify_request  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
@@ -99,6 +108,8 @@ async def wait_for_outbox(runtime) -> None:
 async def main(accounts: int, concurrency: int, json_concurrency: int) -> None:
     configure_logging("WARNING", "console")
     async with bench_runtime() as runtime:
+        # The machine's database ceiling in the same run, as bench/verify.py prints it.
+        ceiling = await asyncio.to_thread(pgbench_ceiling, runtime.settings.database_url)
         port = free_port()
         env = {**os.environ, "MFA_DATABASE_URL": runtime.settings.database_url, "MFA_EXCHANGE": runtime.settings.exchange,
                "MFA_QUEUE_PREFIX": runtime.settings.queue_prefix, "MFA_AUTH_PORT": str(port), "MFA_LOG_LEVEL": "WARNING",
@@ -146,6 +157,7 @@ async def main(accounts: int, concurrency: int, json_concurrency: int) -> None:
                 await wait_for_outbox(runtime)
                 await queues_drained(runtime.settings.queue_prefix)  # the set-up's events, handled
             print(f"machine: {machine()}")
+            print(f"ceiling: pgbench -N, 16 clients, scale 10, 15 s: {ceiling:,.0f} transactions/s")
             print(f"set-up: `mfa start auth relay`; {2 * accounts} accounts enrolled with one open login each in "
                   f"{time.perf_counter() - t:.1f} s")
 
@@ -178,6 +190,7 @@ async def main(accounts: int, concurrency: int, json_concurrency: int) -> None:
                   f"latency p50 {percentile(latencies, 50):.1f} ms, p99 {p99:.1f} ms")
             print(cpu_report(cpu_mid, cpu_after, len(prompts), "prompt login"))
             ratio = rate / json_rate
+            print(f"share of pgbench -N: JSON {json_rate / ceiling:.2f}, prompt logins {rate / ceiling:.2f}")
             print(f"ratio: prompt logins/s = {ratio:.2f} x JSON verifications/s (target >= 0.5: "
                   f"{'PASS' if ratio >= 0.5 else 'FAIL'}); prompt p99 {p99:.1f} ms (target < 50: "
                   f"{'PASS' if p99 < 50 else 'FAIL'})")
