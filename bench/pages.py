@@ -37,8 +37,18 @@ from bench.common import (  # noqa: E402
     percentile,
     pgbench_ceiling,
     queues_drained,
+    start_profiler,
 )
-from bench.verify import _Client, code_for, fire, over_connections, run_pool, verify_request  # noqa: E402
+from bench.verify import (  # noqa: E402
+    _children,
+    _Client,
+    _cmdline,
+    code_for,
+    fire,
+    over_connections,
+    run_pool,
+    verify_request,
+)
 from services.common.apikeys import create_key  # noqa: E402
 from services.common.logs import configure_logging  # noqa: E402
 from services.common.runner import settle_garbage_collector  # noqa: E402
@@ -105,7 +115,7 @@ async def wait_for_outbox(runtime) -> None:
         await asyncio.sleep(0.01)
 
 
-async def main(accounts: int, concurrency: int, json_concurrency: int) -> None:
+async def main(accounts: int, concurrency: int, json_concurrency: int, profile: str | None) -> None:
     configure_logging("WARNING", "console")
     async with bench_runtime() as runtime:
         # The machine's database ceiling in the same run, as bench/verify.py prints it.
@@ -176,11 +186,19 @@ async def main(accounts: int, concurrency: int, json_concurrency: int) -> None:
                   f"{percentile(json_latencies, 50):.1f} ms, p99 {percentile(json_latencies, 99):.1f} ms")
             print(cpu_report(cpu_before, cpu_mid, len(verifies), "verification"))
 
+            spy = None
+            if profile:
+                auth_pid = next(p for p in _children(server.pid) if " run auth " in _cmdline(p))
+                spy = await start_profiler(auth_pid, profile, rate=400)
+                await asyncio.sleep(1)  # py-spy attaches
             settle_garbage_collector()
             started = time.perf_counter()
             latencies, failures = await run_prompts(port, key, prompts, concurrency)
             await wait_for_outbox(runtime)
             elapsed = time.perf_counter() - started
+            if spy is not None:
+                spy.send_signal(2)
+                await spy.wait()
             cpu_after = cpu_times(database)
             done = len(prompts) - failures
             rate = done / elapsed
@@ -204,7 +222,9 @@ if __name__ == "__main__":
     parser.add_argument("--accounts", type=int, default=2000, help="logins of each kind (twice as many accounts)")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the prompt logins")
     parser.add_argument("--json-concurrency", type=int, default=64, help="connections of the JSON verifications")
+    parser.add_argument("--profile", help="write a py-spy profile of the (first) auth process during the prompt logins "
+                        "to this file (collapsed stacks if it ends in .txt, else speedscope)")
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(main(args.accounts, args.concurrency, args.json_concurrency))
+    uvloop.run(main(args.accounts, args.concurrency, args.json_concurrency, args.profile))

@@ -22,7 +22,7 @@ from .api import AUTH
 from .handlers import backup_email, disable, enrolment, logins, prompt, replacement
 from .handlers.context import Auth, now
 from .handlers.prompt import PORTAL, PROMPT
-from .store import PageSession
+from .store import PageSession, PageView
 
 LINK_COOKIE = "mfa_link"
 CONFIRM_COOKIE = "mfa_confirm"
@@ -92,13 +92,17 @@ class LinkPages:
         pages_of(request).set_cookie(response, self.cookie, session, max_age=max_age)
         return response
 
-    async def entry(self, request: web.Request, show: Callable[..., Awaitable[web.StreamResponse]]
+    async def view(self, request: web.Request) -> tuple[PageView, str]:
+        """The live session of this kind with its account and login, in one read (410 without one), and the cookie."""
+        cookie = request.cookies.get(self.cookie, "")
+        return await prompt.view_of(auth_of(request), self.kind, cookie), cookie
+
+    async def entry(self, request: web.Request, show: Callable[[web.Request], Awaitable[web.StreamResponse]]
                     ) -> web.StreamResponse:
-        """`home` itself: the link's exchange while the token is in the URL, else `show`(request, session, cookie)."""
+        """`home` itself: the link's exchange while the token is in the URL, else `show`(request)."""
         if "token" in request.query:
             return await self.exchange(request)
-        session, cookie = await self.session(request)
-        return await show(request, session, cookie)
+        return await show(request)
 
 
 async def _enrollment(auth: Auth, session: PageSession) -> str:
@@ -124,28 +128,33 @@ def _qr(uri: str) -> web.Response:
 
 PROMPT_PAGES = LinkPages(PROMPT, "mfa_prompt", "/mfa/prompt")
 
+
 async def prompt_page(request: web.Request) -> web.StreamResponse:
-    return await PROMPT_PAGES.entry(request, _show_prompt)
+    return await PROMPT_PAGES.entry(request, _prompt_home)
 
 
-async def _show_prompt(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+async def _prompt_home(request: web.Request) -> web.StreamResponse:
+    return await _show_prompt(request, *await PROMPT_PAGES.view(request))
+
+
+async def _show_prompt(request: web.Request, view: PageView, cookie: str, *, error: str | None = None,
                        status: int = 200) -> web.StreamResponse:
     """Whatever the login needs now: a code, an enrolment, or the way back once it is done."""
-    auth = auth_of(request)
-    view = await prompt.prompt_view(auth, session)
-    login, account = view.login, view.account
+    session, login, account = view.session, view.login, view.account
+    assert login is not None  # a prompt session's login (`view_of`)
     back = {"back_url": session.return_to}
+    locked_until = domain.lock_in_force(account.locked_until, now())
     if login.status == "succeeded":
         return redirect(prompt.success_url(session.return_to, session.state, login.login_id))
-    if login.status == "failed" and view.locked_until:
+    if login.status == "failed" and locked_until:
         raise PageError(429, "mfa_locked", company_name=account.company_name, locale=account.locale,
-                        locked_until=iso(view.locked_until), time_zone=account.time_zone, **back)
+                        locked_until=iso(locked_until), time_zone=account.time_zone, **back)
     if login.status == "failed":
         raise PageError(403, "login_failed", company_name=account.company_name, locale=account.locale, **back)
-    if view.expired:
+    if login.expires_at <= now():
         raise PageError(410, "login_expired", company_name=account.company_name, locale=account.locale, **back)
     if login.decision == "enroll":
-        shown = await _enrollment(auth, session)
+        shown = await _enrollment(auth_of(request), session)
         return render_page(request, "enroll.html", account, session=cookie, return_to=session.return_to, status=status,
                            error=error, mandatory=True, qr_url="/mfa/prompt/qr.svg", action="/mfa/prompt/enroll",
                            secret_grouped=shown, back_url=None)
@@ -153,7 +162,13 @@ async def _show_prompt(request: web.Request, session: PageSession, cookie: str, 
         raise PageError(403, "login_failed", company_name=account.company_name, locale=account.locale, **back)
     backup_email = domain.mask_email(account.backup_address) if account.backup_verified_at else None
     return render_page(request, "verify.html", account, session=cookie, return_to=session.return_to, status=status,
-                       error=error, locked_until=view.locked_until, backup_email=backup_email)
+                       error=error, locked_until=locked_until, backup_email=backup_email)
+
+
+async def _show_prompt_again(request: web.Request, *, error: str | None = None,
+                             status: int = 200) -> web.StreamResponse:
+    """The prompt as it is after a form changed the login: read again."""
+    return await _show_prompt(request, *await PROMPT_PAGES.view(request), error=error, status=status)
 
 
 def _code_error(request: web.Request, account: Any, exc: MfaError) -> str:
@@ -170,83 +185,84 @@ def _code_error(request: web.Request, account: Any, exc: MfaError) -> str:
 
 
 async def prompt_code(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PROMPT_PAGES.session(request)
+    view, cookie = await PROMPT_PAGES.view(request)
+    session = view.session
     form = await pages_of(request).form(request, cookie)
     code = "".join(form.get("code", "").split())
     try:
-        await logins.verify_login(auth_of(request), prompt.person(session), session.login_id, "totp", code)
+        # The session's read holds what the check needs: a right code costs one more statement.
+        await logins.verify_login(auth_of(request), prompt.person(session), session.login_id, "totp", code,
+                                  known=prompt.verify_view(view), assertion=False)
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         if exc.code == "login_failed":
-            return await _show_prompt(request, session, cookie)
-        account = await prompt.account_of(auth_of(request), session)
-        return await _show_prompt(request, session, cookie, error=_code_error(request, account, exc), status=422)
+            return await _show_prompt_again(request)
+        return await _show_prompt_again(request, error=_code_error(request, view.account, exc), status=422)
     except Conflict:
-        pass  # finished or changed meanwhile: the prompt shows what is true now
-    return await _show_prompt(request, session, cookie)
+        return await _show_prompt_again(request)  # finished or changed meanwhile: the prompt shows what is true now
+    return redirect(prompt.success_url(session.return_to, session.state, session.login_id))
 
 
 async def prompt_backup_page(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PROMPT_PAGES.session(request)
-    return await _backup_page(request, session, cookie)
+    return await _backup_page(request, *await PROMPT_PAGES.view(request))
 
 
-async def _backup_page(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+async def _backup_page(request: web.Request, view: PageView, cookie: str, *, error: str | None = None,
                        status: int = 200) -> web.StreamResponse:
-    view = await prompt.prompt_view(auth_of(request), session)
-    if view.login.status != "pending" or view.login.decision != "verify":
-        return await _show_prompt(request, session, cookie)
-    return render_page(request, "backup_code.html", view.account, session=cookie, return_to=session.return_to,
-                       status=status, error=error, forced=view.account.forced, action="/mfa/prompt/backup-code",
+    login, account = view.login, view.account
+    assert login is not None
+    if login.status != "pending" or login.decision != "verify":
+        return await _show_prompt(request, view, cookie)
+    return render_page(request, "backup_code.html", account, session=cookie, return_to=view.session.return_to,
+                       status=status, error=error, forced=account.forced, action="/mfa/prompt/backup-code",
                        submit_key="backup.submit", back_url="/mfa/prompt", back_key="backup.back_to_code")
 
 
 async def prompt_backup(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PROMPT_PAGES.session(request)
+    view, cookie = await PROMPT_PAGES.view(request)
     form = await pages_of(request).form(request, cookie)
     try:
-        result = await logins.verify_login(auth_of(request), prompt.person(session), session.login_id, "backup_code",
-                                             form.get("backup_code", ""))
+        result = await logins.verify_login(auth_of(request), prompt.person(view.session), view.session.login_id,
+                                             "backup_code", form.get("backup_code", ""), assertion=False)
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         if exc.code == "login_failed":
-            return await _show_prompt(request, session, cookie)
-        account = await prompt.account_of(auth_of(request), session)
+            return await _show_prompt_again(request)
         if exc.code in ("wrong_code", "replayed_code"):
-            message = text_of(request, account, "backup.wrong", left=exc.extra.get("attempts_left", ""))
+            message = text_of(request, view.account, "backup.wrong", left=exc.extra.get("attempts_left", ""))
         elif exc.code == "invalid_code_format":
-            message = text_of(request, account, "backup.format")
+            message = text_of(request, view.account, "backup.format")
         else:
-            message = _code_error(request, account, exc)
-        return await _backup_page(request, session, cookie, error=message, status=422)
+            message = _code_error(request, view.account, exc)
+        return await _backup_page(request, *await PROMPT_PAGES.view(request), error=message, status=422)
     except Conflict:
-        return await _show_prompt(request, session, cookie)
+        return await _show_prompt_again(request)
     if result.get("result") == "enroll":
         return redirect("/mfa/prompt?notice=reenroll")
-    return await _show_prompt(request, session, cookie)
+    return await _show_prompt_again(request)
 
 
 async def prompt_email_link(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PROMPT_PAGES.session(request)
+    view, cookie = await PROMPT_PAGES.view(request)
     await pages_of(request).form(request, cookie)
     try:
-        await logins.send_login_link(auth_of(request), prompt.person(session), session.login_id)
+        await logins.send_login_link(auth_of(request), prompt.person(view.session), view.session.login_id)
     except (Conflict, TooManyRequests) as exc:
         if exc.code in ("too_many_links", "no_backup_email", "mfa_locked"):
-            account = await prompt.account_of(auth_of(request), session)
-            return await _show_prompt(request, session, cookie, status=422,
-                                      error=text_of(request, account, f"error.{exc.code}.body",
-                                                  until=_moment(request, account, exc.extra["locked_until"])
-                                                  if exc.extra.get("locked_until") else ""))
-        return await _show_prompt(request, session, cookie)
+            account = view.account
+            return await _show_prompt_again(request, status=422,
+                                            error=text_of(request, account, f"error.{exc.code}.body",
+                                                          until=_moment(request, account, exc.extra["locked_until"])
+                                                          if exc.extra.get("locked_until") else ""))
+        return await _show_prompt_again(request)
     return redirect("/mfa/prompt/check-mail")
 
 
 async def prompt_check_mail(request: web.Request) -> web.StreamResponse:
     """Waits for the emailed link (opened here or on the phone); reloads itself without JavaScript."""
-    session, cookie = await PROMPT_PAGES.session(request)
-    view = await prompt.prompt_view(auth_of(request), session)
-    if view.login.status != "pending" or view.expired:
-        return await _show_prompt(request, session, cookie)
-    return render_page(request, "check_mail.html", view.account, session=cookie, return_to=session.return_to,
+    view, cookie = await PROMPT_PAGES.view(request)
+    assert view.login is not None
+    if view.login.status != "pending" or view.login.expires_at <= now():
+        return await _show_prompt(request, view, cookie)
+    return render_page(request, "check_mail.html", view.account, session=cookie, return_to=view.session.return_to,
                        sent_to=domain.mask_email(view.account.backup_address or ""), refresh=3)
 
 
@@ -256,7 +272,8 @@ async def prompt_qr(request: web.Request) -> web.StreamResponse:
 
 
 async def prompt_enroll(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PROMPT_PAGES.session(request)
+    view, cookie = await PROMPT_PAGES.view(request)
+    session = view.session
     form = await pages_of(request).form(request, cookie)
     code = "".join(form.get("code", "").split())
     auth = auth_of(request)
@@ -264,28 +281,24 @@ async def prompt_enroll(request: web.Request) -> web.StreamResponse:
         result = await enrolment.confirm_enrollment(auth, prompt.person(session), session.account_id, code,
                                                    session.login_id)
     except (Unauthorized, BadRequest) as exc:
-        account = await prompt.account_of(auth, session)
-        return await _show_prompt(request, session, cookie, error=_code_error(request, account, exc), status=422)
+        return await _show_prompt_again(request, error=_code_error(request, view.account, exc), status=422)
     except (Conflict, Gone) as exc:
         if exc.code in ("no_pending_enrollment", "enrollment_expired"):
-            account = await prompt.account_of(auth, session)
-            return await _show_prompt(request, session, cookie, status=422,
-                                      error=text_of(request, account, "enroll.expired"))
-        return await _show_prompt(request, session, cookie)
-    account = await prompt.account_of(auth, session)
-    return render_page(request, "backup_codes.html", account, session=cookie, return_to=session.return_to,
+            return await _show_prompt_again(request, status=422, error=text_of(request, view.account, "enroll.expired"))
+        return await _show_prompt_again(request)
+    return render_page(request, "backup_codes.html", view.account, session=cookie, return_to=session.return_to,
                        codes=result["backup_codes"], action="/mfa/prompt/finish", languages=[])
 
 
 async def prompt_finish(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PROMPT_PAGES.session(request)
+    view, cookie = await PROMPT_PAGES.view(request)
     form = await pages_of(request).form(request, cookie)
-    view = await prompt.prompt_view(auth_of(request), session)
+    assert view.login is not None
     if form.get("saved") != "yes" and view.login.status == "succeeded":
-        return render_page(request, "backup_codes.html", view.account, session=cookie, return_to=session.return_to,
-                           codes=[], action="/mfa/prompt/finish", status=422,
+        return render_page(request, "backup_codes.html", view.account, session=cookie,
+                           return_to=view.session.return_to, codes=[], action="/mfa/prompt/finish", status=422,
                            error=text_of(request, view.account, "codes.tick_box"))
-    return await _show_prompt(request, session, cookie)
+    return await _show_prompt(request, view, cookie)
 
 
 # ---- emailed links ---------------------------------------------------------------------------
@@ -377,7 +390,11 @@ async def confirm_post(request: web.Request) -> web.StreamResponse:
 PORTAL_PAGES = LinkPages(PORTAL, "mfa_portal", "/mfa/my-login")
 
 async def portal_page(request: web.Request) -> web.StreamResponse:
-    return await PORTAL_PAGES.entry(request, _show_portal)
+    return await PORTAL_PAGES.entry(request, _portal_home)
+
+
+async def _portal_home(request: web.Request) -> web.StreamResponse:
+    return await _show_portal(request, *await PORTAL_PAGES.session(request))
 
 
 async def _show_portal(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,

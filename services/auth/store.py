@@ -7,7 +7,7 @@ dataclasses whose fields are the columns read, named once here (`_columns`).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -221,17 +221,15 @@ async def delete_account(conn: Conn, account_id: str) -> bool:
     return bool(await conn.fetchval("DELETE FROM auth.accounts WHERE account_id = $1 RETURNING true", account_id))
 
 
-_ACCOUNT_VIEW = """
-    SELECT a.account_id, a.company_id, a.email, a.first_name, a.last_name, a.role, a.mfa_required, a.locale,
+_ACCOUNT_COLUMNS = """a.account_id, a.company_id, a.email, a.first_name, a.last_name, a.role, a.mfa_required, a.locale,
            a.time_zone, a.totp_secret, a.enrolled_at, a.last_step, a.consecutive_failures, a.lock_count, a.locked_until,
            c.name AS company_name, (a.mfa_required OR c.mfa_required) AS forced,
            b.address AS backup_address, b.verified_at AS backup_verified_at,
-           (SELECT count(*) FROM auth.backup_codes bc WHERE bc.account_id = a.account_id) AS backup_codes_left
-    FROM auth.accounts a
-    JOIN auth.companies c USING (company_id)
-    LEFT JOIN auth.backup_emails b USING (account_id)
-    WHERE a.account_id = $1
-"""
+           (SELECT count(*) FROM auth.backup_codes bc WHERE bc.account_id = a.account_id) AS backup_codes_left"""
+# The `Account` view's joins: every read of an `Account` (alone or beside a page session) uses them.
+_ACCOUNT_JOINS = """JOIN auth.companies c ON c.company_id = a.company_id
+    LEFT JOIN auth.backup_emails b ON b.account_id = a.account_id"""
+_ACCOUNT_VIEW = f"SELECT {_ACCOUNT_COLUMNS} FROM auth.accounts a {_ACCOUNT_JOINS} WHERE a.account_id = $1"
 
 # Login ids are unique per company. A key bound to a company looks in that company only; a
 # key bound to none (and an upstream event) sees every company and takes the oldest login of
@@ -614,30 +612,65 @@ async def insert_page_link(conn: Conn, token_hash: bytes, kind: str, account_id:
     )
 
 
-async def use_page_link(conn: Conn, token_hash: bytes, kind: str, at: datetime) -> tuple[str, PageLink | None]:
-    """Mark a URL token used, once: ('ok', link), or ('unknown' | 'used' | 'expired', link or None)."""
-    row = await conn.fetchrow(
-        f"UPDATE auth.page_links SET used_at = $3 WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL"
-        f" AND expires_at > $3 RETURNING {_columns(PageLink)}",
-        token_hash, kind, at,
-    )
-    if row is not None:
-        return "ok", _row(PageLink, row)
-    link = _row(PageLink, await conn.fetchrow(
-        f"SELECT {_columns(PageLink)} FROM auth.page_links WHERE token_hash = $1 AND kind = $2", token_hash, kind))
-    if link is None:
-        return "unknown", None
-    return ("used" if link.used_at is not None else "expired"), link
+async def open_page_link(conn: Conn, token_hash: bytes, kind: str, at: datetime, session_hash: bytes,
+                         session_ttl: timedelta | None) -> datetime | None:
+    """Use a URL token once and open its session, in one statement: the session's expiry, None if not usable.
 
-
-async def insert_page_session(conn: Conn, session_hash: bytes, link: PageLink, expires_at: datetime) -> None:
-    await conn.execute(
-        """INSERT INTO auth.page_sessions (session_hash, kind, account_id, company_id, login_id, return_to, state,
+    The session lives as long as its link's login (`session_ttl` None: a prompt), else `session_ttl`.
+    """
+    return await conn.fetchval(
+        """WITH used AS (
+               UPDATE auth.page_links SET used_at = $3 WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL
+                   AND expires_at > $3
+               RETURNING kind, account_id, company_id, login_id, return_to, state, expires_at)
+           INSERT INTO auth.page_sessions (session_hash, kind, account_id, company_id, login_id, return_to, state,
                                            expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        session_hash, link.kind, link.account_id, link.company_id, link.login_id, link.return_to, link.state,
-        expires_at,
+           SELECT $4, kind, account_id, company_id, login_id, return_to, state, coalesce($3 + $5::interval, expires_at)
+           FROM used RETURNING expires_at""",
+        token_hash, kind, at, session_hash, session_ttl,
     )
+
+
+async def find_page_link(conn: Conn, token_hash: bytes, kind: str) -> PageLink | None:
+    """A URL token's link, used or not: why `open_page_link` refused it."""
+    return _row(PageLink, await conn.fetchrow(
+        f"SELECT {_columns(PageLink)} FROM auth.page_links WHERE token_hash = $1 AND kind = $2", token_hash, kind))
+
+
+@dataclass(frozen=True, slots=True)
+class PageView:
+    """A live page session with its account and (for a prompt) its login, as one read gives them."""
+
+    session: PageSession
+    account: Account
+    login: Login | None
+
+
+def _prefixed(cls: type, prefix: str) -> str:
+    return ", ".join(f"{prefix}.{f.name} AS {prefix}_{f.name}" for f in fields(cls))
+
+
+_PAGE_VIEW = f"""
+    SELECT {_prefixed(PageSession, "s")}, {_prefixed(Login, "l")}, l.login_id IS NOT NULL AS has_login,
+           {_ACCOUNT_COLUMNS}
+    FROM auth.page_sessions s
+    JOIN auth.accounts a ON a.account_id = s.account_id {_ACCOUNT_JOINS}
+    LEFT JOIN auth.logins l ON l.company_id = s.company_id AND l.login_id = s.login_id
+    WHERE s.session_hash = $1 AND s.kind = $2 AND s.expires_at > $3
+"""
+# Where each row's columns stand in `_PAGE_VIEW`'s record: the session's, the login's, has_login, the account's.
+_SESSION_END = len(fields(PageSession))
+_LOGIN_END = _SESSION_END + len(fields(Login))
+
+
+async def get_page_view(conn: Conn, session_hash: bytes, kind: str, at: datetime) -> PageView | None:
+    """The live session of a cookie's hash with its account and login, in one round trip."""
+    record = await conn.fetchrow(_PAGE_VIEW, session_hash, kind, at)
+    if record is None:
+        return None
+    values = tuple(record.values())
+    login = Login(*values[_SESSION_END:_LOGIN_END]) if values[_LOGIN_END] else None
+    return PageView(PageSession(*values[:_SESSION_END]), Account(*values[_LOGIN_END + 1:]), login)
 
 
 async def get_page_session(conn: Conn, session_hash: bytes, kind: str, at: datetime) -> PageSession | None:

@@ -110,6 +110,15 @@ def _view(auth: Auth, caller: Caller, login: store.Login, methods: list[str]) ->
     return view
 
 
+@dataclass(frozen=True)
+class Passed:
+    """A code that passed: the login it completed and how; the answer (and its assertion) is made once, at the end."""
+
+    login: events.LoginRef
+    method: str
+    mfa_disabled: bool = False
+
+
 def _success(auth: Auth, caller: Caller, login: events.LoginRef, method: str) -> dict[str, Any]:
     return {
         "result": "success",
@@ -137,23 +146,34 @@ class Refused:
         return Unauthorized(detail, code=self.reason if self.attempts_left else "login_failed", **extra)
 
 
-async def verify_login(auth: Auth, caller: Caller, login_id: str, method: str, code: str) -> dict[str, Any]:
-    """Check a TOTP or backup code for a login; counts failures per login and per account."""
+async def verify_login(auth: Auth, caller: Caller, login_id: str, method: str, code: str, *,
+                       known: store.VerifyView | None = None, assertion: bool = True) -> dict[str, Any]:
+    """Check a TOTP or backup code for a login; counts failures per login and per account.
+
+    `known`: the login as the caller read it already (the prompt's session read), so a right
+    TOTP code costs one statement; the statement re-checks all of it under the row locks.
+    `assertion`: sign one into the answer (the prompt sends the browser on without it).
+    """
     code = domain.check_code_format(code) if method == "totp" else domain.normalize_backup_code(code)
     at = now()
     async with auth.pool.acquire() as conn:
-        result = await _verify_totp_fast(auth, caller, conn, login_id, code, at) if method == "totp" else None
+        result = await _verify_totp_fast(auth, caller, conn, login_id, code, at, known) if method == "totp" else None
         if result is None:
             async with conn.transaction():
                 result = await _verify_locked(conn, auth, caller, login_id, method, code, at)
     if isinstance(result, Refused):
         raise result.error()
+    if isinstance(result, Passed):
+        answer = _success(auth, caller, result.login, result.method) if assertion else {
+            "result": "success", "login_id": result.login.login_id}
+        return {**answer, "mfa_disabled": True} if result.mfa_disabled else answer
     return result
 
 
 async def _verify_totp_fast(
-    auth: Auth, caller: Caller, conn: asyncpg.Connection, login_id: str, code: str, at: datetime
-) -> dict[str, Any] | None:
+    auth: Auth, caller: Caller, conn: asyncpg.Connection, login_id: str, code: str, at: datetime,
+    known: store.VerifyView | None,
+) -> Passed | None:
     """The common case in two round trips: a right code for a pending login.
 
     Reads without locks, and if the code matches, completes the login in ONE statement
@@ -161,7 +181,7 @@ async def _verify_totp_fast(
     step single use). Anything else (wrong code, replay, lock, wrong state) returns None
     and takes the locked path, which gives the exact error and counts failures.
     """
-    row = await store.get_login_for_verify(conn, login_id, caller.scope)
+    row = known if known is not None else await store.get_login_for_verify(conn, login_id, caller.scope)
     if (
         row is None
         or row.account_company_id != row.company_id
@@ -179,12 +199,12 @@ async def _verify_totp_fast(
     event = events.login_succeeded(caller, row, "totp")
     if not await store.complete_totp_login(conn, row, step, event, SCHEMA):
         return None
-    return _success(auth, caller, row, "totp")
+    return Passed(row, "totp")
 
 
 async def _verify_locked(
     conn: asyncpg.Connection, auth: Auth, caller: Caller, login_id: str, method: str, code: str, at: datetime
-) -> dict[str, Any] | Refused:
+) -> Passed | dict[str, Any] | Refused:
     """The slow path, under the account's and the login's row locks: the answer, or a counted refusal."""
     login, account = await lock_pending_login(conn, caller, login_id, at)
     check_not_locked(account, at)
@@ -207,12 +227,12 @@ async def _verify_locked(
     await store.reset_failures(conn, account.account_id)
     await store.update_login(conn, login, status="succeeded", method="totp", completed_at=at)
     await add_events(conn, SCHEMA, [events.login_succeeded(caller, login, "totp")])
-    return _success(auth, caller, login, "totp")
+    return Passed(login, "totp")
 
 
 async def _backup_code_used(
     conn: asyncpg.Connection, auth: Auth, caller: Caller, login: store.Login, account: store.Account, at: datetime
-) -> dict[str, Any]:
+) -> Passed | dict[str, Any]:
     """A backup code turns MFA off (seed); a forced account is sent on to enrol, others are in."""
     await store.disable_mfa(conn, account.account_id)
     out = [events.disabled(caller, account, "backup_code", at)]
@@ -226,7 +246,7 @@ async def _backup_code_used(
     await store.update_login(conn, login, status="succeeded", method="backup_code", completed_at=at)
     out.append(events.login_succeeded(caller, login, "backup_code"))
     await add_events(conn, SCHEMA, out)
-    return {**_success(auth, caller, login, "backup_code"), "mfa_disabled": True}
+    return Passed(login, "backup_code", mfa_disabled=True)
 
 
 async def _count_failure(

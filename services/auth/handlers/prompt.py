@@ -16,7 +16,7 @@ from ...common.apikeys import Principal
 from ...common.errors import BadRequest, Gone, NotFound
 from ...common.events import Actor, iso, parse_time
 from ...common.pages import new_token, return_url_allowed, with_query
-from .. import domain, store
+from .. import store
 from .context import Auth, Caller, load_account, now
 
 PROMPT = "prompt"
@@ -73,30 +73,44 @@ async def open_link(auth: Auth, kind: str, token: str) -> tuple[str, datetime]:
     """Exchange a link's token (once) for a new session token and its expiry."""
     at = now()
     session = new_token()
-    async with auth.pool.acquire() as conn, conn.transaction():
-        outcome, link = await store.use_page_link(conn, auth.token_hash(token[:200]), kind, at)
+    token_hash = auth.token_hash(token[:200])
+    async with auth.pool.acquire() as conn:
+        expires = await store.open_page_link(conn, token_hash, kind, at, auth.token_hash(session),
+                                             None if kind == PROMPT else PORTAL_SESSION_TTL)
+        if expires is not None:
+            return session, expires
+        link = await store.find_page_link(conn, token_hash, kind)
         if link is None:
             raise Gone("This link is unknown.", code="page_link_unknown")
-        if outcome != "ok":
-            # The page says so in the person's language, with their company's name and the way back.
-            account = await store.get_account(conn, link.account_id)
-            raise Gone(f"This link is {outcome}.", code=f"page_link_{outcome}", back_url=link.return_to,
-                       company_name=account.company_name if account else "",
-                       locale=account.locale if account else None)
-        expires = link.expires_at if kind == PROMPT else at + PORTAL_SESSION_TTL
-        await store.insert_page_session(conn, auth.token_hash(session), link, expires)
-    return session, expires
+        # The page says so in the person's language, with their company's name and the way back.
+        outcome = "used" if link.used_at is not None else "expired"
+        account = await store.get_account(conn, link.account_id)
+    raise Gone(f"This link is {outcome}.", code=f"page_link_{outcome}", back_url=link.return_to,
+               company_name=account.company_name if account else "", locale=account.locale if account else None)
+
+
+def _check_cookie(cookie: str | None) -> str:
+    if not cookie or len(cookie) > 100:
+        raise Gone("There is no page session.", code="session_missing")
+    return cookie
 
 
 async def session_of(auth: Auth, kind: str, cookie: str | None) -> store.PageSession:
     """The live session of a cookie, or 410 `session_missing`."""
-    if not cookie or len(cookie) > 100:
-        raise Gone("There is no page session.", code="session_missing")
     async with auth.pool.acquire() as conn:
-        session = await store.get_page_session(conn, auth.token_hash(cookie), kind, now())
+        session = await store.get_page_session(conn, auth.token_hash(_check_cookie(cookie)), kind, now())
     if session is None:
         raise Gone("There is no page session.", code="session_missing")
     return session
+
+
+async def view_of(auth: Auth, kind: str, cookie: str | None) -> store.PageView:
+    """The live session of a cookie with its account and login (one read), or 410 `session_missing`."""
+    async with auth.pool.acquire() as conn:
+        view = await store.get_page_view(conn, auth.token_hash(_check_cookie(cookie)), kind, now())
+    if view is None or (view.session.login_id is not None and view.login is None):
+        raise Gone("There is no page session.", code="session_missing")
+    return view
 
 
 def person_of(account_id: str, company_id: str) -> Caller:
@@ -115,30 +129,13 @@ def success_url(return_to: str, state: str | None, login_id: str) -> str:
     return with_query(return_to, login_id=login_id, **({"state": state} if state is not None else {}))
 
 
-@dataclass(frozen=True)
-class PromptView:
-    """What the prompt page shows: the login and the account behind it."""
-
-    login: store.Login
-    account: store.Account
-
-    @property
-    def locked_until(self) -> datetime | None:
-        return domain.lock_in_force(self.account.locked_until, now())
-
-    @property
-    def expired(self) -> bool:
-        return self.login.expires_at <= now()
-
-
-async def prompt_view(auth: Auth, session: store.PageSession) -> PromptView:
-    assert session.login_id is not None
-    async with auth.pool.acquire() as conn:
-        login = await store.get_login(conn, session.company_id, session.login_id)
-        account = await store.get_account(conn, session.account_id)
-    if login is None or account is None:
-        raise Gone("The login is gone.", code="session_missing")
-    return PromptView(login, account)
+def verify_view(view: store.PageView) -> store.VerifyView:
+    """What checking a TOTP code needs, from a prompt session's read (no second read for the code)."""
+    login, account = view.login, view.account
+    assert login is not None
+    return store.VerifyView(login.login_id, login.account_id, login.company_id, login.decision, login.status,
+                            login.expires_at, account.company_id, account.totp_secret, account.last_step,
+                            account.locked_until)
 
 
 async def account_of(auth: Auth, session: store.PageSession) -> store.Account:

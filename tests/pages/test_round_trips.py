@@ -1,0 +1,106 @@
+"""The prompt's hot path, counted in database statements per request (BEGIN and COMMIT count too).
+
+A prompt login is four requests: open the link, load the page, post the code, fetch the
+assertion. Each statement is a round trip to PostgreSQL, and the round trips are what a prompt
+login costs beside a JSON verify (two statements), so their number is pinned here: a change that
+adds a read to the path fails this test, not only a benchmark nobody runs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.auth.app import create_app
+from services.common.apikeys import create_key
+from services.common.db import FairPool
+from services.common.runtime import Runtime
+
+from ..auth.conftest import Api, oathtool
+from ..conftest import free_port
+
+_STATEMENTS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("statements", default=None)
+
+
+def _log_statement(record) -> None:
+    # asyncpg calls loggers with call_soon, in a copy of the querying task's context: the request's.
+    statements = _STATEMENTS.get()
+    if statements is not None:
+        statements.append(record.query)
+
+
+@dataclasses.dataclass
+class Counted:
+    api: Api
+    client: TestClient
+    requests: list[tuple[str, str, list[str]]]  # method, path, the statements it ran
+
+
+@pytest.fixture
+async def counted(settings, monkeypatch) -> AsyncIterator[Counted]:
+    """The auth app on a port of its own, each request's statements recorded by a query logger."""
+    lend = FairPool._lend
+
+    async def lend_logged(self, timeout):
+        conn = await lend(self, timeout)
+        conn.add_query_logger(_log_statement)  # a set: once per connection however often it is lent
+        return conn
+
+    monkeypatch.setattr(FairPool, "_lend", lend_logged)
+    requests: list[tuple[str, str, list[str]]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler):
+        statements: list[str] = []
+        _STATEMENTS.set(statements)
+        requests.append((request.method, request.path, statements))
+        return await handler(request)
+
+    port = free_port()
+    runtime = await Runtime.open(dataclasses.replace(settings, public_url=f"http://127.0.0.1:{port}"), pool_size=4)
+    app = create_app(runtime)
+    app.middlewares.insert(0, record)
+    client = TestClient(TestServer(app, host="127.0.0.1", port=port))
+    await client.start_server()
+    try:
+        yield Counted(Api(client, await create_key(runtime.pool, "service", label="round-trips")), client, requests)
+    finally:
+        await client.close()
+        await runtime.close()
+
+
+async def test_a_prompt_login_costs_five_statements_in_four_requests(counted):
+    company = await counted.api.company()
+    account = await counted.api.account(company)
+    secret, _, _ = await counted.api.enroll(account)
+    back = "http://127.0.0.1:9/back"
+    _, login = await counted.api.call("POST", "/v1/logins", {"account_id": account, "return_to": back, "state": "s"},
+                                      expect=201)
+    counted.requests.clear()
+    http = counted.client
+
+    async with http.get(login["prompt_url"].removeprefix(str(http.make_url(""))), allow_redirects=False) as opened:
+        assert opened.status == 303 and opened.headers["Location"] == "/mfa/prompt"
+    async with http.get("/mfa/prompt") as page:
+        html = await page.text()
+        assert page.status == 200, html
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert csrf is not None
+    origin = str(http.make_url("")).rstrip("/")
+    async with http.post("/mfa/prompt/code", data={"csrf": csrf.group(1), "code": oathtool(secret, offset=30)},
+                         headers={"Origin": origin}, allow_redirects=False) as posted:
+        assert posted.status == 303, await posted.text()
+        assert posted.headers["Location"] == f"{back}?login_id={login['login_id']}&state=s"
+    _, outcome = await counted.api.call("GET", f"/v1/logins/{login['login_id']}", expect=200)
+    assert outcome["status"] == "succeeded" and outcome["assertion"]
+
+    # The link and the page are both GET /mfa/prompt: with the token, then with the cookie.
+    counts = [(method, path, len(statements)) for method, path, statements in counted.requests]
+    assert counts == [("GET", "/mfa/prompt", 1), ("GET", "/mfa/prompt", 1), ("POST", "/mfa/prompt/code", 2),
+                      ("GET", f"/v1/logins/{login['login_id']}", 1)], counted.requests
