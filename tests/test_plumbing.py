@@ -125,3 +125,22 @@ async def test_a_database_outage_answers_503_problem_json_not_500(error):
         assert resp.status == 503
         assert resp.headers["Content-Type"].startswith("application/problem+json")
         assert (await resp.json())["code"] == "unavailable"
+
+
+def test_a_killed_supervisors_metrics_folder_goes_at_the_next_start_a_live_ones_stays(tmp_path):
+    import os
+    import subprocess
+
+    from services.common.supervisor import METRICS_PREFIX, remove_stale_metrics
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid belongs to no process now, as a supervisor's after SIGKILL
+    stale = tmp_path / f"{METRICS_PREFIX}{gone.pid}-x1"
+    live = tmp_path / f"{METRICS_PREFIX}{os.getpid()}-x2"
+    other = tmp_path / "mfa-metrics-notes"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"\0" * 16)
+
+    assert remove_stale_metrics(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists() and other.exists()

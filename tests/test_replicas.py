@@ -10,9 +10,6 @@ import asyncio
 import dataclasses
 import email
 import json
-import os
-import signal
-import sys
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -28,21 +25,14 @@ from services.common.lease import lock_class
 from services.common.runner import migration_sets
 from services.registry import SERVICES
 
+from . import processes
 from .conftest import _db_url, drop_database, free_port, wait_for
-from .test_lifecycle import env_for
+from .processes import env_for, url
 
 WORKERS = ("auth", "notifier", "recovery", "audit")
 PARTITIONS = 4
 ACCOUNTS = 20
 UPDATES = 4  # per account, after its creation
-
-
-async def _ready(http: aiohttp.ClientSession, port: int) -> bool:
-    try:
-        async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-            return resp.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def _consumed(http: aiohttp.ClientSession, port: int, outcome: str = "handled") -> float:
@@ -63,7 +53,6 @@ async def test_two_replicas_of_every_worker_handle_each_event_once_and_in_order(
     base_env = env_for(mine, MFA_EXCHANGE=mine.exchange, MFA_QUEUE_PREFIX=mine.queue_prefix,
                        MFA_QUEUE_PARTITIONS=str(PARTITIONS), MFA_RELAY="separate", MFA_MAIL_DIR=str(mail_dir),
                        MFA_DATABASE_URL=mine.database_url)
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
     procs: list[asyncio.subprocess.Process] = []
     ports: dict[str, list[int]] = defaultdict(list)
     # Every published event, as the relays sent them (a tap of the suite's guest user).
@@ -85,12 +74,11 @@ async def test_two_replicas_of_every_worker_handle_each_event_once_and_in_order(
                 port = free_port()
                 ports[worker].append(port)
                 env = {**base_env, f"MFA_{worker.upper()}_PORT": str(port), "MFA_INBOUND_SMTP_PORT": str(free_port())}
-                procs.append(await asyncio.create_subprocess_exec(mfa, "run", worker, env=env,
-                                                                  stdout=asyncio.subprocess.DEVNULL))
+                procs.append(await processes.start("run", worker, env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=None))
+        await processes.wait_ready({f"{name} on {port}": url(port) for name, of in ports.items() for port in of},
+                                   timeout=60)
         async with aiohttp.ClientSession() as http:
-            for name, of in ports.items():
-                for port in of:
-                    await wait_for(lambda p=port: _ready(http, p), timeout=60, message=f"{name} on {port} ready")
 
             async def shared_out() -> bool:
                 """Every worker's four partitions held, two by each of its two replicas."""
@@ -131,12 +119,11 @@ async def test_two_replicas_of_every_worker_handle_each_event_once_and_in_order(
             for _ in range(2):
                 port = free_port()
                 ports["relay"].append(port)
-                procs.append(await asyncio.create_subprocess_exec(
-                    mfa, "relay", "all", env={**base_env, "MFA_RELAY_PORT": str(port)}, stdout=asyncio.subprocess.DEVNULL))
+                procs.append(await processes.start("relay", "all", env={**base_env, "MFA_RELAY_PORT": str(port)},
+                                                   stdout=asyncio.subprocess.DEVNULL, stderr=None))
             # The first relay may publish the whole burst before the second one has started; a SIGTERM
             # that came while it was still starting (before its signal handlers) would kill it (-15).
-            for port in ports["relay"]:
-                await wait_for(lambda p=port: _ready(http, p), timeout=60, message=f"relay on {port} ready")
+            await processes.wait_ready({f"relay on {port}": url(port) for port in ports["relay"]}, timeout=60)
 
             await wait_for(lambda: len(published) >= expected, timeout=60, message=f"{expected} events published")
             await wait_for(lambda: db.fetchval("SELECT count(*) >= $1 FROM audit.events", expected), timeout=60,
@@ -150,10 +137,8 @@ async def test_two_replicas_of_every_worker_handle_each_event_once_and_in_order(
             consumed = {name: [await _consumed(http, p) for p in ports[name]] for name in WORKERS}
             duplicates = [await _consumed(http, p, "duplicate") for name in WORKERS for p in ports[name]]
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        codes = [await asyncio.wait_for(proc.wait(), 15) for proc in procs]
+        await asyncio.gather(*(processes.stop(proc) for proc in procs))
+        codes = [proc.returncode for proc in procs]
         await channel.close()
     try:
         assert codes == [0] * len(procs)
@@ -199,9 +184,8 @@ async def test_a_replica_killed_leaves_its_partitions_to_the_other(settings, run
     await migrate(mine.database_url, migration_sets(list(SERVICES.values())))
     env = env_for(mine, MFA_EXCHANGE=mine.exchange, MFA_QUEUE_PREFIX=mine.queue_prefix,
                   MFA_QUEUE_PARTITIONS=str(PARTITIONS), MFA_DATABASE_URL=mine.database_url)
-    mfa = os.path.join(os.path.dirname(sys.executable), "mfa")
-    procs = [await asyncio.create_subprocess_exec(mfa, "run", "audit", env={**env, "MFA_AUDIT_PORT": str(free_port())},
-                                                  stdout=asyncio.subprocess.DEVNULL) for _ in range(2)]
+    procs = [await processes.start("run", "audit", env={**env, "MFA_AUDIT_PORT": str(free_port())},
+                                   stdout=asyncio.subprocess.DEVNULL, stderr=None) for _ in range(2)]
     db = await asyncpg.connect(mine.database_url)
     lock = lock_class("partition", mine.queue("audit"))
 
@@ -227,10 +211,7 @@ async def test_a_replica_killed_leaves_its_partitions_to_the_other(settings, run
         await wait_for(lambda: db.fetchval("SELECT count(*) = 32 FROM audit.events"), timeout=20,
                        message="every partition's events handled by the survivor")
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(proc.wait(), 15)
+        await asyncio.gather(*(processes.stop(proc) for proc in procs))
         await db.close()
         await teardown(mine, exchange=True)
         await drop_database(f"mfa_failover_{u}")

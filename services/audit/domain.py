@@ -27,14 +27,14 @@ class AuditRuleError(ValueError):
     """An event cannot be recorded as it is (for instance its time is not a timestamp)."""
 
 
-def canonical(obj: Any) -> bytes:
-    """The one byte form that is hashed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def canonical_text(obj: Any) -> str:
-    """:func:`canonical` as text (how the redacted envelope is stored)."""
+    """The one form that is hashed, as text: sorted keys, no spaces (how the redacted envelope is stored)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical(obj: Any) -> bytes:
+    """:func:`canonical_text` in UTF-8: the bytes that are hashed."""
+    return canonical_text(obj).encode()
 
 
 def format_time(value: datetime) -> str:

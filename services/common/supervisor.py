@@ -35,6 +35,7 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Settings
@@ -96,6 +97,24 @@ def _port_free(host: str, port: int) -> OSError | None:
     return None
 
 
+METRICS_PREFIX = "mfa-metrics-"
+
+
+def remove_stale_metrics(folder: str) -> list[str]:
+    """Delete the metrics folders of supervisors that are gone (killed with SIGKILL, say): the ones removed.
+
+    Each folder is named after its supervisor's pid (`mfa-metrics-<pid>-<random>`); a live pid's is
+    left alone, even if the pid now belongs to another program.
+    """
+    removed = []
+    for path in Path(folder).glob(f"{METRICS_PREFIX}*-*"):
+        pid = path.name.removeprefix(METRICS_PREFIX).partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
 async def start(settings: Settings, specs: list[ServiceSpec], parts: list[str]) -> int:
     """Run `parts` as separate processes until SIGTERM or SIGINT; returns the exit code."""
     from .runner import port_taken, run_migrations  # the apps' plumbing: only once started
@@ -111,7 +130,10 @@ async def start(settings: Settings, specs: list[ServiceSpec], parts: list[str]) 
             return 2
     env = dict(os.environ)
     # Each process's metrics in files of one folder, so /metrics of any of them sums them all.
-    metrics_dir = None if env.get("PROMETHEUS_MULTIPROC_DIR") else tempfile.mkdtemp(prefix="mfa-metrics-")
+    metrics_dir = None
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        remove_stale_metrics(tempfile.gettempdir())
+        metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
     if metrics_dir:
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if "relay" in parts:
