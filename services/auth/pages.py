@@ -389,55 +389,60 @@ async def confirm_post(request: web.Request) -> web.StreamResponse:
 
 PORTAL_PAGES = LinkPages(PORTAL, "mfa_portal", "/mfa/my-login")
 
+
 async def portal_page(request: web.Request) -> web.StreamResponse:
     return await PORTAL_PAGES.entry(request, _portal_home)
 
 
 async def _portal_home(request: web.Request) -> web.StreamResponse:
-    return await _show_portal(request, *await PORTAL_PAGES.session(request))
+    return await _show_portal(request, *await PORTAL_PAGES.view(request))
 
 
-async def _show_portal(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+async def _show_portal(request: web.Request, view: PageView, cookie: str, *, error: str | None = None,
                        status: int = 200) -> web.Response:
-    account = await prompt.account_of(auth_of(request), session)
+    account = view.account
     return render_page(request, "my_login.html", account, session=cookie, status=status, error=error,
                        enabled=account.totp_secret is not None, enrolled_at=account.enrolled_at,
                        forced=account.forced, codes_left=account.backup_codes_left,
                        backup_address=account.backup_address, backup_verified=account.backup_verified_at is not None,
-                       login_email=account.email, back_url=session.return_to)
+                       login_email=account.email, back_url=view.session.return_to)
+
+
+async def _show_portal_again(request: web.Request, *, error: str | None = None, status: int = 200) -> web.Response:
+    """"My login" as it is after a form changed the account: read again."""
+    return await _show_portal(request, *await PORTAL_PAGES.view(request), error=error, status=status)
 
 
 async def portal_setup_page(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PORTAL_PAGES.session(request)
-    return await _portal_setup(request, session, cookie)
+    return await _portal_setup(request, *await PORTAL_PAGES.view(request))
 
 
-async def _portal_setup(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+async def _portal_setup(request: web.Request, view: PageView, cookie: str, *, error: str | None = None,
                         status: int = 200) -> web.Response:
-    account = await prompt.account_of(auth_of(request), session)
-    if account.totp_secret is not None:
-        return await _show_portal(request, session, cookie)
-    shown = await _enrollment(auth_of(request), session)
-    return render_page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
-                       qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/setup", secret_grouped=shown,
-                       back_url="/mfa/my-login")
+    if view.account.totp_secret is not None:
+        return await _show_portal(request, view, cookie)
+    shown = await _enrollment(auth_of(request), view.session)
+    return render_page(request, "enroll.html", view.account, session=cookie, status=status, error=error,
+                       mandatory=False, qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/setup",
+                       secret_grouped=shown, back_url="/mfa/my-login")
 
 
 async def portal_setup(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PORTAL_PAGES.session(request)
+    view, cookie = await PORTAL_PAGES.view(request)
+    session, account = view.session, view.account
     form = await pages_of(request).form(request, cookie)
     auth = auth_of(request)
-    account = await prompt.account_of(auth, session)
     try:
         result = await enrolment.confirm_enrollment(auth, prompt.person(session), session.account_id,
                                                    "".join(form.get("code", "").split()), None)
     except (Unauthorized, BadRequest) as exc:
-        return await _portal_setup(request, session, cookie, error=_code_error(request, account, exc), status=422)
+        return await _portal_setup(request, *await PORTAL_PAGES.view(request), error=_code_error(request, account, exc),
+                                   status=422)
     except (Conflict, Gone) as exc:
         if exc.code in ("no_pending_enrollment", "enrollment_expired"):
-            return await _portal_setup(request, session, cookie, error=text_of(request, account, "enroll.expired"),
-                                       status=422)
-        return await _show_portal(request, session, cookie)
+            return await _portal_setup(request, *await PORTAL_PAGES.view(request),
+                                       error=text_of(request, account, "enroll.expired"), status=422)
+        return await _show_portal_again(request)
     return render_page(request, "backup_codes.html", account, session=cookie, codes=result["backup_codes"],
                        action="/mfa/my-login/saved", languages=[])
 
@@ -448,107 +453,100 @@ async def portal_qr(request: web.Request) -> web.StreamResponse:
 
 
 async def portal_saved(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PORTAL_PAGES.session(request)
+    _, cookie = await PORTAL_PAGES.session(request)
     await pages_of(request).form(request, cookie)
     return redirect("/mfa/my-login?notice=codes_saved")
 
 
 async def portal_codes(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PORTAL_PAGES.session(request)
+    view, cookie = await PORTAL_PAGES.view(request)
     await pages_of(request).form(request, cookie)
     try:
-        result = await enrolment.regenerate_backup_codes(auth_of(request), prompt.person(session), session.account_id)
+        result = await enrolment.regenerate_backup_codes(auth_of(request), prompt.person(view.session),
+                                                         view.session.account_id)
     except Conflict:
-        return await _show_portal(request, session, cookie)
-    account = await prompt.account_of(auth_of(request), session)
-    return render_page(request, "backup_codes.html", account, session=cookie, codes=result["backup_codes"],
+        return await _show_portal_again(request)
+    return render_page(request, "backup_codes.html", view.account, session=cookie, codes=result["backup_codes"],
                        action="/mfa/my-login/saved", languages=[])
 
 
 async def portal_backup_email(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PORTAL_PAGES.session(request)
+    view, cookie = await PORTAL_PAGES.view(request)
     form = await pages_of(request).form(request, cookie)
-    auth = auth_of(request)
     try:
-        await backup_email.set_backup_email(auth, prompt.person(session), session.account_id, form.get("email", ""))
+        await backup_email.set_backup_email(auth_of(request), prompt.person(view.session), view.session.account_id,
+                                            form.get("email", ""))
     except BadRequest as exc:
-        account = await prompt.account_of(auth, session)
         key = "portal.email_same" if exc.code == "same_as_login_email" else "portal.email_invalid"
-        return await _show_portal(request, session, cookie, error=text_of(request, account, key), status=422)
+        return await _show_portal_again(request, error=text_of(request, view.account, key), status=422)
     return redirect("/mfa/my-login?notice=email_sent")
 
 
 async def portal_disable(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PORTAL_PAGES.session(request)
+    view, cookie = await PORTAL_PAGES.view(request)
     form = await pages_of(request).form(request, cookie)
-    auth = auth_of(request)
-    account = await prompt.account_of(auth, session)
+    account = view.account
     if account.forced:
         # Seed: turning MFA off is not possible while it is required; the page says why.
-        return await _show_portal(request, session, cookie, error=text_of(request, account, "portal.off_forced"),
+        return await _show_portal(request, view, cookie, error=text_of(request, account, "portal.off_forced"),
                                   status=409)
     try:
-        await disable.disable_with_backup_code(auth, prompt.person(session), session.account_id,
+        await disable.disable_with_backup_code(auth_of(request), prompt.person(view.session), view.session.account_id,
                                                 form.get("backup_code", ""))
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         message = (_code_error(request, account, exc) if exc.code == "mfa_locked"
                    else text_of(request, account, "backup.format") if exc.code == "invalid_code_format"
                    else text_of(request, account, "portal.off_wrong"))
-        return await _show_portal(request, session, cookie, error=message, status=422)
+        return await _show_portal_again(request, error=message, status=422)
     except Conflict:
-        return await _show_portal(request, session, cookie)
+        return await _show_portal_again(request)
     return redirect("/mfa/my-login?notice=mfa_off")
 
 
 async def portal_replace(request: web.Request) -> web.StreamResponse:
     """Replacing the app, first step: the present app's code proves it is the person."""
-    session, cookie = await PORTAL_PAGES.session(request)
+    view, cookie = await PORTAL_PAGES.view(request)
     form = await pages_of(request).form(request, cookie)
-    auth = auth_of(request)
     try:
-        await replacement.start_replacement(auth, prompt.person(session), session.account_id,
+        await replacement.start_replacement(auth_of(request), prompt.person(view.session), view.session.account_id,
                                             "".join(form.get("code", "").split()))
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
-        account = await prompt.account_of(auth, session)
-        message = _code_error(request, account, exc) if exc.code != "invalid_code" else text_of(
-            request, account, "portal.replace_wrong")
-        return await _show_portal(request, session, cookie, error=message, status=422)
+        message = _code_error(request, view.account, exc) if exc.code != "invalid_code" else text_of(
+            request, view.account, "portal.replace_wrong")
+        return await _show_portal_again(request, error=message, status=422)
     except Conflict:
-        return await _show_portal(request, session, cookie)
+        return await _show_portal_again(request)
     return redirect("/mfa/my-login/replace")
 
 
 async def portal_replace_page(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PORTAL_PAGES.session(request)
-    return await _replace_page(request, session, cookie)
+    return await _replace_page(request, *await PORTAL_PAGES.view(request))
 
 
-async def _replace_page(request: web.Request, session: PageSession, cookie: str, *, error: str | None = None,
+async def _replace_page(request: web.Request, view: PageView, cookie: str, *, error: str | None = None,
                         status: int = 200) -> web.Response:
-    auth = auth_of(request)
-    account = await prompt.account_of(auth, session)
-    secret = await prompt.pending_secret(auth, session.account_id)
+    account = view.account
     if account.totp_secret is None:
-        return await _show_portal(request, session, cookie)
+        return await _show_portal(request, view, cookie)
+    secret = await prompt.pending_secret(auth_of(request), account.account_id)
     if secret is None:  # the replacement ran out: start again from My login
-        return await _show_portal(request, session, cookie, error=text_of(request, account, "portal.replace_expired"))
+        return await _show_portal(request, view, cookie, error=text_of(request, account, "portal.replace_expired"))
     return render_page(request, "enroll.html", account, session=cookie, status=status, error=error, mandatory=False,
                        replacing=True, qr_url="/mfa/my-login/qr.svg", action="/mfa/my-login/replace",
                        secret_grouped=domain.group_secret(secret), back_url="/mfa/my-login")
 
 
 async def portal_replace_confirm(request: web.Request) -> web.StreamResponse:
-    session, cookie = await PORTAL_PAGES.session(request)
+    view, cookie = await PORTAL_PAGES.view(request)
     form = await pages_of(request).form(request, cookie)
-    auth = auth_of(request)
     try:
-        await replacement.confirm_replacement(auth, prompt.person(session), session.account_id,
+        await replacement.confirm_replacement(auth_of(request), prompt.person(view.session), view.session.account_id,
                                               "".join(form.get("code", "").split()))
     except (Unauthorized, BadRequest) as exc:
-        account = await prompt.account_of(auth, session)
-        return await _replace_page(request, session, cookie, error=_code_error(request, account, exc), status=422)
+        return await _replace_page(request, *await PORTAL_PAGES.view(request),
+                                   error=_code_error(request, view.account, exc), status=422)
     except (Conflict, Gone):
-        return await _show_portal(request, session, cookie)
+        return await _show_portal_again(request)
     return redirect("/mfa/my-login?notice=replaced")
 
 

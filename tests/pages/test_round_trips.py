@@ -104,3 +104,21 @@ async def test_a_prompt_login_costs_five_statements_in_four_requests(counted):
     counts = [(method, path, len(statements)) for method, path, statements in counted.requests]
     assert counts == [("GET", "/mfa/prompt", 1), ("GET", "/mfa/prompt", 1), ("POST", "/mfa/prompt/code", 2),
                       ("GET", f"/v1/logins/{login['login_id']}", 1)], counted.requests
+
+
+async def test_my_login_opens_in_one_statement_and_shows_in_one(counted):
+    company = await counted.api.company()
+    account = await counted.api.account(company)
+    _, portal = await counted.api.call("POST", f"/v1/accounts/{account}/portal-sessions",
+                                       {"return_to": "http://127.0.0.1:9/back"}, expect=201)
+    counted.requests.clear()
+    http = counted.client
+
+    async with http.get(portal["url"].removeprefix(str(http.make_url(""))), allow_redirects=False) as opened:
+        assert opened.status == 303 and opened.headers["Location"] == "/mfa/my-login"
+    async with http.get("/mfa/my-login") as page:
+        html = await page.text()
+        assert page.status == 200 and f"{account}@example.com" in html, html
+
+    counts = [(method, path, len(statements)) for method, path, statements in counted.requests]
+    assert counts == [("GET", "/mfa/my-login", 1), ("GET", "/mfa/my-login", 1)], counted.requests

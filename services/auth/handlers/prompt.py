@@ -138,14 +138,6 @@ def verify_view(view: store.PageView) -> store.VerifyView:
                             account.locked_until)
 
 
-async def account_of(auth: Auth, session: store.PageSession) -> store.Account:
-    async with auth.pool.acquire() as conn:
-        account = await store.get_account(conn, session.account_id)
-    if account is None:
-        raise Gone("The account is gone.", code="session_missing")
-    return account
-
-
 async def pending_secret(auth: Auth, account_id: str) -> str | None:
     """The secret of the pending enrolment while it can still be finished: a reload shows the same QR code."""
     async with auth.pool.acquire() as conn:
