@@ -27,8 +27,8 @@ NOTICES = {"company_on", "company_off", "personal_on", "personal_off", "mfa_off"
 
 async def _admin(request: web.Request) -> tuple[store.Account, str, store.PageSession]:
     """The administrator of the session cookie (410 without one, 403 once no longer an admin)."""
-    session, cookie = await ADMIN_PAGES.session(request)
-    return await admin.admin_of(auth_of(request), session), cookie, session
+    view, cookie = await ADMIN_PAGES.view(request)
+    return admin.admin_of(view), cookie, view.session
 
 
 def _notice(request: web.Request, account: store.Account) -> str | None:

@@ -57,12 +57,12 @@ def _check_admin(account: store.Account) -> None:
         raise Forbidden("Only an administrator of the company can use these pages.", code="not_company_admin")
 
 
-async def admin_of(auth: Auth, session: store.PageSession) -> store.Account:
-    """The administrator of an admin session, still an admin now (a demoted account is refused: 403)."""
-    async with auth.pool.acquire() as conn:
-        account = await store.get_account(conn, session.account_id)
-    if account is None:
-        raise NotFound("The account of this session is gone.", code="account_not_found")
+def admin_of(view: store.PageView) -> store.Account:
+    """The administrator of an admin session (read with it), still an admin now (a demoted account is refused: 403).
+
+    An account removed meanwhile took its sessions with it (`prompt.view_of` answers 410 then).
+    """
+    account = view.account
     if account.role != "admin":
         # The page says so in the account's language, with its company's name.
         raise Forbidden("Only an administrator of the company can use these pages.", code="not_company_admin",
