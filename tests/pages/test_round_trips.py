@@ -12,12 +12,16 @@ import contextvars
 import dataclasses
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from services.auth import store
+from services.auth.api import AUTH
 from services.auth.app import create_app
+from services.auth.handlers.prompt import PORTAL, PROMPT
 from services.common.apikeys import create_key
 from services.common.db import FairPool
 from services.common.runtime import Runtime
@@ -75,6 +79,21 @@ async def counted(settings, monkeypatch) -> AsyncIterator[Counted]:
         await runtime.close()
 
 
+async def _check_view_is_its_rows(counted: Counted, cookie_name: str, kind: str) -> None:
+    """The one read of a page (its columns taken by position) gives what the separate reads of its rows give."""
+    auth = counted.client.app[AUTH]
+    cookie = next(c.value for c in counted.client.session.cookie_jar if c.key == cookie_name)
+    session_hash, at = auth.token_hash(cookie), datetime.now(UTC)
+    async with auth.pool.acquire() as conn:
+        view = await store.get_page_view(conn, session_hash, kind, at)
+        assert view is not None
+        assert view.session == await store.get_page_session(conn, session_hash, kind, at)
+        assert view.account == await store.get_account(conn, view.session.account_id)
+        login = (await store.get_login(conn, view.session.company_id, view.session.login_id)
+                 if view.session.login_id else None)
+    assert view.login == login and (login is not None) == (kind == PROMPT)
+
+
 async def test_a_prompt_login_costs_five_statements_in_four_requests(counted):
     company = await counted.api.company()
     account = await counted.api.account(company)
@@ -92,6 +111,7 @@ async def test_a_prompt_login_costs_five_statements_in_four_requests(counted):
         assert page.status == 200, html
     csrf = re.search(r'name="csrf" value="([^"]+)"', html)
     assert csrf is not None
+    await _check_view_is_its_rows(counted, "mfa_prompt", PROMPT)
     origin = str(http.make_url("")).rstrip("/")
     async with http.post("/mfa/prompt/code", data={"csrf": csrf.group(1), "code": oathtool(secret, offset=30)},
                          headers={"Origin": origin}, allow_redirects=False) as posted:
@@ -119,6 +139,8 @@ async def test_my_login_opens_in_one_statement_and_shows_in_one(counted):
     async with http.get("/mfa/my-login") as page:
         html = await page.text()
         assert page.status == 200 and f"{account}@example.com" in html, html
+    await _check_view_is_its_rows(counted, "mfa_portal", PORTAL)
 
     counts = [(method, path, len(statements)) for method, path, statements in counted.requests]
     assert counts == [("GET", "/mfa/my-login", 1), ("GET", "/mfa/my-login", 1)], counted.requests
+
