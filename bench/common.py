@@ -7,6 +7,7 @@ import dataclasses
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +50,21 @@ async def start_profiler(pid: int, path: str, rate: int = 100) -> asyncio.subpro
         "-f", "raw" if path.endswith(".txt") else "speedscope", "--nonblocking",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
+
+
+@asynccontextmanager
+async def profiling(pid: int, path: str | None, rate: int = 400):
+    """py-spy on process `pid` into `path` around the block, attached before it starts; nothing without a path."""
+    if not path:
+        yield
+        return
+    spy = await start_profiler(pid, path, rate=rate)
+    await asyncio.sleep(1)  # py-spy attaches
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes the profile and exits
+        await spy.wait()
 
 
 def machine() -> str:

@@ -36,8 +36,8 @@ from bench.common import (  # noqa: E402
     machine,
     percentile,
     pgbench_ceiling,
+    profiling,
     queues_drained,
-    start_profiler,
 )
 from bench.verify import (  # noqa: E402
     _children,
@@ -186,19 +186,13 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, profile: 
                   f"{percentile(json_latencies, 50):.1f} ms, p99 {percentile(json_latencies, 99):.1f} ms")
             print(cpu_report(cpu_before, cpu_mid, len(verifies), "verification"))
 
-            spy = None
-            if profile:
-                auth_pid = next(p for p in _children(server.pid) if " run auth " in _cmdline(p))
-                spy = await start_profiler(auth_pid, profile, rate=400)
-                await asyncio.sleep(1)  # py-spy attaches
-            settle_garbage_collector()
-            started = time.perf_counter()
-            latencies, failures = await run_prompts(port, key, prompts, concurrency)
-            await wait_for_outbox(runtime)
-            elapsed = time.perf_counter() - started
-            if spy is not None:
-                spy.send_signal(2)
-                await spy.wait()
+            auth_pid = next(p for p in _children(server.pid) if " run auth " in _cmdline(p))
+            async with profiling(auth_pid, profile):
+                settle_garbage_collector()
+                started = time.perf_counter()
+                latencies, failures = await run_prompts(port, key, prompts, concurrency)
+                await wait_for_outbox(runtime)
+                elapsed = time.perf_counter() - started
             cpu_after = cpu_times(database)
             done = len(prompts) - failures
             rate = done / elapsed

@@ -36,8 +36,8 @@ from bench.common import (  # noqa: E402
     machine,
     percentile,
     pgbench_ceiling,
+    profiling,
     queues_drained,
-    start_profiler,
 )
 from services.auth import domain  # noqa: E402
 from services.common.apikeys import create_key  # noqa: E402
@@ -318,22 +318,16 @@ async def main(args: argparse.Namespace) -> None:
                 return [verify_request(port, key, login_id, code_for(secrets[account], 1)) for account, login_id in part]
 
             closed, opened = logins[: args.accounts], logins[args.accounts:]
-            spy = None
-            if args.profile:
-                spy = await start_profiler(auth_pids[0], args.profile, rate=400)
-                await asyncio.sleep(1)  # py-spy attaches
-            settle_garbage_collector()  # the load generator's own pauses would count as latency
-            requests = build(closed)
-            cpu_before = cpu_times(database)
-            started = time.perf_counter()
-            latencies, failures = await fire(port, requests, args.concurrency)
-            elapsed = time.perf_counter() - started
-            on_broker = await tap.wait_for([login_id for _, login_id in closed])
-            drained = tap.last_at - started
-            cpu_after = cpu_times(database)
-            if spy:
-                spy.send_signal(2)
-                await spy.wait()
+            async with profiling(auth_pids[0], args.profile):
+                settle_garbage_collector()  # the load generator's own pauses would count as latency
+                requests = build(closed)
+                cpu_before = cpu_times(database)
+                started = time.perf_counter()
+                latencies, failures = await fire(port, requests, args.concurrency)
+                elapsed = time.perf_counter() - started
+                on_broker = await tap.wait_for([login_id for _, login_id in closed])
+                drained = tap.last_at - started
+                cpu_after = cpu_times(database)
             succeeded = len(latencies) - failures
             rate = succeeded / drained
             print(f"closed loop: {succeeded} successful verifications in {elapsed:.2f} s = {succeeded / elapsed:,.0f}/s "

@@ -79,6 +79,17 @@ async def counted(settings, monkeypatch) -> AsyncIterator[Counted]:
         await runtime.close()
 
 
+async def _open(counted: Counted, link: str, home: str) -> str:
+    """A browser opening an emailed or redirected link: the token for a cookie (303 to `home`), then `home`'s HTML."""
+    http = counted.client
+    async with http.get(link.removeprefix(str(http.make_url(""))), allow_redirects=False) as opened:
+        assert opened.status == 303 and opened.headers["Location"] == home
+    async with http.get(home) as page:
+        html = await page.text()
+        assert page.status == 200, html
+    return html
+
+
 async def _check_view_is_its_rows(counted: Counted, cookie_name: str, kind: str) -> None:
     """The one read of a page (its columns taken by position) gives what the separate reads of its rows give."""
     auth = counted.client.app[AUTH]
@@ -104,11 +115,7 @@ async def test_a_prompt_login_costs_five_statements_in_four_requests(counted):
     counted.requests.clear()
     http = counted.client
 
-    async with http.get(login["prompt_url"].removeprefix(str(http.make_url(""))), allow_redirects=False) as opened:
-        assert opened.status == 303 and opened.headers["Location"] == "/mfa/prompt"
-    async with http.get("/mfa/prompt") as page:
-        html = await page.text()
-        assert page.status == 200, html
+    html = await _open(counted, login["prompt_url"], "/mfa/prompt")
     csrf = re.search(r'name="csrf" value="([^"]+)"', html)
     assert csrf is not None
     await _check_view_is_its_rows(counted, "mfa_prompt", PROMPT)
@@ -132,13 +139,9 @@ async def test_my_login_opens_in_one_statement_and_shows_in_one(counted):
     _, portal = await counted.api.call("POST", f"/v1/accounts/{account}/portal-sessions",
                                        {"return_to": "http://127.0.0.1:9/back"}, expect=201)
     counted.requests.clear()
-    http = counted.client
 
-    async with http.get(portal["url"].removeprefix(str(http.make_url(""))), allow_redirects=False) as opened:
-        assert opened.status == 303 and opened.headers["Location"] == "/mfa/my-login"
-    async with http.get("/mfa/my-login") as page:
-        html = await page.text()
-        assert page.status == 200 and f"{account}@example.com" in html, html
+    html = await _open(counted, portal["url"], "/mfa/my-login")
+    assert f"{account}@example.com" in html, html
     await _check_view_is_its_rows(counted, "mfa_portal", PORTAL)
 
     counts = [(method, path, len(statements)) for method, path, statements in counted.requests]
