@@ -93,9 +93,12 @@ class LinkPages:
         return response
 
     async def view(self, request: web.Request) -> tuple[PageView, str]:
-        """The live session of this kind with its account and login, in one read (410 without one), and the cookie."""
+        """The live session of this kind with its account and login (410 without one), and the cookie.
+
+        One read, or none for the GET a link's exchange redirected to (`prompt.view_of`).
+        """
         cookie = request.cookies.get(self.cookie, "")
-        return await prompt.view_of(auth_of(request), self.kind, cookie), cookie
+        return await prompt.view_of(auth_of(request), self.kind, cookie, page=request.method == "GET"), cookie
 
     async def entry(self, request: web.Request, show: Callable[[web.Request], Awaitable[web.StreamResponse]]
                     ) -> web.StreamResponse:
@@ -185,18 +188,23 @@ def _code_error(request: web.Request, account: Any, exc: MfaError) -> str:
 
 
 async def prompt_code(request: web.Request) -> web.StreamResponse:
-    view, cookie = await PROMPT_PAGES.view(request)
-    session = view.session
+    cookie = request.cookies.get(PROMPT_PAGES.cookie, "")
+    # A right code needs only the lean read and the claim; a page shown after a refusal reads its view.
+    auth = auth_of(request)
+    session_hash, session, known = await prompt.verify_of(auth, cookie)
     form = await pages_of(request).form(request, cookie)
     code = "".join(form.get("code", "").split())
     try:
-        # The session's read holds what the check needs: a right code costs one more statement.
-        await logins.verify_login(auth_of(request), prompt.person(session), session.login_id, "totp", code,
-                                  known=prompt.verify_view(view), assertion=False)
+        try:
+            await logins.verify_login(auth, prompt.person(session), session.login_id, "totp", code,
+                                      known=known, assertion=False)
+        finally:
+            auth.opened.forget(session_hash)  # whatever the outcome, the exchange's read is old now
     except (Unauthorized, BadRequest, TooManyRequests) as exc:
         if exc.code == "login_failed":
             return await _show_prompt_again(request)
-        return await _show_prompt_again(request, error=_code_error(request, view.account, exc), status=422)
+        view, cookie = await PROMPT_PAGES.view(request)
+        return await _show_prompt(request, view, cookie, error=_code_error(request, view.account, exc), status=422)
     except Conflict:
         return await _show_prompt_again(request)  # finished or changed meanwhile: the prompt shows what is true now
     return redirect(prompt.success_url(session.return_to, session.state, session.login_id))

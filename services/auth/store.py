@@ -131,6 +131,11 @@ class VerifyView:
     locked_until: datetime | None
 
 
+# `VerifyView`'s columns over a login `l` and its account `a`.
+_VERIFY_COLUMNS = """l.login_id, l.account_id, l.company_id, l.decision, l.status, l.expires_at,
+                  a.company_id AS account_company_id, a.totp_secret, a.last_step, a.locked_until"""
+
+
 @dataclass(frozen=True, slots=True)
 class Link:
     """A login link, by the hash of its token, with what it stood for when it was sent."""
@@ -447,8 +452,7 @@ async def update_login(conn: Conn, login: Login, **fields: Any) -> None:
 async def get_login_for_verify(conn: Conn, login_id: str, scope: str | None) -> VerifyView | None:
     """A login with what verifying a TOTP code needs of its account, in one read."""
     return _row(VerifyView, await conn.fetchrow(
-        f"""SELECT l.login_id, l.account_id, l.company_id, l.decision, l.status, l.expires_at,
-                  a.company_id AS account_company_id, a.totp_secret, a.last_step, a.locked_until
+        f"""SELECT {_VERIFY_COLUMNS}
            FROM (SELECT * FROM auth.logins WHERE {_LOGIN_BY_ID}) l JOIN auth.accounts a USING (account_id)""",
         login_id,
         scope,
@@ -459,15 +463,16 @@ async def complete_totp_login(conn: Conn, login: VerifyView, step: int, event: d
     """Claim `step` and complete the login with its event, atomically in one statement.
 
     The account update only matches while `step` is newer than every accepted one, the
-    account is not locked and is still in the login's company; the login and the outbox row
-    are written only if it matched.
+    account is not locked, is still in the login's company and still has the secret the code
+    was checked against (`login` may be an older read); the login and the outbox row are
+    written only if it matched.
     """
-    insert, args = outbox_insert(schema, event, first_param=5)
+    insert, args = outbox_insert(schema, event, first_param=6)
     done = bool(
         await conn.fetchval(
             f"""WITH claimed AS (
                     UPDATE auth.accounts SET last_step = $3, consecutive_failures = 0, lock_count = 0, locked_until = NULL
-                    WHERE account_id = $2 AND company_id = $4 AND last_step < $3 AND totp_secret IS NOT NULL
+                    WHERE account_id = $2 AND company_id = $4 AND last_step < $3 AND totp_secret = $5
                       AND (locked_until IS NULL OR locked_until <= now())
                     RETURNING account_id),
                 completed AS (
@@ -481,6 +486,7 @@ async def complete_totp_login(conn: Conn, login: VerifyView, step: int, event: d
             login.account_id,
             step,
             login.company_id,
+            login.totp_secret,
             *args,
         )
     )
@@ -613,22 +619,14 @@ async def insert_page_link(conn: Conn, token_hash: bytes, kind: str, account_id:
 
 
 async def open_page_link(conn: Conn, token_hash: bytes, kind: str, at: datetime, session_hash: bytes,
-                         session_ttl: timedelta | None) -> datetime | None:
-    """Use a URL token once and open its session, in one statement: the session's expiry, None if not usable.
+                         session_ttl: timedelta | None) -> PageView | None:
+    """Use a URL token once and open its session, in one statement: the new session's view, None if not usable.
 
     The session lives as long as its link's login (`session_ttl` None: a prompt), else `session_ttl`.
+    The view is what `get_page_view` reads for the session, so the page the exchange redirects to
+    can be shown from it (`handlers.prompt.open_link`).
     """
-    return await conn.fetchval(
-        """WITH used AS (
-               UPDATE auth.page_links SET used_at = $3 WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL
-                   AND expires_at > $3
-               RETURNING kind, account_id, company_id, login_id, return_to, state, expires_at)
-           INSERT INTO auth.page_sessions (session_hash, kind, account_id, company_id, login_id, return_to, state,
-                                           expires_at)
-           SELECT $4, kind, account_id, company_id, login_id, return_to, state, coalesce($3 + $5::interval, expires_at)
-           FROM used RETURNING expires_at""",
-        token_hash, kind, at, session_hash, session_ttl,
-    )
+    return _page_view(await conn.fetchrow(_OPEN_PAGE_LINK, token_hash, kind, at, session_hash, session_ttl))
 
 
 async def find_page_link(conn: Conn, token_hash: bytes, kind: str) -> PageLink | None:
@@ -650,27 +648,66 @@ def _prefixed(cls: type, prefix: str) -> str:
     return ", ".join(f"{prefix}.{f.name} AS {prefix}_{f.name}" for f in fields(cls))
 
 
-_PAGE_VIEW = f"""
+def _page_view_select(sessions: str) -> str:
+    """The page view's SELECT over `sessions` (the table or a CTE of `PageSession` rows), aliased `s`."""
+    return f"""
     SELECT {_prefixed(PageSession, "s")}, {_prefixed(Login, "l")}, l.login_id IS NOT NULL AS has_login,
            {_ACCOUNT_COLUMNS}
-    FROM auth.page_sessions s
+    FROM {sessions} s
     JOIN auth.accounts a ON a.account_id = s.account_id {_ACCOUNT_JOINS}
-    LEFT JOIN auth.logins l ON l.company_id = s.company_id AND l.login_id = s.login_id
+    LEFT JOIN auth.logins l ON l.company_id = s.company_id AND l.login_id = s.login_id"""
+
+
+_PAGE_VIEW = f"""{_page_view_select("auth.page_sessions")}
     WHERE s.session_hash = $1 AND s.kind = $2 AND s.expires_at > $3
 """
-# Where each row's columns stand in `_PAGE_VIEW`'s record: the session's, the login's, has_login, the account's.
+_OPEN_PAGE_LINK = f"""
+    WITH used AS (
+        UPDATE auth.page_links SET used_at = $3 WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL
+            AND expires_at > $3
+        RETURNING kind, account_id, company_id, login_id, return_to, state, expires_at),
+    s AS (
+        INSERT INTO auth.page_sessions (session_hash, kind, account_id, company_id, login_id, return_to, state,
+                                        expires_at)
+        SELECT $4, kind, account_id, company_id, login_id, return_to, state, coalesce($3 + $5::interval, expires_at)
+        FROM used RETURNING {_columns(PageSession)})
+    {_page_view_select("s")}
+"""
+# Where each row's columns stand in a page view's record: the session's, the login's, has_login, the account's.
 _SESSION_END = len(fields(PageSession))
 _LOGIN_END = _SESSION_END + len(fields(Login))
 
 
-async def get_page_view(conn: Conn, session_hash: bytes, kind: str, at: datetime) -> PageView | None:
-    """The live session of a cookie's hash with its account and login, in one round trip."""
-    record = await conn.fetchrow(_PAGE_VIEW, session_hash, kind, at)
+def _page_view(record: asyncpg.Record | None) -> PageView | None:
     if record is None:
         return None
     values = tuple(record.values())
     login = Login(*values[_SESSION_END:_LOGIN_END]) if values[_LOGIN_END] else None
     return PageView(PageSession(*values[:_SESSION_END]), Account(*values[_LOGIN_END + 1:]), login)
+
+
+async def get_page_view(conn: Conn, session_hash: bytes, kind: str, at: datetime) -> PageView | None:
+    """The live session of a cookie's hash with its account and login, in one round trip."""
+    return _page_view(await conn.fetchrow(_PAGE_VIEW, session_hash, kind, at))
+
+
+async def get_prompt_verify(conn: Conn, session_hash: bytes, at: datetime) -> tuple[PageSession, VerifyView] | None:
+    """A live prompt session with what checking a TOTP code needs (`get_login_for_verify`'s columns), in one read.
+
+    Leaner than the page view: a right code needs nothing else, and a page shown after a refusal reads that.
+    """
+    record = await conn.fetchrow(
+        f"""SELECT {_columns(PageSession, "s.")}, {_VERIFY_COLUMNS}
+           FROM auth.page_sessions s
+           JOIN auth.logins l ON l.company_id = s.company_id AND l.login_id = s.login_id
+           JOIN auth.accounts a ON a.account_id = l.account_id
+           WHERE s.session_hash = $1 AND s.kind = 'prompt' AND s.expires_at > $2""",
+        session_hash, at,
+    )
+    if record is None:
+        return None
+    values = tuple(record.values())
+    return PageSession(*values[:_SESSION_END]), VerifyView(*values[_SESSION_END:])
 
 
 async def get_page_session(conn: Conn, session_hash: bytes, kind: str, at: datetime) -> PageSession | None:

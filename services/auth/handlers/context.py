@@ -9,7 +9,8 @@ the transaction around it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
@@ -26,6 +27,56 @@ SCHEMA = "auth"
 SOURCE = "/mfa/auth"
 
 
+class Opened:
+    """What the link exchanges of this process read, per session, for the requests that follow.
+
+    The exchange reads the new session's view in its one statement and answers a 303 to the page.
+    The browser follows it at once, most often on the same keep-alive connection, so to this
+    process, and then posts the page's form. So the view serves:
+
+    - the first page (`first_page`): once, and only within `page_ttl` seconds of the exchange,
+      so a reload, a language switch or the "check your mail" page's refresh read the database;
+    - a code's check (`known`): its facts (the login, the account's sealed secret, last step and
+      lock) are what the claiming statement re-checks under the row locks, the secret included,
+      so facts that changed meanwhile make the claim fail and the locked path decide with the
+      database's (`handlers.logins`). Forgotten once a code was posted (`forget`).
+
+    A browser that lands on another auth process reads the database instead. At most `size`
+    sessions are kept; the oldest go first.
+    """
+
+    def __init__(self, page_ttl: float = 2.0, size: int = 4096) -> None:
+        self.page_ttl = page_ttl
+        self.size = size
+        self._views: dict[bytes, tuple[float, store.PageView]] = {}  # session hash -> (first page until, view)
+
+    def put(self, session_hash: bytes, view: store.PageView) -> None:
+        while len(self._views) >= self.size:
+            del self._views[next(iter(self._views))]
+        self._views[session_hash] = (time.monotonic() + self.page_ttl, view)
+
+    def first_page(self, session_hash: bytes) -> store.PageView | None:
+        """The view for the page the exchange redirected to: once, while it is that fresh."""
+        entry = self._views.get(session_hash)
+        if entry is None or entry[0] == 0.0:
+            return None
+        self._views[session_hash] = (0.0, entry[1])
+        return entry[1] if entry[0] > time.monotonic() else None
+
+    def known(self, session_hash: bytes, at: datetime) -> store.PageView | None:
+        """The view as the exchange read it, for a check its claim re-verifies; None once the session ended."""
+        entry = self._views.get(session_hash)
+        if entry is None:
+            return None
+        if entry[1].session.expires_at <= at:
+            del self._views[session_hash]
+            return None
+        return entry[1]
+
+    def forget(self, session_hash: bytes) -> None:
+        self._views.pop(session_hash, None)
+
+
 @dataclass
 class Auth:
     """Everything the auth use cases need: the pool, the keyring and the assertion signer."""
@@ -33,6 +84,7 @@ class Auth:
     pool: asyncpg.Pool
     keyring: Keyring
     signer: Signer
+    opened: Opened = field(default_factory=Opened)
 
     def __post_init__(self) -> None:
         self._code_key = self.keyring.derive("backup-codes")

@@ -70,15 +70,20 @@ async def issue_portal(auth: Auth, caller: Caller, config: PageConfig, account_i
 
 
 async def open_link(auth: Auth, kind: str, token: str) -> tuple[str, datetime]:
-    """Exchange a link's token (once) for a new session token and its expiry."""
+    """Exchange a link's token (once) for a new session token and its expiry.
+
+    The new session's view goes to `auth.opened`, for the page the exchange redirects to (`view_of`)
+    and the code posted from it (`verify_of`).
+    """
     at = now()
     session = new_token()
-    token_hash = auth.token_hash(token[:200])
+    token_hash, session_hash = auth.token_hash(token[:200]), auth.token_hash(session)
     async with auth.pool.acquire() as conn:
-        expires = await store.open_page_link(conn, token_hash, kind, at, auth.token_hash(session),
-                                             None if kind == PROMPT else PORTAL_SESSION_TTL)
-        if expires is not None:
-            return session, expires
+        view = await store.open_page_link(conn, token_hash, kind, at, session_hash,
+                                          None if kind == PROMPT else PORTAL_SESSION_TTL)
+        if view is not None:
+            auth.opened.put(session_hash, view)
+            return session, view.session.expires_at
         link = await store.find_page_link(conn, token_hash, kind)
         if link is None:
             raise Gone("This link is unknown.", code="page_link_unknown")
@@ -104,10 +109,19 @@ async def session_of(auth: Auth, kind: str, cookie: str | None) -> store.PageSes
     return session
 
 
-async def view_of(auth: Auth, kind: str, cookie: str | None) -> store.PageView:
-    """The live session of a cookie with its account and login (one read), or 410 `session_missing`."""
-    async with auth.pool.acquire() as conn:
-        view = await store.get_page_view(conn, auth.token_hash(_check_cookie(cookie)), kind, now())
+async def view_of(auth: Auth, kind: str, cookie: str | None, *, page: bool = True) -> store.PageView:
+    """The live session of a cookie with its account and login, or 410 `session_missing`.
+
+    One read; none for the page a link's exchange redirected to (`page`: a GET). A form's request
+    reads, and forgets the exchange's read: it is about to change what that read saw.
+    """
+    session_hash, at = auth.token_hash(_check_cookie(cookie)), now()
+    if not page:
+        auth.opened.forget(session_hash)
+    view = auth.opened.first_page(session_hash) if page else None
+    if view is None or view.session.kind != kind or view.session.expires_at <= at:
+        async with auth.pool.acquire() as conn:
+            view = await store.get_page_view(conn, session_hash, kind, at)
     if view is None or (view.session.login_id is not None and view.login is None):
         raise Gone("There is no page session.", code="session_missing")
     return view
@@ -129,8 +143,25 @@ def success_url(return_to: str, state: str | None, login_id: str) -> str:
     return with_query(return_to, login_id=login_id, **({"state": state} if state is not None else {}))
 
 
+async def verify_of(auth: Auth, cookie: str | None) -> tuple[bytes, store.PageSession, store.VerifyView]:
+    """A prompt session's hash, the session and what checking a TOTP code needs, or 410 `session_missing`.
+
+    As this process's exchange read them when it has them (`Opened.known`: the claim re-checks each
+    fact), else in one lean read.
+    """
+    session_hash, at = auth.token_hash(_check_cookie(cookie)), now()
+    opened = auth.opened.known(session_hash, at)
+    if opened is not None and opened.session.kind == PROMPT and opened.login is not None:
+        return session_hash, opened.session, verify_view(opened)
+    async with auth.pool.acquire() as conn:
+        found = await store.get_prompt_verify(conn, session_hash, at)
+    if found is None:
+        raise Gone("There is no page session.", code="session_missing")
+    return session_hash, *found
+
+
 def verify_view(view: store.PageView) -> store.VerifyView:
-    """What checking a TOTP code needs, from a prompt session's read (no second read for the code)."""
+    """What checking a TOTP code needs, from a prompt session's view."""
     login, account = view.login, view.account
     assert login is not None
     return store.VerifyView(login.login_id, login.account_id, login.company_id, login.decision, login.status,
