@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mfa: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, cache=True)
     try:
         return _run(_main(args, settings))
     except (DatabaseUnreachable, ConfigError, BrokerUnreachable, AdminError) as exc:

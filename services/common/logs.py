@@ -26,8 +26,12 @@ def _redact(_logger, _name, event_dict):
     return event_dict
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", stream=None) -> None:
-    """Configure structlog and the stdlib root logger once per process (`stream`: stderr by default)."""
+def configure_logging(level: str = "INFO", fmt: str = "json", stream=None, *, cache: bool = False) -> None:
+    """Configure structlog and the stdlib root logger once per process (`stream`: stderr by default).
+
+    `cache`: each logger binds its configuration on first use (a process configured once, `mfa`);
+    without it every call binds anew, so a later configuration (a test's) reaches every logger.
+    """
     stream = stream or sys.stderr
     renderer = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())
@@ -48,7 +52,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream=None) -> No
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
 

@@ -80,6 +80,8 @@ class Pages:
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+            # Templates ship with the code: no stat() of every template file on every page.
+            auto_reload=False,
         )
 
     # ---- CSRF and cookies ------------------------------------------------------------------

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -103,8 +104,8 @@ async def edge_middleware(request: web.Request, handler: Callable[[web.Request],
         response = problem(500, "internal_error", "Unexpected error; it has been logged.")
     response.headers["X-Correlation-ID"] = correlation_id
     elapsed = time.perf_counter() - started
-    HTTP_REQUESTS.labels(service, request.method, route, str(response.status)).inc()
-    HTTP_LATENCY.labels(service, route).observe(elapsed)
+    _requests_counted(service, request.method, route, response.status).inc()
+    _latency_of(service, route).observe(elapsed)
     log.info(
         "http_request",
         method=request.method,
@@ -113,6 +114,17 @@ async def edge_middleware(request: web.Request, handler: Callable[[web.Request],
         duration_ms=round(elapsed * 1000, 2),
     )
     return response
+
+
+# The metrics' children by label values: `labels()` takes a lock and builds a key on every call.
+@functools.lru_cache(maxsize=1024)
+def _requests_counted(service: str, method: str, route: str, status: int):
+    return HTTP_REQUESTS.labels(service, method, route, str(status))
+
+
+@functools.lru_cache(maxsize=256)
+def _latency_of(service: str, route: str):
+    return HTTP_LATENCY.labels(service, route)
 
 
 def check_request_text(request: web.Request) -> None:
