@@ -9,7 +9,8 @@ each of them:
   `Accept-Language`, else English;
 - headers: a Content-Security-Policy without `unsafe-inline` (`frame-ancestors 'none'`,
   `form-action 'self'` plus the one return address a page may send the browser to),
-  `X-Frame-Options: DENY`, `Referrer-Policy: same-origin` (a URL never leaks to another site), `Cache-Control: no-store`;
+  `X-Frame-Options: DENY`, `Referrer-Policy: same-origin` (a URL never leaks to another site), `Cache-Control: no-store`
+  (but the static files, served from memory under URLs with their version, which browsers keep);
 - CSRF: every POST carries the field `csrf`, an HMAC of the page's session cookie, and a browser
   that says the request is cross-site (`Sec-Fetch-Site`, `Origin`) is refused before that;
 - cookies `HttpOnly`, `SameSite=Lax` and `Secure` when the public URL is https;
@@ -41,6 +42,9 @@ log = get_logger("pages")
 
 PREFIX = "/mfa/"
 STATIC_DIR = Path(__file__).parent / "static"
+STATIC_PREFIX = "/mfa/static/"
+_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml", ".png": "image/png"}
+_YEAR = 365 * 86400
 COMMON_TEMPLATES = Path(__file__).parent / "templates"
 LANG_COOKIE = "mfa_lang"
 MAX_FORM = 16 * 1024
@@ -48,6 +52,25 @@ _BASE_CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; base-uri 'none'; "
     "frame-ancestors 'none'; object-src 'none'"
 )
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    """One of the pages' static files, held in memory; `version` (of its content) is its URL's `?v=` and its ETag."""
+
+    body: bytes
+    content_type: str
+    version: str
+
+
+def load_static(folder: Path = STATIC_DIR) -> dict[str, StaticFile]:
+    """The static files of `folder` by name."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix in _STATIC_TYPES:
+            body = path.read_bytes()
+            files[path.name] = StaticFile(body, _STATIC_TYPES[path.suffix], sha256(body).hexdigest()[:16])
+    return files
 
 
 class PageError(Exception):
@@ -83,6 +106,11 @@ class Pages:
             # Templates ship with the code: no stat() of every template file on every page.
             auto_reload=False,
         )
+        self.static = load_static()
+
+    def static_url(self, name: str) -> str:
+        """The URL of a static file with its version: a browser keeps it until the file changes."""
+        return f"{STATIC_PREFIX}{name}?v={self.static[name].version}"
 
     # ---- CSRF and cookies ------------------------------------------------------------------
 
@@ -153,7 +181,7 @@ class Pages:
             ]
         html = self.env.get_template(template).render(
             _=_, lang=lang, languages=languages, company_name=company_name, product_name=self.product_name,
-            csrf=self.csrf_token(session) if session else "",
+            csrf=self.csrf_token(session) if session else "", static_url=self.static_url,
             format_moment=lambda moment: i18n.format_moment(moment, lang, time_zone), **context,
         )
         response = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
@@ -291,7 +319,10 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise
         key = "not_found" if exc.status == 404 else "method" if exc.status == 405 else "general"
         response = pages.error_page(request, exc.status, key)
-    response.headers.update(security_headers())
+    headers = security_headers()
+    if request.path.startswith(STATIC_PREFIX) and response.status in (200, 304):
+        del headers["Cache-Control"]  # the same for everyone, and its URL changes with it: kept
+    response.headers.update(headers)
     response.headers.setdefault("Content-Security-Policy", csp())
     return response
 
@@ -308,8 +339,21 @@ def security_headers() -> dict[str, str]:
 
 
 def add_static(app: web.Application) -> None:
-    """Serve the pages' stylesheet and script at `/mfa/static/`."""
-    app.router.add_static("/mfa/static/", STATIC_DIR, append_version=False)
+    """Serve the pages' static files (`Pages.static`, from memory) at `/mfa/static/{name}`."""
+    app.router.add_get(STATIC_PREFIX + "{name}", _static_file)
+
+
+async def _static_file(request: web.Request) -> web.Response:
+    """A static file: for a year under its versioned URL (`Pages.static_url`), else for 5 minutes; 304 when unchanged."""
+    file = request.app[PAGES].static.get(request.match_info["name"])
+    if file is None:
+        raise web.HTTPNotFound()
+    etag = f'"{file.version}"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=" + (
+        f"{_YEAR}, immutable" if request.query.get("v") == file.version else "300")}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=file.body, content_type=file.content_type, headers=headers)
 
 
 def redirect(location: str, response_hook: Callable[[web.StreamResponse], None] | None = None) -> web.Response:
