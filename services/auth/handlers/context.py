@@ -51,6 +51,7 @@ class Opened:
         self._views: dict[bytes, tuple[float, store.PageView]] = {}  # session hash -> (first page until, view)
 
     def put(self, session_hash: bytes, view: store.PageView) -> None:
+        """Keep the view an exchange read for its new session."""
         while len(self._views) >= self.size:
             del self._views[next(iter(self._views))]
         self._views[session_hash] = (time.monotonic() + self.page_ttl, view)
@@ -74,6 +75,7 @@ class Opened:
         return entry[1]
 
     def forget(self, session_hash: bytes) -> None:
+        """Drop the session's view: a form is about to change what it saw."""
         self._views.pop(session_hash, None)
 
 
