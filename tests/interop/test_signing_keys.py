@@ -43,12 +43,14 @@ def sign(signer: Signer) -> str:
 async def test_rotation_signs_with_the_new_key_and_publishes_the_old_one_until_its_last_assertion_expired(keys_db):
     settings, pool = keys_db
     keyring = Keyring(settings.secret_keys)
-    one = await Signer("https://mfa.example", ttl=2).load(pool, keyring)
-    other = await Signer("https://mfa.example", ttl=2).load(pool, keyring)  # a second process
+    # Assertions live 4 s: `iat` is whole seconds, so one signed late in a second lives 3 s and more,
+    # beyond the 1 s until the new key signs (a 2 s lifetime could end before the check below).
+    one = await Signer("https://mfa.example", ttl=4).load(pool, keyring)
+    other = await Signer("https://mfa.example", ttl=4).load(pool, keyring)  # a second process
     first_kid = one.current
     assert other.current == first_kid
 
-    rotation = await rotate(pool, keyring, propagation=timedelta(seconds=1), keep=timedelta(seconds=3))
+    rotation = await rotate(pool, keyring, propagation=timedelta(seconds=1), keep=timedelta(seconds=5))
     await asyncio.gather(one.reload(pool, keyring), other.reload(pool, keyring))
     # Published at once, signing only from its activation: both processes switch at the same time.
     assert kids(one) == kids(other) == {first_kid, rotation.kid}
@@ -70,7 +72,7 @@ async def test_rotation_signs_with_the_new_key_and_publishes_the_old_one_until_i
         await one.reload(pool, keyring)
         return first_kid not in kids(one)
 
-    await wait_for(old_key_gone, timeout=10, interval=0.2, message="the old key leaving the JWKS")
+    await wait_for(old_key_gone, timeout=15, interval=0.2, message="the old key leaving the JWKS")
     # Dropped only once the last assertion it signed had expired, never before.
     assert time.time() > last_old_exp
     assert kids(one) == {rotation.kid} and one.current == rotation.kid
