@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import errno
 import os
 import shutil
 import signal
@@ -230,8 +231,20 @@ class SoakSmtp:
 
     def start(self) -> None:
         if self._controller is None:
-            self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
-            self._controller.start()
+            controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+            controller.start()
+            self._controller = controller
+
+    def start_first(self, tries: int = 5) -> None:
+        """The first start: a port taken since `free_port` chose it is swapped for another (nobody knows it yet)."""
+        for attempt in range(tries):
+            try:
+                self.start()
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt == tries - 1:
+                    raise
+                self.port = free_port()
 
     def stop(self) -> None:
         if self._controller is not None:
@@ -262,8 +275,9 @@ async def private_nodes(keep: bool = False):
     rabbit = PrivateRabbit(root, ident)
     smtp = SoakSmtp()
     try:
+        # SMTP first, before the other nodes open ports: its port was only chosen, not yet held.
+        smtp.start_first()
         await asyncio.gather(pg.start(), rabbit.start())
-        smtp.start()
         yield Nodes(root, pg, rabbit, smtp)
     finally:
         # Shielded: a Ctrl-C during the soak must still stop the nodes.

@@ -144,3 +144,19 @@ def test_a_killed_supervisors_metrics_folder_goes_at_the_next_start_a_live_ones_
 
     assert remove_stale_metrics(str(tmp_path)) == [str(stale)]
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_the_soak_smtp_server_takes_another_port_when_its_chosen_one_was_taken_meanwhile():
+    import socket
+
+    from bench.nodes import SoakSmtp
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        smtp = SoakSmtp(port=taken.getsockname()[1])
+        smtp.start_first()
+        try:
+            assert smtp.up and smtp.port != taken.getsockname()[1]
+        finally:
+            smtp.stop()
