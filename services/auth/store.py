@@ -673,6 +673,13 @@ _OPEN_PAGE_LINK = f"""
         FROM used RETURNING {_columns(PageSession)})
     {_page_view_select("s")}
 """
+_PROMPT_VERIFY = f"""
+    SELECT {_columns(PageSession, "s.")}, {_VERIFY_COLUMNS}
+    FROM auth.page_sessions s
+    JOIN auth.logins l ON l.company_id = s.company_id AND l.login_id = s.login_id
+    JOIN auth.accounts a ON a.account_id = l.account_id
+    WHERE s.session_hash = $1 AND s.kind = 'prompt' AND s.expires_at > $2
+"""
 # Where each row's columns stand in a page view's record: the session's, the login's, has_login, the account's.
 _SESSION_END = len(fields(PageSession))
 _LOGIN_END = _SESSION_END + len(fields(Login))
@@ -696,14 +703,7 @@ async def get_prompt_verify(conn: Conn, session_hash: bytes, at: datetime) -> tu
 
     Leaner than the page view: a right code needs nothing else, and a page shown after a refusal reads that.
     """
-    record = await conn.fetchrow(
-        f"""SELECT {_columns(PageSession, "s.")}, {_VERIFY_COLUMNS}
-           FROM auth.page_sessions s
-           JOIN auth.logins l ON l.company_id = s.company_id AND l.login_id = s.login_id
-           JOIN auth.accounts a ON a.account_id = l.account_id
-           WHERE s.session_hash = $1 AND s.kind = 'prompt' AND s.expires_at > $2""",
-        session_hash, at,
-    )
+    record = await conn.fetchrow(_PROMPT_VERIFY, session_hash, at)
     if record is None:
         return None
     values = tuple(record.values())
