@@ -160,3 +160,23 @@ def test_the_soak_smtp_server_takes_another_port_when_its_chosen_one_was_taken_m
             assert smtp.up and smtp.port != taken.getsockname()[1]
         finally:
             smtp.stop()
+
+
+async def test_a_periodic_job_runs_again_after_a_failed_round_and_stops_with_the_app():
+    from services.common.service import periodic_ctx
+
+    from .conftest import wait_for
+
+    rounds: list[int] = []
+
+    async def job(app) -> None:
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            raise ConnectionError("database away")
+
+    ctx = periodic_ctx("test-periodic", 0.01, job)(object())
+    await anext(ctx)
+    await wait_for(lambda: len(rounds) >= 3, message="rounds after a failed one")
+    with pytest.raises(StopAsyncIteration):
+        await anext(ctx)
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "test-periodic"]  # the loop ended with the app

@@ -25,6 +25,7 @@ import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ from .events import parse_time
 from .logs import get_logger
 
 log = get_logger("pages")
+
+# Expired page links and sessions are deleted this long after they expire (each service's purge):
+# until then a late click on an old link still says "expired" or "used", with the way back.
+EXPIRED_KEPT = timedelta(days=7)
 
 PREFIX = "/mfa/"
 STATIC_DIR = Path(__file__).parent / "static"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from .consumer import Consumer
 from .db import MigrationSet
 from .logs import get_logger
 from .outbox import OutboxRelay
-from .runtime import Runtime
+from .runtime import Runtime, cancel_and_wait
 from .web import RUNTIME
 
 log = get_logger("service")
@@ -78,5 +78,40 @@ def workers_ctx(spec: ServiceSpec):
                     await asyncio.wait_for(relay_task, 2)
                 except TimeoutError:
                     log.warning("relay_stop_timeout", schema=spec.schema)
+
+    return ctx
+
+
+def periodic_ctx(name: str, interval: float, job: Callable[[web.Application], Awaitable[object]]):
+    """A cleanup_ctx that runs `job(app)` now and every `interval` seconds for the app's lifetime.
+
+    A round that fails (the database away, say) is logged and tried again next round; on
+    shutdown a round in progress may finish for up to 5 s, then it is cancelled.
+    """
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+
+        async def loop() -> None:
+            while not stop.is_set():
+                try:
+                    await job(app)
+                except Exception as exc:  # noqa: BLE001 - the next round tries again
+                    log.warning("periodic_job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
+                try:
+                    await asyncio.wait_for(stop.wait(), interval)
+                except TimeoutError:
+                    pass
+
+        task = asyncio.create_task(loop(), name=name)
+        try:
+            yield
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 5)
+            except TimeoutError:
+                log.warning("periodic_job_stop_timeout", job=name)
+                await cancel_and_wait(task)
 
     return ctx

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from ..common.crypto import Keyring
 from ..common.logs import get_logger
 from ..common.pages import PAGES, Pages, page_middleware
 from ..common.runtime import Runtime
-from ..common.service import ServiceSpec, workers_ctx
+from ..common.service import ServiceSpec, periodic_ctx, workers_ctx
 from ..common.web import RUNTIME, create_base_app
 from . import handlers, metrics, pages  # noqa: F401 - metrics: its counters count the events written
 from .api import LIMITS, MAX_FORM_BYTES, PARSERS, PUBLIC_URL, RATE_KEY, TOKEN_KEY, add_routes
@@ -51,32 +50,12 @@ async def mailbox_ctx(app: web.Application) -> AsyncIterator[None]:
         await mailbox.stop()
 
 
-async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Hourly: delete photos of tickets open for 30 days and forget old rate-limit counters."""
-    runtime = app[RUNTIME]
-    stop = asyncio.Event()
-
-    async def loop() -> None:
-        while not stop.is_set():
-            try:
-                await handlers.purge_expired_photos(runtime.pool)
-                await handlers.prune_rate_limits(runtime.pool, app[LIMITS])
-            except Exception as exc:  # the database may be away: try again next round
-                log.warning("recovery_purge_failed", error=f"{type(exc).__name__}: {exc}")
-            try:
-                await asyncio.wait_for(stop.wait(), PURGE_INTERVAL)
-            except TimeoutError:
-                pass
-
-    task = asyncio.create_task(loop(), name="recovery-purge")
-    try:
-        yield
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, 5)
-        except TimeoutError:
-            log.warning("recovery_purge_stop_timeout")
+async def _purge(app: web.Application) -> None:
+    """Delete photos of tickets open for 30 days, forget old rate-limit counters and expired console sign-ins."""
+    pool = app[RUNTIME].pool
+    await handlers.purge_expired_photos(pool)
+    await handlers.prune_rate_limits(pool, app[LIMITS])
+    await handlers.purge_expired_console_sign_ins(pool)
 
 
 def create_app(runtime: Runtime, *, limits: RateLimits | None = None,
@@ -105,7 +84,7 @@ def create_app(runtime: Runtime, *, limits: RateLimits | None = None,
     app.cleanup_ctx.append(parse_pool_ctx)
     app.cleanup_ctx.append(workers_ctx(SERVICE))
     app.cleanup_ctx.append(mailbox_ctx)
-    app.cleanup_ctx.append(purge_ctx)
+    app.cleanup_ctx.append(periodic_ctx("recovery-purge", PURGE_INTERVAL, _purge))
     return app
 
 

@@ -30,7 +30,7 @@ from ..common.errors import BadRequest, Conflict, Gone, NotFound
 from ..common.events import Actor, iso, new_event, parse_time
 from ..common.logs import get_logger
 from ..common.outbox import add_events
-from ..common.pages import new_token
+from ..common.pages import EXPIRED_KEPT, new_token
 from ..common.web import CONTROL_CHARACTERS
 from . import domain, store
 from .domain import IntakeRequest, RateLimits, TicketFields
@@ -386,6 +386,14 @@ async def prune_rate_limits(pool: asyncpg.Pool, limits: RateLimits, now: datetim
     """Forget counters of windows that are over."""
     now = now or datetime.now(UTC)
     return await store.prune_rate_limits(pool, limits.window_start(now) - limits.window)
+
+
+async def purge_expired_console_sign_ins(pool: asyncpg.Pool, now: datetime | None = None) -> int:
+    """Delete console sign-in links and sessions that expired more than `EXPIRED_KEPT` ago."""
+    deleted = await store.purge_expired_sign_ins(pool, (now or datetime.now(UTC)) - EXPIRED_KEPT)
+    if deleted:
+        log.info("recovery_sign_ins_purged", count=deleted)
+    return deleted
 
 
 # ---- helpdesk console: sign-in links and sessions

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from ..common.db import delete_expired
 from .domain import UNDECIDED, Photo, TicketFields
 
 
@@ -450,6 +451,12 @@ async def hits(conn: asyncpg.Connection | asyncpg.Pool, keys: list[bytes], windo
 async def prune_rate_limits(conn: asyncpg.Connection | asyncpg.Pool, before: datetime) -> int:
     result = await conn.execute("DELETE FROM recovery.rate_limits WHERE window_start < $1", before)
     return int(result.split()[-1])
+
+
+async def purge_expired_sign_ins(pool: asyncpg.Pool, before: datetime) -> int:
+    """Delete console sign-in links and sessions that expired before `before`; how many rows."""
+    return (await delete_expired(pool, "recovery.helpdesk_links", "expires_at", before)
+            + await delete_expired(pool, "recovery.helpdesk_sessions", "expires_at", before))
 
 
 # ---- helpdesk console: sign-in links and sessions (keyed hashes only)
