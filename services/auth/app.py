@@ -11,13 +11,16 @@ from aiohttp import web
 from ..common.crypto import Keyring
 from ..common.pages import PAGES, Pages, page_middleware
 from ..common.runtime import Runtime, cancel_and_wait
-from ..common.service import ServiceSpec, workers_ctx
+from ..common.service import ServiceSpec, periodic_ctx, workers_ctx
 from ..common.web import RUNTIME, create_base_app
 from . import admin_pages, api, metrics, pages  # noqa: F401 - metrics: its counters count the events written
 from .consumers import build_consumers
 from .handlers.context import SCHEMA, Auth
 from .handlers.prompt import PageConfig
+from .handlers.retention import purge_expired
 from .tokens import Signer
+
+PURGE_INTERVAL = 3600.0  # rows are kept 7 days past expiry (common.pages.EXPIRED_KEPT); an hour more is no matter
 
 
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -31,6 +34,10 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await cancel_and_wait(reload)
+
+
+async def _purge(app: web.Application) -> None:
+    await purge_expired(app[RUNTIME].pool)
 
 
 def _pages(runtime: Runtime, app: web.Application) -> None:
@@ -55,6 +62,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app = create_base_app(runtime, SERVICE.name, SCHEMA)
     app.cleanup_ctx.append(_auth_ctx)
     app.cleanup_ctx.append(workers_ctx(SERVICE))
+    app.cleanup_ctx.append(periodic_ctx("auth-purge", PURGE_INTERVAL, _purge))
     api.add_routes(app)
     _pages(runtime, app)
     return app

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from ..common.db import delete_expired
 from ..common.metrics import observe_written
 from ..common.outbox import outbox_insert, wake_relays
 
@@ -806,3 +807,14 @@ async def lock_company(conn: Conn, company_id: str) -> Company | None:
     """The company, its row locked for the rest of the transaction (a change of one field keeps the others)."""
     return _row(Company, await conn.fetchrow(
         f"SELECT {_columns(Company)} FROM auth.companies WHERE company_id = $1 FOR UPDATE", company_id))
+
+
+# ---- retention
+
+# Each holds keyed hashes of tokens (or a pending secret) that stopped working at `expires_at`.
+_EXPIRING = ("page_sessions", "page_links", "login_links", "pending_enrollments")
+
+
+async def purge_expired(pool: asyncpg.Pool, before: datetime) -> dict[str, int]:
+    """Delete the rows of the expiring tables that expired before `before`; how many per table."""
+    return {table: await delete_expired(pool, f"auth.{table}", "expires_at", before) for table in _EXPIRING}

@@ -1,0 +1,74 @@
+"""Retention: expired links and page sessions are deleted a week after they expire, not before."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+
+from services.auth.handlers.retention import purge_expired
+from services.common.crypto import Keyring
+from services.common.errors import Gone
+from services.recovery import handlers as recovery
+
+from .conftest import person, start_login
+
+
+async def _rows(site, login_id: str) -> tuple[int, int]:
+    """How many page links and page sessions the login has."""
+    row = await site.runtime.pool.fetchrow(
+        "SELECT (SELECT count(*) FROM auth.page_links WHERE login_id = $1) AS links,"
+        " (SELECT count(*) FROM auth.page_sessions WHERE login_id = $1) AS sessions", login_id)
+    return row["links"], row["sessions"]
+
+
+async def _expire(site, login_id: str, ago: timedelta) -> None:
+    """Set up a login whose prompt link and session expired `ago` (the purge is what is tested)."""
+    for table in ("page_links", "page_sessions"):
+        await site.runtime.pool.execute(f"UPDATE auth.{table} SET expires_at = now() - $2::interval WHERE login_id = $1",
+                                        login_id, ago)
+
+
+async def test_prompt_links_and_sessions_go_a_week_after_they_expired_and_the_page_then_says_unknown(site, upstream):
+    _, account = await person(site)
+    await site.api.enroll(account)
+    old, recent = await start_login(site, upstream, account), await start_login(site, upstream, account)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(old["prompt_url"], allow_redirects=False) as opened:
+            assert opened.status == 303  # the exchange: the link is used, a session opened
+    assert await _rows(site, old["login_id"]) == (1, 1)
+    await _expire(site, old["login_id"], timedelta(days=8))
+    await _expire(site, recent["login_id"], timedelta(days=6))
+
+    deleted = await purge_expired(site.runtime.pool)
+
+    assert deleted["page_links"] >= 1 and deleted["page_sessions"] >= 1
+    assert await _rows(site, old["login_id"]) == (0, 0)
+    assert await _rows(site, recent["login_id"]) == (1, 0)  # expired 6 days ago: kept, it has no session
+    async with aiohttp.ClientSession() as http:
+        async with http.get(recent["prompt_url"], allow_redirects=False) as page:
+            assert page.status == 410 and "This link has expired" in await page.text()
+        async with http.get(old["prompt_url"], allow_redirects=False) as page:
+            assert page.status == 410 and "This link does not work" in await page.text()
+
+
+async def test_console_sign_in_links_go_a_week_after_they_expired(runtime, settings):
+    key = Keyring(settings.secret_keys).derive("recovery-console-test")
+    agent = f"agent-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    old = await recovery.issue_helpdesk_link(runtime.pool, key, "http://x", agent, None, now=now - timedelta(days=8))
+    recent = await recovery.issue_helpdesk_link(runtime.pool, key, "http://x", agent, None, now=now - timedelta(days=6))
+
+    assert await recovery.purge_expired_console_sign_ins(runtime.pool) >= 1
+
+    left = await runtime.pool.fetchval("SELECT count(*) FROM recovery.helpdesk_links WHERE agent = $1", agent)
+    assert left == 1
+    for link, outcome in ((old, "unknown"), (recent, "expired")):
+        token = link.url.partition("token=")[2]
+        try:
+            await recovery.open_helpdesk_link(runtime.pool, key, token)
+        except Gone as gone:
+            assert gone.code == f"helpdesk_link_{outcome}"
+        else:
+            raise AssertionError("an expired link opened the console")
