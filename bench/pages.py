@@ -66,9 +66,13 @@ def _request(method: str, target: str, host: str, headers: dict[str, str], body:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def prompt_login(client: _Client, host: str, key: str, prompt_url: str, login_id: str, code: str,
+async def prompt_login(client: _Client, host: str, key: str, prompt_url: str, login_id: str, secret: str,
                        latencies: list[float]) -> bool:
-    """One whole prompt login on one keep-alive connection; each request's latency in ms goes to `latencies`."""
+    """One whole prompt login on one keep-alive connection; each request's latency in ms goes to `latencies`.
+
+    The code is computed when it is posted, for the next step: always later than the step used to
+    confirm, and never out of its window however long the set-up took.
+    """
 
     async def timed(data: bytes) -> bytes:
         start = time.perf_counter()
@@ -86,7 +90,7 @@ async def prompt_login(client: _Client, host: str, key: str, prompt_url: str, lo
     csrf = _CSRF.search(page)
     if not page.startswith(b"HTTP/1.1 200") or csrf is None:
         return False
-    form = urlencode({"csrf": csrf.group(1).decode(), "code": code}).encode()
+    form = urlencode({"csrf": csrf.group(1).decode(), "code": code_for(secret, 1)}).encode()
     posted = await timed(_request("POST", "/mfa/prompt/code", host, {
         **jar, "Origin": f"http://{host}", "Content-Type": "application/x-www-form-urlencoded"}, form))
     location = _LOCATION.search(posted)
@@ -158,7 +162,7 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, profile: 
                         login = await r.json()
                     # One step ahead of now: later than the step used to confirm, valid for 60 s or more.
                     if i % 2:
-                        prompts.append((login["prompt_url"], login["login_id"], code_for(secret, 1)))
+                        prompts.append((login["prompt_url"], login["login_id"], secret))
                     else:
                         verifies.append(verify_request(port, key, login["login_id"], code_for(secret, 1)))
 
