@@ -10,6 +10,11 @@ the other half go through the prompt as a browser without JavaScript would: open
 lean keep-alive HTTP/1.1 client, so the ratio compares the server's work, not the load generator's.
 The issue's target is a ratio within one run of this machine: complete prompt logins/s at least
 0.5 x the JSON verifications/s, p99 per request under 50 ms at concurrency 32.
+
+The two kinds run in `--rounds` alternated rounds (JSON, prompt, JSON, prompt, ...), each rate
+the round's work over its time, summed per kind: these VMs change speed from one second to the
+next (one JSON run alone gave 1,177 and 1,766/s a minute apart), and a kind measured once, first,
+takes whatever that moment was. Each round's rates are printed too, so the spread shows.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import re
 import sys
 import time
 import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -119,7 +126,50 @@ async def wait_for_outbox(runtime) -> None:
         await asyncio.sleep(0.01)
 
 
-async def main(accounts: int, concurrency: int, json_concurrency: int, profile: str | None) -> None:
+@dataclass
+class Kind:
+    """One kind of work over the rounds: its time, CPU, latencies and failures, summed."""
+
+    elapsed: float = 0.0
+    done: int = 0
+    failed: int = 0
+    operations: int = 0
+    latencies: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    used: dict[int, tuple[str, float]] = field(default_factory=dict)
+
+    @asynccontextmanager
+    async def measured(self, database: str, runtime, operations: int):
+        """Time and CPU of one round of `operations`, until their events are on the broker."""
+        settle_garbage_collector()
+        before = cpu_times(database)
+        started = time.perf_counter()
+        failed = self.failed
+        yield
+        await wait_for_outbox(runtime)
+        elapsed = time.perf_counter() - started
+        after = cpu_times(database)
+        for pid, (name, seconds) in after.items():
+            self.used[pid] = (name, self.used.get(pid, (name, 0.0))[1] + seconds - before.get(pid, (name, 0.0))[1])
+        done = operations - (self.failed - failed)
+        self.elapsed += elapsed
+        self.done += done
+        self.operations += operations
+        self.rates.append(done / elapsed)
+
+    def add(self, latencies: list[float], failed: int) -> None:
+        self.latencies += latencies
+        self.failed += failed
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed
+
+    def cpu(self, what: str) -> str:
+        return cpu_report({}, self.used, self.operations, what)
+
+
+async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: int, profile: str | None) -> None:
     configure_logging("WARNING", "console")
     async with bench_runtime() as runtime:
         # The machine's database ceiling in the same run, as bench/verify.py prints it.
@@ -144,7 +194,7 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, profile: 
                                     headers=api) as r:
                     assert r.status in (200, 201), await r.text()
                 prompts: list[tuple[str, str, str]] = []
-                verifies: list[bytes] = []
+                verifies: list[tuple[str, str]] = []
 
                 async def enrol(i: int) -> None:
                     account = f"{company}-{i}"
@@ -160,11 +210,10 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, profile: 
                     opened = {"account_id": account, **({"return_to": RETURN_TO, "state": "b"} if i % 2 else {})}
                     async with http.post("/v1/logins", json=opened, headers=api) as r:
                         login = await r.json()
-                    # One step ahead of now: later than the step used to confirm, valid for 60 s or more.
                     if i % 2:
                         prompts.append((login["prompt_url"], login["login_id"], secret))
                     else:
-                        verifies.append(verify_request(port, key, login["login_id"], code_for(secret, 1)))
+                        verifies.append((login["login_id"], secret))
 
                 t = time.perf_counter()
                 await run_pool(range(2 * accounts), enrol, 32)
@@ -176,35 +225,33 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, profile: 
                   f"{time.perf_counter() - t:.1f} s")
 
             database = runtime.settings.database_url.rpartition("/")[2]
-            settle_garbage_collector()
-            cpu_before = cpu_times(database)
-            started = time.perf_counter()
-            json_latencies, json_failures = await fire(port, verifies, json_concurrency)
-            await wait_for_outbox(runtime)
-            json_elapsed = time.perf_counter() - started
-            cpu_mid = cpu_times(database)
-            json_done = len(verifies) - json_failures
-            json_rate = json_done / json_elapsed
-            print(f"json verify: {json_done} verifications with their events on the broker in {json_elapsed:.2f} s = "
-                  f"{json_rate:,.0f}/s at concurrency {json_concurrency} ({json_failures} failed); latency p50 "
-                  f"{percentile(json_latencies, 50):.1f} ms, p99 {percentile(json_latencies, 99):.1f} ms")
-            print(cpu_report(cpu_before, cpu_mid, len(verifies), "verification"))
-
             auth_pid = next(p for p in _children(server.pid) if " run auth " in _cmdline(p))
-            async with profiling(auth_pid, profile):
-                settle_garbage_collector()
-                started = time.perf_counter()
-                latencies, failures = await run_prompts(port, key, prompts, concurrency)
-                await wait_for_outbox(runtime)
-                elapsed = time.perf_counter() - started
-            cpu_after = cpu_times(database)
-            done = len(prompts) - failures
-            rate = done / elapsed
-            p99 = percentile(latencies, 99)
-            print(f"prompt: {done} complete prompt logins (4 requests each, events on the broker) in {elapsed:.2f} s = "
-                  f"{rate:,.0f}/s at concurrency {concurrency} ({failures} failed); {len(latencies)} requests, "
-                  f"latency p50 {percentile(latencies, 50):.1f} ms, p99 {p99:.1f} ms")
-            print(cpu_report(cpu_mid, cpu_after, len(prompts), "prompt login"))
+            json_run, prompt_run = Kind(), Kind()
+            for r in range(rounds):
+                # One step ahead of now, computed before the round: later than the step used to
+                # confirm, and in its window however long the set-up and the earlier rounds took.
+                requests = [verify_request(port, key, login_id, code_for(secret, 1))
+                            for login_id, secret in verifies[r::rounds]]
+                async with json_run.measured(database, runtime, len(requests)):
+                    latencies, failed = await fire(port, requests, json_concurrency)
+                    json_run.add(latencies, failed)
+                chunk = prompts[r::rounds]
+                async with profiling(auth_pid, profile if r == rounds - 1 else None), prompt_run.measured(database, runtime, len(chunk)):
+                    latencies, failed = await run_prompts(port, key, chunk, concurrency)
+                    prompt_run.add(latencies, failed)
+                print(f"round {r + 1}: JSON {json_run.rates[-1]:,.0f}/s, prompt {prompt_run.rates[-1]:,.0f}/s = "
+                      f"{prompt_run.rates[-1] / json_run.rates[-1]:.2f} x")
+            json_rate, rate = json_run.rate, prompt_run.rate
+            print(f"json verify: {json_run.done} verifications with their events on the broker in {json_run.elapsed:.2f} s "
+                  f"= {json_rate:,.0f}/s at concurrency {json_concurrency} ({json_run.failed} failed); latency p50 "
+                  f"{percentile(json_run.latencies, 50):.1f} ms, p99 {percentile(json_run.latencies, 99):.1f} ms")
+            print(json_run.cpu("verification"))
+            p99 = percentile(prompt_run.latencies, 99)
+            print(f"prompt: {prompt_run.done} complete prompt logins (4 requests each, events on the broker) in "
+                  f"{prompt_run.elapsed:.2f} s = {rate:,.0f}/s at concurrency {concurrency} ({prompt_run.failed} failed); "
+                  f"{len(prompt_run.latencies)} requests, latency p50 {percentile(prompt_run.latencies, 50):.1f} ms, "
+                  f"p99 {p99:.1f} ms")
+            print(prompt_run.cpu("prompt login"))
             ratio = rate / json_rate
             print(f"share of pgbench -N: JSON {json_rate / ceiling:.2f}, prompt logins {rate / ceiling:.2f}")
             print(f"ratio: prompt logins/s = {ratio:.2f} x JSON verifications/s (target >= 0.5: "
@@ -220,9 +267,11 @@ if __name__ == "__main__":
     parser.add_argument("--accounts", type=int, default=2000, help="logins of each kind (twice as many accounts)")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the prompt logins")
     parser.add_argument("--json-concurrency", type=int, default=64, help="connections of the JSON verifications")
-    parser.add_argument("--profile", help="write a py-spy profile of the (first) auth process during the prompt logins "
+    parser.add_argument("--rounds", type=int, default=3, help="JSON and prompt rounds, alternated, so that a VM whose "
+                        "speed drifts during the run slows both kinds alike")
+    parser.add_argument("--profile", help="write a py-spy profile of the (first) auth process during the last round's prompt logins "
                         "to this file (collapsed stacks if it ends in .txt, else speedscope)")
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(main(args.accounts, args.concurrency, args.json_concurrency, args.profile))
+    uvloop.run(main(args.accounts, args.concurrency, args.json_concurrency, args.rounds, args.profile))

@@ -666,11 +666,12 @@ _OPEN_PAGE_LINK = f"""
     WITH used AS (
         UPDATE auth.page_links SET used_at = $3 WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL
             AND expires_at > $3
-        RETURNING kind, account_id, company_id, login_id, return_to, state, expires_at),
+        RETURNING token_hash, kind, account_id, company_id, login_id, return_to, state, expires_at),
     s AS (
-        INSERT INTO auth.page_sessions (session_hash, kind, account_id, company_id, login_id, return_to, state,
-                                        expires_at)
-        SELECT $4, kind, account_id, company_id, login_id, return_to, state, coalesce($3 + $5::interval, expires_at)
+        INSERT INTO auth.page_sessions (session_hash, link_hash, kind, account_id, company_id, login_id, return_to,
+                                        state, expires_at)
+        SELECT $4, token_hash, kind, account_id, company_id, login_id, return_to, state,
+               coalesce($3 + $5::interval, expires_at)
         FROM used RETURNING {_columns(PageSession)})
     {_page_view_select("s")}
 """
@@ -815,6 +816,12 @@ async def lock_company(conn: Conn, company_id: str) -> Company | None:
 _EXPIRING = ("page_sessions", "page_links", "login_links", "pending_enrollments")
 
 
-async def purge_expired(pool: asyncpg.Pool, before: datetime) -> dict[str, int]:
-    """Delete the rows of the expiring tables that expired before `before`; how many per table."""
-    return {table: await delete_expired(pool, f"auth.{table}", "expires_at", before) for table in _EXPIRING}
+async def purge_expired(pool: asyncpg.Pool, before: datetime, links_kept: timedelta) -> dict[str, int]:
+    """Delete the rows of the expiring tables that expired before `before`; how many per table.
+
+    Page links are kept `links_kept` longer: a session can outlive its link by that much, and
+    deleting a link deletes its sessions.
+    """
+    return {table: await delete_expired(pool, f"auth.{table}", "expires_at",
+                                        before - links_kept if table == "page_links" else before)
+            for table in _EXPIRING}

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
+from services.auth.handlers.directory import remove_account
 from services.auth.handlers.retention import purge_expired
 from services.common.crypto import Keyring
 from services.common.errors import Gone
@@ -51,6 +52,53 @@ async def test_prompt_links_and_sessions_go_a_week_after_they_expired_and_the_pa
             assert page.status == 410 and "This link has expired" in await page.text()
         async with http.get(old["prompt_url"], allow_redirects=False) as page:
             assert page.status == 410 and "This link does not work" in await page.text()
+
+
+async def test_a_removed_accounts_page_links_and_sessions_go_with_it(site, upstream):
+    _, account = await person(site)
+    await site.api.enroll(account)
+    login = await start_login(site, upstream, account)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(login["prompt_url"], allow_redirects=False) as opened:
+            assert opened.status == 303
+            cookie = opened.cookies["mfa_prompt"].value
+    assert await _rows(site, login["login_id"]) == (1, 1)
+
+    async with site.runtime.pool.acquire() as conn, conn.transaction():
+        await remove_account(conn, {"account_id": account})
+
+    assert await _rows(site, login["login_id"]) == (0, 0)  # the session went with its link
+    async with aiohttp.ClientSession(cookies={"mfa_prompt": cookie}) as http:
+        # The first page may still be shown from the exchange's own read (`Opened.first_page`); a reload reads.
+        for _ in range(2):
+            async with http.get(f"{site.base}/mfa/prompt") as page:
+                text = await page.text()
+        assert page.status == 410 and "This page has expired" in text, text
+
+
+async def test_a_link_whose_session_outlives_it_is_kept_until_the_session_may_go(site, upstream):
+    _, account = await person(site)
+    await site.api.enroll(account)
+    login = await start_login(site, upstream, account)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(login["prompt_url"], allow_redirects=False) as opened:
+            assert opened.status == 303
+    # The link expired 7 days and 10 minutes ago, its session (as a portal's can) 20 minutes later.
+    await site.runtime.pool.execute(
+        "UPDATE auth.page_links SET expires_at = now() - interval '7 days 10 minutes' WHERE login_id = $1",
+        login["login_id"])
+    await site.runtime.pool.execute(
+        "UPDATE auth.page_sessions SET expires_at = now() - interval '6 days 23 hours 50 minutes' WHERE login_id = $1",
+        login["login_id"])
+
+    await purge_expired(site.runtime.pool)
+
+    assert await _rows(site, login["login_id"]) == (1, 1)  # deleting the link would take the session early
+    await site.runtime.pool.execute(
+        "UPDATE auth.page_links SET expires_at = now() - interval '7 days 31 minutes' WHERE login_id = $1",
+        login["login_id"])
+    await purge_expired(site.runtime.pool)
+    assert await _rows(site, login["login_id"]) == (0, 0)
 
 
 async def test_console_sign_in_links_go_a_week_after_they_expired(runtime, settings):
