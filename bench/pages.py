@@ -73,51 +73,108 @@ def _request(method: str, target: str, host: str, headers: dict[str, str], body:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def prompt_login(client: _Client, host: str, key: str, prompt_url: str, login_id: str, secret: str,
-                       latencies: list[float]) -> bool:
-    """One whole prompt login on one keep-alive connection; each request's latency in ms goes to `latencies`.
+@dataclass
+class Prompt:
+    """One prompt login as its browser sees it, step by step: its link, then its cookie and CSRF token."""
 
-    The code is computed when it is posted, for the next step: always later than the step used to
-    confirm, and never out of its window however long the set-up took.
-    """
+    url: str
+    login_id: str
+    secret: str
+    jar: dict[str, str] = field(default_factory=dict)
+    csrf: str = ""
 
-    async def timed(data: bytes) -> bytes:
-        start = time.perf_counter()
-        response = await client.request(data)
-        latencies.append((time.perf_counter() - start) * 1000)
-        return response
 
-    parts = urlsplit(prompt_url)
-    opened = await timed(_request("GET", f"{parts.path}?{parts.query}", host, {}))
+async def _timed(client: _Client, data: bytes, latencies: list[float]) -> bytes:
+    start = time.perf_counter()
+    response = await client.request(data)
+    latencies.append((time.perf_counter() - start) * 1000)
+    return response
+
+
+async def open_link(client: _Client, host: str, key: str, login: Prompt, latencies: list[float]) -> bool:
+    """Open the `prompt_url`: a 303 that sets the session cookie."""
+    parts = urlsplit(login.url)
+    opened = await _timed(client, _request("GET", f"{parts.path}?{parts.query}", host, {}), latencies)
     cookie = _COOKIE.search(opened)
     if not opened.startswith(b"HTTP/1.1 303") or cookie is None:
         return False
-    jar = {"Cookie": f"mfa_prompt={cookie.group(1).decode()}"}
-    page = await timed(_request("GET", "/mfa/prompt", host, jar))
+    login.jar = {"Cookie": f"mfa_prompt={cookie.group(1).decode()}"}
+    return True
+
+
+async def load_page(client: _Client, host: str, key: str, login: Prompt, latencies: list[float]) -> bool:
+    """Load the prompt: its HTML and the form's CSRF token."""
+    page = await _timed(client, _request("GET", "/mfa/prompt", host, login.jar), latencies)
     csrf = _CSRF.search(page)
     if not page.startswith(b"HTTP/1.1 200") or csrf is None:
         return False
-    form = urlencode({"csrf": csrf.group(1).decode(), "code": code_for(secret, 1)}).encode()
-    posted = await timed(_request("POST", "/mfa/prompt/code", host, {
-        **jar, "Origin": f"http://{host}", "Content-Type": "application/x-www-form-urlencoded"}, form))
+    login.csrf = csrf.group(1).decode()
+    return True
+
+
+async def post_code(client: _Client, host: str, key: str, login: Prompt, latencies: list[float]) -> bool:
+    """Post the code, computed now for the next step: always later than the step used to confirm,
+    and never out of its window however long the set-up took. A 303 to `return_to`."""
+    form = urlencode({"csrf": login.csrf, "code": code_for(login.secret, 1)}).encode()
+    posted = await _timed(client, _request("POST", "/mfa/prompt/code", host, {
+        **login.jar, "Origin": f"http://{host}", "Content-Type": "application/x-www-form-urlencoded"}, form), latencies)
     location = _LOCATION.search(posted)
-    if not posted.startswith(b"HTTP/1.1 303") or not location or not location.group(1).startswith(
-            f"{RETURN_TO}?login_id=".encode()):
-        return False
-    outcome = await timed(_request("GET", f"/v1/logins/{login_id}", host, {"Authorization": f"Bearer {key}"}))
+    return posted.startswith(b"HTTP/1.1 303") and location is not None and location.group(1).startswith(
+        f"{RETURN_TO}?login_id=".encode())
+
+
+async def fetch_assertion(client: _Client, host: str, key: str, login: Prompt, latencies: list[float]) -> bool:
+    """The upstream fetches the outcome with its assertion."""
+    outcome = await _timed(client, _request("GET", f"/v1/logins/{login.login_id}", host,
+                                            {"Authorization": f"Bearer {key}"}), latencies)
     return outcome.startswith(b"HTTP/1.1 200") and b'"assertion"' in outcome
 
 
-async def run_prompts(port: int, key: str, logins: list[tuple[str, str, str]], concurrency: int
-                      ) -> tuple[list[float], int]:
+STEPS = (("open the link", open_link), ("load the page", load_page), ("post the code", post_code),
+         ("fetch the assertion", fetch_assertion))
+
+
+async def prompt_login(client: _Client, host: str, key: str, login: Prompt, latencies: list[float]) -> bool:
+    """One whole prompt login on one keep-alive connection; each request's latency in ms goes to `latencies`."""
+    for _, step in STEPS:
+        if not await step(client, host, key, login, latencies):
+            return False
+    return True
+
+
+async def run_prompts(port: int, key: str, logins: list[Prompt], concurrency: int) -> tuple[list[float], int]:
     """Every prompt login over `concurrency` connections; request latencies in ms and how many failed."""
     host = f"127.0.0.1:{port}"
     latencies: list[float] = []
 
-    async def login(client: _Client, item: tuple[str, str, str]) -> bool:
-        return await prompt_login(client, host, key, *item, latencies)
+    async def login(client: _Client, item: Prompt) -> bool:
+        return await prompt_login(client, host, key, item, latencies)
 
     return latencies, await over_connections(port, logins, concurrency, login)
+
+
+async def run_steps(port: int, key: str, logins: list[Prompt], concurrency: int, database: str, runtime) -> None:
+    """The prompt logins one step at a time (every link opened, then every page loaded, ...): each step's rate and
+    CPU. Login i uses connection i mod `concurrency` in every step, so it meets the same auth process as in a
+    whole login (the exchange's read serves its page and its code only there)."""
+    host = f"127.0.0.1:{port}"
+    loop = asyncio.get_running_loop()
+    clients = [(await loop.create_connection(_Client, "127.0.0.1", port))[1] for _ in range(concurrency)]
+    try:
+        for name, step in STEPS:
+            kind, latencies = Kind(), []
+
+            async def worker(k: int, step=step, latencies=latencies) -> int:
+                return sum([not await step(clients[k], host, key, login, latencies)
+                            for login in logins[k::concurrency]])
+
+            async with kind.measured(database, runtime, len(logins)):
+                kind.add(latencies, sum(await asyncio.gather(*(worker(k) for k in range(concurrency)))))
+            print(f"step {name}: {kind.rate:,.0f}/s ({kind.failed} failed), p99 {percentile(latencies, 99):.1f} ms; "
+                  f"{kind.cpu(name)}")
+    finally:
+        for client in clients:
+            client.transport.close()
 
 
 async def wait_for_outbox(runtime) -> None:
@@ -169,7 +226,8 @@ class Kind:
         return cpu_report({}, self.used, self.operations, what)
 
 
-async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: int, profile: str | None) -> None:
+async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: int, steps: bool,
+               profile: str | None) -> None:
     configure_logging("WARNING", "console")
     async with bench_runtime() as runtime:
         # The machine's database ceiling in the same run, as bench/verify.py prints it.
@@ -193,7 +251,7 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
                 async with http.put(f"/v1/companies/{company}", json={"name": "Bench Co", "mfa_required": False},
                                     headers=api) as r:
                     assert r.status in (200, 201), await r.text()
-                prompts: list[tuple[str, str, str]] = []
+                prompts: list[Prompt] = []
                 verifies: list[tuple[str, str]] = []
 
                 async def enrol(i: int) -> None:
@@ -211,7 +269,7 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
                     async with http.post("/v1/logins", json=opened, headers=api) as r:
                         login = await r.json()
                     if i % 2:
-                        prompts.append((login["prompt_url"], login["login_id"], secret))
+                        prompts.append(Prompt(login["prompt_url"], login["login_id"], secret))
                     else:
                         verifies.append((login["login_id"], secret))
 
@@ -227,6 +285,13 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
             database = runtime.settings.database_url.rpartition("/")[2]
             auth_pid = next(p for p in _children(server.pid) if " run auth " in _cmdline(p))
             json_run, prompt_run = Kind(), Kind()
+            if steps:
+                requests = [verify_request(port, key, login_id, code_for(secret, 1)) for login_id, secret in verifies]
+                async with json_run.measured(database, runtime, len(requests)):
+                    json_run.add(*await fire(port, requests, json_concurrency))
+                print(f"json verify: {json_run.rate:,.0f}/s ({json_run.failed} failed); {json_run.cpu('verification')}")
+                await run_steps(port, key, prompts, concurrency, database, runtime)
+                return
             for r in range(rounds):
                 # One step ahead of now, computed before the round: later than the step used to
                 # confirm, and in its window however long the set-up and the earlier rounds took.
@@ -269,9 +334,11 @@ if __name__ == "__main__":
     parser.add_argument("--json-concurrency", type=int, default=64, help="connections of the JSON verifications")
     parser.add_argument("--rounds", type=int, default=3, help="JSON and prompt rounds, alternated, so that a VM whose "
                         "speed drifts during the run slows both kinds alike")
+    parser.add_argument("--steps", action="store_true", help="instead of the ratio: the JSON verifications, then "
+                        "the prompt logins one step at a time, with each step's rate and CPU (where a login's cost is)")
     parser.add_argument("--profile", help="write a py-spy profile of the (first) auth process during the last round's prompt logins "
                         "to this file (collapsed stacks if it ends in .txt, else speedscope)")
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(main(args.accounts, args.concurrency, args.json_concurrency, args.rounds, args.profile))
+    uvloop.run(main(args.accounts, args.concurrency, args.json_concurrency, args.rounds, args.steps, args.profile))
