@@ -136,6 +136,17 @@ def check_email(address: str) -> str:
     return address
 
 
+def backup_email_state(address: str | None, verified_at: datetime | None, confirm_expires_at: datetime | None,
+                       at: datetime) -> str | None:
+    """Where a backup e-mail stands: `confirmed`, `pending` (its link still works), `expired` (it no longer
+    does: the address must be given again for a new one), or None when there is none."""
+    if address is None:
+        return None
+    if verified_at is not None:
+        return "confirmed"
+    return "pending" if confirm_expires_at is not None and confirm_expires_at > at else "expired"
+
+
 def mask_email(address: str) -> str:
     local, _, domain = address.partition("@")
     return f"{local[:1]}***@{domain}"

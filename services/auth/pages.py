@@ -412,7 +412,9 @@ async def _show_portal(request: web.Request, view: PageView, cookie: str, *, err
     return render_page(request, "my_login.html", account, session=cookie, status=status, error=error,
                        enabled=account.totp_secret is not None, enrolled_at=account.enrolled_at,
                        forced=account.forced, codes_left=account.backup_codes_left,
-                       backup_address=account.backup_address, backup_verified=account.backup_verified_at is not None,
+                       backup_address=account.backup_address,
+                       backup_state=domain.backup_email_state(account.backup_address, account.backup_verified_at,
+                                                              account.backup_confirm_expires_at, now()),
                        login_email=account.email, back_url=view.session.return_to)
 
 

@@ -69,6 +69,7 @@ class Account:
     forced: bool  # the account or its company requires MFA
     backup_address: str | None
     backup_verified_at: datetime | None
+    backup_confirm_expires_at: datetime | None
     backup_codes_left: int
 
     @property
@@ -230,7 +231,7 @@ async def delete_account(conn: Conn, account_id: str) -> bool:
 _ACCOUNT_COLUMNS = """a.account_id, a.company_id, a.email, a.first_name, a.last_name, a.role, a.mfa_required, a.locale,
            a.time_zone, a.totp_secret, a.enrolled_at, a.last_step, a.consecutive_failures, a.lock_count, a.locked_until,
            c.name AS company_name, (a.mfa_required OR c.mfa_required) AS forced,
-           b.address AS backup_address, b.verified_at AS backup_verified_at,
+           b.address AS backup_address, b.verified_at AS backup_verified_at, b.confirm_expires_at AS backup_confirm_expires_at,
            (SELECT count(*) FROM auth.backup_codes bc WHERE bc.account_id = a.account_id) AS backup_codes_left"""
 # The `Account` view's joins: every read of an `Account` (alone or beside a page session) uses them.
 _ACCOUNT_JOINS = """JOIN auth.companies c ON c.company_id = a.company_id

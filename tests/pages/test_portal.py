@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..auth.conftest import oathtool, zbarimg
-from .conftest import check_axe, link_to, person
+from ..conftest import wait_for
+from .conftest import admin_of, check_axe, link_to, open_admin, person
 
 
 async def _open(site, upstream, page, account: str) -> None:
@@ -136,3 +137,44 @@ async def test_replace_the_authenticator_app_with_the_present_apps_code(site, up
     assert status == 401
     await site.api.call("POST", f"/v1/logins/{login['login_id']}/verify",
                         {"method": "totp", "code": oathtool(new, 30)}, expect=200)
+
+
+async def test_an_expired_backup_email_confirmation_says_so_and_the_address_again_sends_a_new_link(
+        site, upstream, mailbox, page, context):
+    company_id, account = await person(site, company="Late Mail BV")
+    await _open(site, upstream, page, account)
+    backup = f"{account}@home.example"
+    await page.get_by_label("Backup email address").fill(backup)
+    await page.get_by_role("button", name="Save and send confirmation").click()
+    await page.wait_for_url("**/mfa/my-login?notice=email_sent")
+    first = await link_to(mailbox, backup, "/mfa/backup-email/confirm")
+    # The person did not open it in time (set up directly: the clock is not what is tested).
+    await site.runtime.pool.execute(
+        "UPDATE auth.backup_emails SET confirm_expires_at = now() - interval '1 minute' WHERE account_id = $1", account)
+
+    await page.reload()
+    status = await page.locator("#backup-email-status").inner_text()
+    assert "has expired before it was opened" in status and backup in status
+    admin = await context.new_page()
+    await open_admin(site, upstream, admin, company_id, await admin_of(site, company_id))
+    await admin.goto(f"{site.base}/mfa/admin/employees/{account}")
+    assert await admin.locator("#employee-backup-email").inner_text() == "The link expired before it was confirmed"
+    await page.goto(f"{site.base}/mfa/my-login?lang=nl")
+    assert "is verlopen voordat hij geopend werd" in await page.locator("#backup-email-status").inner_text()
+
+    await page.get_by_label("Back-up e-mailadres").fill(backup)
+    await page.get_by_role("button", name="Opslaan en bevestiging sturen").click()
+    await page.wait_for_url("**/mfa/my-login?notice=email_sent")
+    assert "wacht op bevestiging" in await page.locator("#backup-email-status").inner_text()
+
+    async def newer_link() -> str | None:
+        link = await link_to(mailbox, backup, "/mfa/backup-email/confirm")
+        return link if link != first else None
+
+    second = await wait_for(newer_link, timeout=20, message="a second confirmation mail")
+    confirm = await context.new_page()
+    await confirm.goto(second)
+    await confirm.get_by_role("button").click()
+    await confirm.wait_for_load_state()
+    await page.reload()
+    assert "(bevestigd)" in await page.locator("#backup-email-status").inner_text()

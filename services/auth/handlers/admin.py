@@ -179,6 +179,7 @@ class EmployeeSummary:
     state: str
     forced_by: str | None
     locked_until: datetime | None
+    backup_email: str | None  # `domain.backup_email_state`
 
     @property
     def can_disable(self) -> bool:
@@ -200,6 +201,8 @@ async def employee(auth: Auth, admin: store.Account, account_id: str) -> Employe
         account, company.mfa_required,
         mfa_state(account.enrolled, pending.expires_at if pending else None, account.locked_until, at),
         forced_by(company.mfa_required, account.mfa_required), domain.lock_in_force(account.locked_until, at),
+        domain.backup_email_state(account.backup_address, account.backup_verified_at, account.backup_confirm_expires_at,
+                                  at),
     )
 
 
