@@ -26,6 +26,8 @@ ENROLLMENT_TTL = timedelta(minutes=15)
 LOGIN_TTL = timedelta(minutes=10)
 LINK_TTL = timedelta(minutes=15)
 CONFIRM_TTL = timedelta(hours=24)
+# A "My login" or admin page session, from its link's exchange; a prompt's lives as long as its login.
+PAGE_SESSION_TTL = timedelta(minutes=30)
 MAX_LOGIN_ATTEMPTS = 5
 LOCK_THRESHOLD = 10
 MAX_LOCK = timedelta(minutes=15)

@@ -54,7 +54,8 @@ async def test_prompt_links_and_sessions_go_a_week_after_they_expired_and_the_pa
             assert page.status == 410 and "This link does not work" in await page.text()
 
 
-async def test_a_removed_accounts_page_links_and_sessions_go_with_it(site, upstream):
+async def _opened_prompt(site, upstream) -> tuple[str, dict, str]:
+    """An enrolled account with a login whose prompt was opened: the account, the login and the session cookie."""
     _, account = await person(site)
     await site.api.enroll(account)
     login = await start_login(site, upstream, account)
@@ -63,6 +64,11 @@ async def test_a_removed_accounts_page_links_and_sessions_go_with_it(site, upstr
             assert opened.status == 303
             cookie = opened.cookies["mfa_prompt"].value
     assert await _rows(site, login["login_id"]) == (1, 1)
+    return account, login, cookie
+
+
+async def test_a_removed_accounts_page_links_and_sessions_go_with_it(site, upstream):
+    account, login, cookie = await _opened_prompt(site, upstream)
 
     async with site.runtime.pool.acquire() as conn, conn.transaction():
         await remove_account(conn, {"account_id": account})
@@ -77,12 +83,7 @@ async def test_a_removed_accounts_page_links_and_sessions_go_with_it(site, upstr
 
 
 async def test_a_link_whose_session_outlives_it_is_kept_until_the_session_may_go(site, upstream):
-    _, account = await person(site)
-    await site.api.enroll(account)
-    login = await start_login(site, upstream, account)
-    async with aiohttp.ClientSession() as http:
-        async with http.get(login["prompt_url"], allow_redirects=False) as opened:
-            assert opened.status == 303
+    _, login, _ = await _opened_prompt(site, upstream)
     # The link expired 7 days and 10 minutes ago, its session (as a portal's can) 20 minutes later.
     await site.runtime.pool.execute(
         "UPDATE auth.page_links SET expires_at = now() - interval '7 days 10 minutes' WHERE login_id = $1",

@@ -16,13 +16,12 @@ from ...common.apikeys import Principal
 from ...common.errors import BadRequest, Gone, NotFound
 from ...common.events import Actor, iso, parse_time
 from ...common.pages import new_token, return_url_allowed, with_query
-from .. import store
+from .. import domain, store
 from .context import Auth, Caller, load_account, now
 
 PROMPT = "prompt"
 PORTAL = "portal"
 PORTAL_LINK_TTL = timedelta(minutes=5)
-PORTAL_SESSION_TTL = timedelta(minutes=30)
 # A pending enrolment shown again only while there is time left to scan it and type a code.
 SHOW_PENDING_MARGIN = timedelta(minutes=2)
 
@@ -80,7 +79,7 @@ async def open_link(auth: Auth, kind: str, token: str) -> tuple[str, datetime]:
     token_hash, session_hash = auth.token_hash(token[:200]), auth.token_hash(session)
     async with auth.pool.acquire() as conn:
         view = await store.open_page_link(conn, token_hash, kind, at, session_hash,
-                                          None if kind == PROMPT else PORTAL_SESSION_TTL)
+                                          None if kind == PROMPT else domain.PAGE_SESSION_TTL)
         if view is not None:
             auth.opened.put(session_hash, view)
             return session, view.session.expires_at
