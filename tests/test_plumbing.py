@@ -98,6 +98,16 @@ def test_queue_partitions_setting():
         Settings.from_env({"MFA_QUEUE_PARTITIONS": "17"})
 
 
+def test_login_retention_setting():
+    from services.common.config import ConfigError, Settings
+
+    assert Settings.from_env({}).login_retention_days == 90
+    assert Settings.from_env({"MFA_LOGIN_RETENTION_DAYS": "30"}).login_retention_days == 30
+    for days in ("7", "3651"):  # under 8 a login would take its links before they may go
+        with pytest.raises(ConfigError, match="MFA_LOGIN_RETENTION_DAYS must be between 8 and 3650"):
+            Settings.from_env({"MFA_LOGIN_RETENTION_DAYS": days})
+
+
 @pytest.mark.parametrize("error", [
     "ConnectionDoesNotExistError", "CrashShutdownError", "InternalClientError", "AdminShutdownError",
     "CannotConnectNowError", "InterfaceError",

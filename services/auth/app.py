@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -37,7 +38,8 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _purge(app: web.Application) -> None:
-    await purge_expired(app[RUNTIME].pool)
+    runtime = app[RUNTIME]
+    await purge_expired(runtime.pool, timedelta(days=runtime.settings.login_retention_days))
 
 
 def _pages(runtime: Runtime, app: web.Application) -> None:

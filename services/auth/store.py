@@ -813,16 +813,19 @@ async def lock_company(conn: Conn, company_id: str) -> Company | None:
 
 # ---- retention
 
-# Each holds keyed hashes of tokens (or a pending secret) that stopped working at `expires_at`.
-_EXPIRING = ("page_sessions", "page_links", "login_links", "pending_enrollments")
+# Each but `logins` holds keyed hashes of tokens (or a pending secret) that stopped working at
+# `expires_at`; a login is its second step's record, which its upstream may still read for a while.
+_EXPIRING = ("page_sessions", "page_links", "login_links", "pending_enrollments", "logins")
 
 
-async def purge_expired(pool: asyncpg.Pool, before: datetime, links_kept: timedelta) -> dict[str, int]:
-    """Delete the rows of the expiring tables that expired before `before`; how many per table.
+async def purge_expired(pool: asyncpg.Pool, tokens_before: datetime, links_before: datetime,
+                        logins_before: datetime) -> dict[str, int]:
+    """Delete the rows that expired before their cutoff; how many per table.
 
-    Page links are kept `links_kept` longer: a session can outlive its link by that much, and
-    deleting a link deletes its sessions.
+    Sessions, login links and pending enrolments go at `tokens_before`; page links at `links_before`
+    (a session can outlive its link, and deleting a link deletes its sessions); logins at
+    `logins_before`, with whatever of theirs is still there (the rows cascade).
     """
-    return {table: await delete_expired(pool, f"auth.{table}", "expires_at",
-                                        before - links_kept if table == "page_links" else before)
+    cutoffs = {"page_links": links_before, "logins": logins_before}
+    return {table: await delete_expired(pool, f"auth.{table}", "expires_at", cutoffs.get(table, tokens_before))
             for table in _EXPIRING}

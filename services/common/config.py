@@ -66,6 +66,7 @@ class Settings:
     exchange: str = "mfa.events"
     queue_prefix: str = ""  # joined to queue names with a dot (see queue_name)
     queue_partitions: int = 1  # queues per consumer, each with a single active consumer (see consumer.py)
+    login_retention_days: int = 90  # auth deletes a login this long after it expired (MFA_LOGIN_RETENTION_DAYS)
     issuer_url: str = "http://127.0.0.1:8081"  # `iss` of assertions; MFA_ISSUER, default MFA_PUBLIC_URL
     relay_mode: str = "inline"  # inline: `mfa run` publishes its outboxes; separate: `mfa relay` does
     auth_workers: int = 1  # auth processes `mfa start` runs on the one auth port (MFA_AUTH_WORKERS, default_auth_workers())
@@ -104,6 +105,10 @@ class Settings:
         partitions = get_int("MFA_QUEUE_PARTITIONS", 1)
         if not 1 <= partitions <= 16:
             raise ConfigError("MFA_QUEUE_PARTITIONS must be between 1 and 16 (the outbox's partitions)")
+        login_retention_days = get_int("MFA_LOGIN_RETENTION_DAYS", 90)
+        # At least 8 days: a login's links are kept 7 days past expiry to say "expired", and go with it.
+        if not 8 <= login_retention_days <= 3650:
+            raise ConfigError("MFA_LOGIN_RETENTION_DAYS must be between 8 and 3650")
         auth_workers = get_int("MFA_AUTH_WORKERS", default_auth_workers())
         if not 1 <= auth_workers <= 64:
             raise ConfigError("MFA_AUTH_WORKERS must be between 1 and 64")
@@ -141,6 +146,7 @@ class Settings:
             exchange=get("MFA_EXCHANGE", "mfa.events"),
             queue_prefix=get("MFA_QUEUE_PREFIX", ""),
             queue_partitions=partitions,
+            login_retention_days=login_retention_days,
             issuer_url=get("MFA_ISSUER", get("MFA_PUBLIC_URL", "http://127.0.0.1:8081").rstrip("/")),
             relay_mode=relay_mode,
             auth_workers=auth_workers,

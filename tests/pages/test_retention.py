@@ -1,4 +1,4 @@
-"""Retention: expired links and page sessions are deleted a week after they expire, not before."""
+"""Retention: expired links and page sessions are deleted a week after they expire, logins after MFA_LOGIN_RETENTION_DAYS."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from services.common.errors import Gone
 from services.recovery import handlers as recovery
 
 from .conftest import person, start_login
+
+KEPT = timedelta(days=90)  # MFA_LOGIN_RETENTION_DAYS's default
 
 
 async def _rows(site, login_id: str) -> tuple[int, int]:
@@ -42,7 +44,7 @@ async def test_prompt_links_and_sessions_go_a_week_after_they_expired_and_the_pa
     await _expire(site, old["login_id"], timedelta(days=8))
     await _expire(site, recent["login_id"], timedelta(days=6))
 
-    deleted = await purge_expired(site.runtime.pool)
+    deleted = await purge_expired(site.runtime.pool, KEPT)
 
     assert deleted["page_links"] >= 1 and deleted["page_sessions"] >= 1
     assert await _rows(site, old["login_id"]) == (0, 0)
@@ -92,13 +94,13 @@ async def test_a_link_whose_session_outlives_it_is_kept_until_the_session_may_go
         "UPDATE auth.page_sessions SET expires_at = now() - interval '6 days 23 hours 50 minutes' WHERE login_id = $1",
         login["login_id"])
 
-    await purge_expired(site.runtime.pool)
+    await purge_expired(site.runtime.pool, KEPT)
 
     assert await _rows(site, login["login_id"]) == (1, 1)  # deleting the link would take the session early
     await site.runtime.pool.execute(
         "UPDATE auth.page_links SET expires_at = now() - interval '7 days 31 minutes' WHERE login_id = $1",
         login["login_id"])
-    await purge_expired(site.runtime.pool)
+    await purge_expired(site.runtime.pool, KEPT)
     assert await _rows(site, login["login_id"]) == (0, 0)
 
 
@@ -121,3 +123,24 @@ async def test_console_sign_in_links_go_a_week_after_they_expired(runtime, setti
             assert gone.code == f"helpdesk_link_{outcome}"
         else:
             raise AssertionError("an expired link opened the console")
+
+
+async def test_logins_go_with_what_is_left_of_them_once_they_expired_longer_ago_than_the_setting(site, upstream):
+    _, old, _ = await _opened_prompt(site, upstream)
+    _, recent, _ = await _opened_prompt(site, upstream)
+    for login, ago in ((old, timedelta(days=91)), (recent, timedelta(days=89))):
+        await site.runtime.pool.execute("UPDATE auth.logins SET expires_at = now() - $2::interval WHERE login_id = $1",
+                                        login["login_id"], ago)
+        for table in ("page_links", "page_sessions"):
+            await site.runtime.pool.execute(
+                f"UPDATE auth.{table} SET expires_at = now() - $2::interval WHERE login_id = $1", login["login_id"], ago)
+
+    deleted = await purge_expired(site.runtime.pool, KEPT)
+
+    assert deleted["logins"] >= 1
+    assert await _rows(site, old["login_id"]) == (0, 0)
+    _, gone = await site.api.call("GET", f"/v1/logins/{old['login_id']}", expect=404)
+    assert gone["code"] == "login_not_found"
+    assert await _rows(site, recent["login_id"]) == (0, 0)  # its links went 7 days after they expired
+    _, kept = await site.api.call("GET", f"/v1/logins/{recent['login_id']}", expect=200)
+    assert kept["login_id"] == recent["login_id"]

@@ -1,8 +1,8 @@
-"""Retention: expired single-use links, page sessions and pending enrolments are deleted."""
+"""Retention: expired single-use links, page sessions and pending enrolments are deleted, and old logins."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -14,9 +14,12 @@ from .context import now
 log = get_logger("auth")
 
 
-async def purge_expired(pool: asyncpg.Pool, at: datetime | None = None) -> dict[str, int]:
-    """Delete what expired more than `EXPIRED_KEPT` before `at` (default now); how many rows per table."""
-    deleted = await store.purge_expired(pool, (at or now()) - EXPIRED_KEPT, links_kept=domain.PAGE_SESSION_TTL)
+async def purge_expired(pool: asyncpg.Pool, logins_kept: timedelta, at: datetime | None = None) -> dict[str, int]:
+    """Delete what expired more than `EXPIRED_KEPT` before `at` (default now), and logins `logins_kept`
+    after they expired (MFA_LOGIN_RETENTION_DAYS); how many rows per table."""
+    at = at or now()
+    tokens_before = at - EXPIRED_KEPT
+    deleted = await store.purge_expired(pool, tokens_before, tokens_before - domain.PAGE_SESSION_TTL, at - logins_kept)
     if any(deleted.values()):
         log.info("auth_expired_purged", **deleted)
     return deleted
