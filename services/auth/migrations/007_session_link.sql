@@ -9,7 +9,11 @@ FROM page_links l
 WHERE l.used_at IS NOT NULL AND l.kind = s.kind AND l.account_id = s.account_id AND l.company_id = s.company_id
   AND l.login_id IS NOT DISTINCT FROM s.login_id;
 DELETE FROM page_sessions WHERE link_hash IS NULL;
-ALTER TABLE page_sessions ALTER COLUMN link_hash SET NOT NULL,
+-- Not NOT NULL: auth processes of the previous release, still running during a rolling upgrade,
+-- insert sessions without it. Such a session is not removed with its account, but it can do
+-- nothing once the account is gone: the pages read a session with its account, and the QR code's
+-- pending enrolment went with the account.
+ALTER TABLE page_sessions
     DROP CONSTRAINT page_sessions_account_id_fkey,
     DROP CONSTRAINT page_sessions_login_id_company_id_fkey;
 DROP INDEX page_sessions_login;
