@@ -66,11 +66,16 @@ async def test_every_page(site, upstream, mailbox, browser, lang):
         await page.close()  # the waiting page reloads itself every few seconds: leave it
         page = await ctx.new_page()
 
-        # My login, with MFA on and forced (turning it off is refused), and off for another account.
+        # My login, with MFA on and forced (turning it off is refused), and off for another account
+        # whose backup email was never confirmed.
         _, portal = await site.api.call("POST", f"/v1/accounts/{account}/portal-sessions",
                                         {"return_to": f"{upstream.base}/back"}, expect=201)
         await visit(page, portal["url"], "my-login-forced", lang, seen)
         _, free = await person(site, locale=lang, company="Acme Tools")
+        # Its backup email's confirmation link expired unopened: the page says so.
+        await site.api.call("PUT", f"/v1/accounts/{free}/backup-email", {"email": f"{free}@home.example"}, expect=202)
+        await site.runtime.pool.execute(
+            "UPDATE auth.backup_emails SET confirm_expires_at = now() - interval '1 hour' WHERE account_id = $1", free)
         _, portal = await site.api.call("POST", f"/v1/accounts/{free}/portal-sessions",
                                         {"return_to": f"{upstream.base}/back"}, expect=201)
         await visit(page, portal["url"], "my-login-off", lang, seen)
