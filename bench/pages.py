@@ -1,9 +1,11 @@
 """Benchmark of the hosted `verify` prompt over HTTP form posts, beside the JSON verify, in one run.
 
-Run: `.venv/bin/python bench/pages.py [--accounts 2000] [--concurrency 32] [--json-concurrency 64]`.
-Starts the auth part of `make run`'s set-up (`mfa start auth relay`: the auth worker processes on one
-port and the relay) on a throwaway database and enrols twice `--accounts` accounts, each with one
-open login. Half verify over JSON exactly as bench/verify.py does (`POST /v1/logins/{id}/verify`);
+Run: `.venv/bin/python bench/pages.py [--accounts 2000] [--concurrency 32] [--json-concurrency 64]
+[--set-up start|auth]`. Starts what `make run` starts (`mfa start`), as bench/verify.py does, whose
+JSON verifications/s the issue's target refers to; `--set-up auth` starts only the auth processes
+and the relay (`mfa start auth relay`), so no consumer shares each login's event cost. On a
+throwaway database it enrols twice `--accounts` accounts, each with one open login. Half verify
+over JSON exactly as bench/verify.py does (`POST /v1/logins/{id}/verify`);
 the other half go through the prompt as a browser without JavaScript would: open the `prompt_url`
 (token for a cookie, 303), load the prompt (HTML and its CSRF token), post the code (303 to
 `return_to`), and the upstream fetches the assertion (`GET /v1/logins/{id}`). Both use the same
@@ -226,7 +228,7 @@ class Kind:
         return cpu_report({}, self.used, self.operations, what)
 
 
-async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: int, steps: bool,
+async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: int, steps: bool, set_up: str,
                profile: str | None) -> None:
     configure_logging("WARNING", "console")
     async with bench_runtime() as runtime:
@@ -236,10 +238,12 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
         env = {**os.environ, "MFA_DATABASE_URL": runtime.settings.database_url, "MFA_EXCHANGE": runtime.settings.exchange,
                "MFA_QUEUE_PREFIX": runtime.settings.queue_prefix, "MFA_AUTH_PORT": str(port), "MFA_LOG_LEVEL": "WARNING",
                "MFA_RELAY_PORT": str(free_port()), "MFA_PUBLIC_URL": f"http://127.0.0.1:{port}",
-               "MFA_RETURN_URLS": RETURN_TO}
+               "MFA_RETURN_URLS": RETURN_TO, "MFA_RECOVERY_PORT": str(free_port()), "MFA_AUDIT_PORT": str(free_port()),
+               "MFA_NOTIFIER_PORT": str(free_port()), "MFA_INBOUND_SMTP_PORT": str(free_port()),
+               "MFA_MAIL_DIR": f"/tmp/mfa-bench-mail-{os.getpid()}"}
         mfa = str(Path(sys.executable).with_name("mfa"))
-        server = await asyncio.create_subprocess_exec(mfa, "start", "auth", "relay", env=env,
-                                                      stdout=asyncio.subprocess.PIPE)
+        parts = ["auth", "relay"] if set_up == "auth" else []
+        server = await asyncio.create_subprocess_exec(mfa, "start", *parts, env=env, stdout=asyncio.subprocess.PIPE)
         try:
             while b"ready" not in await asyncio.wait_for(server.stdout.readline(), 60):
                 pass
@@ -282,8 +286,9 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
                 # verifications ran 25-30% slower than the later rounds').
                 await runtime.pool.execute("VACUUM ANALYZE")
             print(f"machine: {machine()}")
+            print(f"set-up: mfa start {' '.join(parts) or '(everything, as make run and bench/verify.py)'}")
             print(f"ceiling: pgbench -N, 16 clients, scale 10, 15 s: {ceiling:,.0f} transactions/s")
-            print(f"set-up: `mfa start auth relay`; {2 * accounts} accounts enrolled with one open login each in "
+            print(f"set-up: {2 * accounts} accounts enrolled with one open login each in "
                   f"{time.perf_counter() - t:.1f} s")
 
             database = runtime.settings.database_url.rpartition("/")[2]
@@ -296,15 +301,21 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
                 print(f"json verify: {json_run.rate:,.0f}/s ({json_run.failed} failed); {json_run.cpu('verification')}")
                 await run_steps(port, key, prompts, concurrency, database, runtime)
                 return
+            prefix = runtime.settings.queue_prefix
             for r in range(rounds):
                 # One step ahead of now, computed before the round: later than the step used to
                 # confirm, and in its window however long the set-up and the earlier rounds took.
                 requests = [verify_request(port, key, login_id, code_for(secret, 1))
                             for login_id, secret in verifies[r::rounds]]
+                # Each round starts once the consumers handled the last one's events, so neither kind
+                # is slowed by the other's. Their work during a round counts; what is left after it
+                # does not, which favours the shorter JSON rounds.
+                await queues_drained(prefix)
                 async with json_run.measured(database, runtime, len(requests)):
                     latencies, failed = await fire(port, requests, json_concurrency)
                     json_run.add(latencies, failed)
                 chunk = prompts[r::rounds]
+                await queues_drained(prefix)
                 async with profiling(auth_pid, profile if r == rounds - 1 else None), prompt_run.measured(database, runtime, len(chunk)):
                     latencies, failed = await run_prompts(port, key, chunk, concurrency)
                     prompt_run.add(latencies, failed)
@@ -338,6 +349,9 @@ if __name__ == "__main__":
     parser.add_argument("--json-concurrency", type=int, default=64, help="connections of the JSON verifications")
     parser.add_argument("--rounds", type=int, default=3, help="JSON and prompt rounds, alternated, so that a VM whose "
                         "speed drifts during the run slows both kinds alike")
+    parser.add_argument("--set-up", choices=["start", "auth"], default="start",
+                        help="start: everything `make run` starts, as bench/verify.py measures it (the consumers' "
+                        "work on each login's event counts for both kinds); auth: only `mfa start auth relay`")
     parser.add_argument("--steps", action="store_true", help="instead of the ratio: the JSON verifications, then "
                         "the prompt logins one step at a time, with each step's rate and CPU (where a login's cost is)")
     parser.add_argument("--profile", help="write a py-spy profile of the (first) auth process during the last round's prompt logins "
@@ -345,4 +359,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(main(args.accounts, args.concurrency, args.json_concurrency, args.rounds, args.steps, args.profile))
+    uvloop.run(main(args.accounts, args.concurrency, args.json_concurrency, args.rounds, args.steps, args.set_up,
+                    args.profile))
