@@ -203,10 +203,11 @@ async def tap(runtime, exchange: str, *routing_keys: str) -> tuple[aio_pika.abc.
     events: list[dict] = []
 
     async def on_message(message):
-        async with message.process():
-            events.append(json.loads(message.body))
+        events.append(json.loads(message.body))
 
-    await queue.consume(on_message)
+    # No acks: an ack still on its way when the test closes the channel reaches a closed channel,
+    # and RabbitMQ closes the whole shared connection for it (504 "expected 'channel.open'").
+    await queue.consume(on_message, no_ack=True)
     return channel, events
 
 

@@ -130,10 +130,9 @@ async def test_start_serves_one_port_from_two_auth_processes_publishes_once_and_
         seen: Counter[str] = Counter()
 
         async def on_message(message):
-            async with message.process():
-                seen[json.loads(message.body)["data"]["login_id"]] += 1
+            seen[json.loads(message.body)["data"]["login_id"]] += 1
 
-        await tap.consume(on_message)
+        await tap.consume(on_message, no_ack=True)  # no ack to race the channel's close (see tests/conftest.py tap)
         db = await asyncpg.connect(mine.database_url)
         try:
             key = await create_key(db, "service", label="start")
