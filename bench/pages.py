@@ -190,7 +190,6 @@ class Kind:
     """One kind of work over the rounds: its time, CPU, latencies and failures, summed."""
 
     elapsed: float = 0.0
-    done: int = 0
     failed: int = 0
     operations: int = 0
     latencies: list[float] = field(default_factory=list)
@@ -210,15 +209,17 @@ class Kind:
         after = cpu_times(database)
         for pid, (name, seconds) in after.items():
             self.used[pid] = (name, self.used.get(pid, (name, 0.0))[1] + seconds - before.get(pid, (name, 0.0))[1])
-        done = operations - (self.failed - failed)
         self.elapsed += elapsed
-        self.done += done
         self.operations += operations
-        self.rates.append(done / elapsed)
+        self.rates.append((operations - (self.failed - failed)) / elapsed)
 
     def add(self, latencies: list[float], failed: int) -> None:
         self.latencies += latencies
         self.failed += failed
+
+    @property
+    def done(self) -> int:
+        return self.operations - self.failed
 
     @property
     def rate(self) -> float:

@@ -131,9 +131,7 @@ async def test_logins_go_with_what_is_left_of_them_once_they_expired_longer_ago_
     for login, ago in ((old, timedelta(days=91)), (recent, timedelta(days=89))):
         await site.runtime.pool.execute("UPDATE auth.logins SET expires_at = now() - $2::interval WHERE login_id = $1",
                                         login["login_id"], ago)
-        for table in ("page_links", "page_sessions"):
-            await site.runtime.pool.execute(
-                f"UPDATE auth.{table} SET expires_at = now() - $2::interval WHERE login_id = $1", login["login_id"], ago)
+        await _expire(site, login["login_id"], ago)
 
     deleted = await purge_expired(site.runtime.pool, KEPT)
 
