@@ -10,6 +10,9 @@ the other half go through the prompt as a browser without JavaScript would: open
 (token for a cookie, 303), load the prompt (HTML and its CSRF token), post the code (303 to
 `return_to`), and the upstream fetches the assertion (`GET /v1/logins/{id}`). Both use the same
 lean keep-alive HTTP/1.1 client, so the ratio compares the server's work, not the load generator's.
+A round's rate is given twice: until its last event is on the broker (as bench/verify.py counts),
+and until the consumers have handled its events too (their work is part of a login's cost; its
+CPU figures are counted to then).
 The issue's target is a ratio within one run of this machine: complete prompt logins/s at least
 0.5 x the JSON verifications/s, p99 per request under 50 ms at concurrency 32.
 
@@ -155,22 +158,25 @@ async def run_prompts(port: int, key: str, logins: list[Prompt], concurrency: in
     return latencies, await over_connections(port, logins, concurrency, login)
 
 
-async def run_steps(port: int, key: str, logins: list[Prompt], concurrency: int, database: str, runtime) -> None:
+async def run_steps(port: int, key: str, logins: list[Prompt], concurrency: int, database: str, runtime,
+                    auth_pid: int, profile: str | None) -> None:
     """The prompt logins one step at a time (every link opened, then every page loaded, ...): each step's rate and
-    CPU. Login i uses connection i mod `concurrency` in every step, so it meets the same auth process as in a
+    CPU, and with `profile` a py-spy profile of each step (the step's number before the file's suffix). Login i uses connection i mod `concurrency` in every step, so it meets the same auth process as in a
     whole login (the exchange's read serves its page and its code only there)."""
     host = f"127.0.0.1:{port}"
     loop = asyncio.get_running_loop()
     clients = [(await loop.create_connection(_Client, "127.0.0.1", port))[1] for _ in range(concurrency)]
     try:
-        for name, step in STEPS:
+        for number, (name, step) in enumerate(STEPS, 1):
             kind, latencies = Kind(), []
+            path = Path(profile) if profile else None
 
             async def worker(k: int, step=step, latencies=latencies) -> int:
                 return sum([not await step(clients[k], host, key, login, latencies)
                             for login in logins[k::concurrency]])
 
-            async with kind.measured(database, runtime, len(logins)):
+            async with (profiling(auth_pid, str(path.with_stem(f"{path.stem}-{number}")) if path else None),
+                        kind.measured(database, runtime, len(logins))):
                 kind.add(latencies, sum(await asyncio.gather(*(worker(k) for k in range(concurrency)))))
             print(f"step {name}: {kind.rate:,.0f}/s ({kind.failed} failed), p99 {percentile(latencies, 99):.1f} ms; "
                   f"{kind.cpu(name)}")
@@ -185,11 +191,28 @@ async def wait_for_outbox(runtime) -> None:
         await asyncio.sleep(0.01)
 
 
+# Every consumer's record of the LoginSucceeded events it handled, over every service's schema.
+_HANDLED = " + ".join(f"(SELECT count(*) FROM {schema}.processed_events WHERE event_type = 'LoginSucceeded')"
+                      for schema in ("auth", "notifier", "recovery", "audit"))
+
+
+async def handled_count(runtime) -> int:
+    """How many LoginSucceeded events the consumers have handled so far, all consumers together."""
+    return await runtime.pool.fetchval(f"SELECT {_HANDLED}")
+
+
+async def wait_for_handled(runtime, count: int) -> None:
+    """Until the consumers have handled `count` LoginSucceeded events in all."""
+    while await handled_count(runtime) < count:  # noqa: ASYNC110 (polls the database)
+        await asyncio.sleep(0.02)
+
+
 @dataclass
 class Kind:
     """One kind of work over the rounds: its time, CPU, latencies and failures, summed."""
 
     elapsed: float = 0.0
+    handled_elapsed: float = 0.0
     failed: int = 0
     operations: int = 0
     latencies: list[float] = field(default_factory=list)
@@ -197,15 +220,19 @@ class Kind:
     used: dict[int, tuple[str, float]] = field(default_factory=dict)
 
     @asynccontextmanager
-    async def measured(self, database: str, runtime, operations: int):
-        """Time and CPU of one round of `operations`, until their events are on the broker."""
+    async def measured(self, database: str, runtime, operations: int, consumers: int = 0):
+        """Time of one round of `operations` until their events are on the broker, and until the
+        `consumers` that handle each LoginSucceeded have handled them; CPU until then."""
         settle_garbage_collector()
+        handled = await handled_count(runtime) if consumers else 0
         before = cpu_times(database)
         started = time.perf_counter()
         failed = self.failed
         yield
         await wait_for_outbox(runtime)
         elapsed = time.perf_counter() - started
+        await wait_for_handled(runtime, handled + consumers * (operations - (self.failed - failed)))
+        self.handled_elapsed += time.perf_counter() - started
         after = cpu_times(database)
         for pid, (name, seconds) in after.items():
             self.used[pid] = (name, self.used.get(pid, (name, 0.0))[1] + seconds - before.get(pid, (name, 0.0))[1])
@@ -224,6 +251,10 @@ class Kind:
     @property
     def rate(self) -> float:
         return self.done / self.elapsed
+
+    @property
+    def handled_rate(self) -> float:
+        return self.done / self.handled_elapsed
 
     def cpu(self, what: str) -> str:
         return cpu_report({}, self.used, self.operations, what)
@@ -295,12 +326,21 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
             database = runtime.settings.database_url.rpartition("/")[2]
             auth_pid = next(p for p in _children(server.pid) if " run auth " in _cmdline(p))
             json_run, prompt_run = Kind(), Kind()
+            # How many consumers handle each LoginSucceeded (none with --set-up auth): one login
+            # verified before the rounds, its event handled everywhere. A round's events still
+            # waiting in the queues when its last one is on the broker is work it has not done yet.
+            login_id, secret = verifies.pop()
+            await fire(port, [verify_request(port, key, login_id, code_for(secret, 1))], 1)
+            await wait_for_outbox(runtime)
+            await queues_drained(runtime.settings.queue_prefix)
+            consumers = await handled_count(runtime)
+            print(f"consumers handling each LoginSucceeded: {consumers}")
             if steps:
                 requests = [verify_request(port, key, login_id, code_for(secret, 1)) for login_id, secret in verifies]
                 async with json_run.measured(database, runtime, len(requests)):
                     json_run.add(*await fire(port, requests, json_concurrency))
                 print(f"json verify: {json_run.rate:,.0f}/s ({json_run.failed} failed); {json_run.cpu('verification')}")
-                await run_steps(port, key, prompts, concurrency, database, runtime)
+                await run_steps(port, key, prompts, concurrency, database, runtime, auth_pid, profile)
                 return
             prefix = runtime.settings.queue_prefix
             for r in range(rounds):
@@ -309,15 +349,15 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
                 requests = [verify_request(port, key, login_id, code_for(secret, 1))
                             for login_id, secret in verifies[r::rounds]]
                 # Each round starts once the consumers handled the last one's events, so neither kind
-                # is slowed by the other's. Their work during a round counts; what is left after it
-                # does not, which favours the shorter JSON rounds.
+                # is slowed by the other's, and its CPU and second rate run until its own events are
+                # handled: else the consumer work a short JSON round leaves queued would not count.
                 await queues_drained(prefix)
-                async with json_run.measured(database, runtime, len(requests)):
+                async with json_run.measured(database, runtime, len(requests), consumers):
                     latencies, failed = await fire(port, requests, json_concurrency)
                     json_run.add(latencies, failed)
                 chunk = prompts[r::rounds]
                 await queues_drained(prefix)
-                async with profiling(auth_pid, profile if r == rounds - 1 else None), prompt_run.measured(database, runtime, len(chunk)):
+                async with profiling(auth_pid, profile if r == rounds - 1 else None), prompt_run.measured(database, runtime, len(chunk), consumers):
                     latencies, failed = await run_prompts(port, key, chunk, concurrency)
                     prompt_run.add(latencies, failed)
                 print(f"round {r + 1}: JSON {json_run.rates[-1]:,.0f}/s, prompt {prompt_run.rates[-1]:,.0f}/s = "
@@ -334,6 +374,9 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
                   f"p99 {p99:.1f} ms")
             print(prompt_run.cpu("prompt login"))
             ratio = rate / json_rate
+            if consumers:
+                print(f"with every event handled by its {consumers} consumers: JSON {json_run.handled_rate:,.0f}/s, "
+                      f"prompt {prompt_run.handled_rate:,.0f}/s = {prompt_run.handled_rate / json_run.handled_rate:.2f} x")
             print(f"share of pgbench -N: JSON {json_rate / ceiling:.2f}, prompt logins {rate / ceiling:.2f}")
             print(f"ratio: prompt logins/s = {ratio:.2f} x JSON verifications/s (target >= 0.5: "
                   f"{'PASS' if ratio >= 0.5 else 'FAIL'}); prompt p99 {p99:.1f} ms (target < 50: "
@@ -356,7 +399,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", action="store_true", help="instead of the ratio: the JSON verifications, then "
                         "the prompt logins one step at a time, with each step's rate and CPU (where a login's cost is)")
     parser.add_argument("--profile", help="write a py-spy profile of the (first) auth process during the last round's prompt logins "
-                        "to this file (collapsed stacks if it ends in .txt, else speedscope)")
+                        "(with --steps: during each step, numbered) to this file (collapsed stacks if it ends in .txt, else speedscope)")
     args = parser.parse_args()
     import uvloop
 
