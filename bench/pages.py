@@ -161,15 +161,16 @@ async def run_prompts(port: int, key: str, logins: list[Prompt], concurrency: in
 async def run_steps(port: int, key: str, logins: list[Prompt], concurrency: int, database: str, runtime,
                     auth_pid: int, profile: str | None) -> None:
     """The prompt logins one step at a time (every link opened, then every page loaded, ...): each step's rate and
-    CPU, and with `profile` a py-spy profile of each step (the step's number before the file's suffix). Login i uses connection i mod `concurrency` in every step, so it meets the same auth process as in a
-    whole login (the exchange's read serves its page and its code only there)."""
+    CPU, and with `profile` a py-spy profile of each step (its number before the file's suffix). Login i uses
+    connection i mod `concurrency` in every step, so it meets the same auth process as in a whole login (the
+    exchange's read serves its page and its code only there)."""
     host = f"127.0.0.1:{port}"
     loop = asyncio.get_running_loop()
     clients = [(await loop.create_connection(_Client, "127.0.0.1", port))[1] for _ in range(concurrency)]
     try:
+        path = Path(profile) if profile else None
         for number, (name, step) in enumerate(STEPS, 1):
             kind, latencies = Kind(), []
-            path = Path(profile) if profile else None
 
             async def worker(k: int, step=step, latencies=latencies) -> int:
                 return sum([not await step(clients[k], host, key, login, latencies)
@@ -231,7 +232,8 @@ class Kind:
         yield
         await wait_for_outbox(runtime)
         elapsed = time.perf_counter() - started
-        await wait_for_handled(runtime, handled + consumers * (operations - (self.failed - failed)))
+        if consumers:
+            await wait_for_handled(runtime, handled + consumers * (operations - (self.failed - failed)))
         self.handled_elapsed += time.perf_counter() - started
         after = cpu_times(database)
         for pid, (name, seconds) in after.items():
@@ -328,7 +330,7 @@ async def main(accounts: int, concurrency: int, json_concurrency: int, rounds: i
             json_run, prompt_run = Kind(), Kind()
             # How many consumers handle each LoginSucceeded (none with --set-up auth): one login
             # verified before the rounds, its event handled everywhere. A round's events still
-            # waiting in the queues when its last one is on the broker is work it has not done yet.
+            # waiting in the queues when its last one is on the broker are work it has not done yet.
             login_id, secret = verifies.pop()
             await fire(port, [verify_request(port, key, login_id, code_for(secret, 1))], 1)
             await wait_for_outbox(runtime)
